@@ -1,0 +1,40 @@
+"""Control events to every runtime, over the channel layer group `mcppool-control`.
+
+Publishing never raises: a config write has committed by the time this runs, and a broker hiccup
+must not turn a saved change into an error page. Runtimes also poll `ConfigState.version`, so a
+lost event delays a change by at most the poll interval instead of losing it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+CONTROL_GROUP = "mcppool-control"
+CONFIG_CHANGED = "config.changed"
+HEALTH_CHANGED = "health.changed"
+
+log = logging.getLogger(__name__)
+
+
+def publish(event_type: str, **payload: Any) -> bool:
+    layer = get_channel_layer()
+    if layer is None:
+        return False
+    try:
+        async_to_sync(layer.group_send)(CONTROL_GROUP, {"type": event_type, **payload})
+    except Exception:  # the poll path still delivers the change
+        log.warning("could not publish %s", event_type, exc_info=True)
+        return False
+    return True
+
+
+def publish_config_changed(version: int, reason: str) -> bool:
+    return publish(CONFIG_CHANGED, version=version, reason=reason)
+
+
+def publish_health_changed(server_id: int, health: str, reason: str) -> bool:
+    return publish(HEALTH_CHANGED, server_id=server_id, health=health, reason=reason)

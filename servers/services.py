@@ -1,0 +1,130 @@
+"""Every write to the operator's config goes through here: admin, REST API and YAML apply alike.
+
+Each function owns its transaction, validates with `full_clean()` (nothing is saved when that
+fails), bumps the config version in the same transaction and publishes `config.changed` only once
+the transaction has committed, so no runtime ever sees a change that was rolled back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import TypeVar
+
+from django.db import transaction
+from django.db.models import F, Model
+from django.utils import timezone
+
+from servers import events
+from servers.choices import ServerState
+from servers.models import AffinityRule, ApiKey, ConfigState, Pool, Server
+
+ConfigModel = TypeVar("ConfigModel", Pool, Server, AffinityRule)
+
+API_KEY_PREFIX_LEN = 8
+
+
+@contextmanager
+def config_change(reason: str) -> Iterator[None]:
+    """A transaction that bumps the config version and announces it after commit."""
+    with transaction.atomic():
+        yield
+        version = bump_config_version()
+        transaction.on_commit(lambda: events.publish_config_changed(version, reason))
+
+
+def bump_config_version() -> int:
+    updated = ConfigState.objects.filter(pk=1).update(
+        version=F("version") + 1, changed_at=timezone.now()
+    )
+    if not updated:
+        ConfigState.objects.get_or_create(pk=1)
+        ConfigState.objects.filter(pk=1).update(version=F("version") + 1)
+    return ConfigState.objects.values_list("version", flat=True).get(pk=1)
+
+
+def config_version() -> int:
+    row = ConfigState.objects.filter(pk=1).values_list("version", flat=True).first()
+    return row or 0
+
+
+def save(obj: ConfigModel) -> ConfigModel:
+    """Validate and save a pool, server or affinity rule."""
+    with config_change(f"save {type(obj).__name__.lower()} {obj}"):
+        obj.full_clean()
+        obj.save()
+    return obj
+
+
+def delete(obj: Model) -> None:
+    with config_change(f"delete {type(obj).__name__.lower()} {obj}"):
+        obj.delete()
+
+
+def set_server_state(servers: Iterable[Server], state: ServerState) -> int:
+    """Drain, enable or disable servers. Returns how many changed."""
+    ids = [s.pk for s in servers]
+    with config_change(f"servers {ids} → {state}"):
+        return (
+            Server.objects.filter(pk__in=ids)
+            .exclude(state=state)
+            .update(state=state, updated_at=timezone.now())
+        )
+
+
+def hash_secret(secret: str) -> str:
+    # API secrets are 256-bit random tokens, so a fast hash is enough (no dictionary to guess from).
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def create_api_key(
+    name: str,
+    *,
+    pools: Sequence[Pool] = (),
+    all_pools: bool = False,
+    is_admin: bool = False,
+    rate_limit_per_minute: int = 0,
+    expires_at: datetime | None = None,
+    owner_id: int | None = None,
+) -> tuple[ApiKey, str]:
+    """Create a key and return it with its secret, which is never stored and never shown again."""
+    body = secrets.token_urlsafe(32)
+    prefix = secrets.token_hex(API_KEY_PREFIX_LEN // 2)
+    secret = f"mcp_{prefix}_{body}"
+    key = ApiKey(
+        name=name,
+        prefix=prefix,
+        hashed_secret=hash_secret(secret),
+        all_pools=all_pools,
+        is_admin=is_admin,
+        rate_limit_per_minute=rate_limit_per_minute,
+        expires_at=expires_at,
+        owner_id=owner_id,
+    )
+    with config_change(f"create api key {name}"):
+        key.full_clean(exclude=["prefix", "hashed_secret"])
+        key.save()
+        key.pools.set(pools)
+    return key, secret
+
+
+def set_api_key_pools(key: ApiKey, pools: Sequence[Pool]) -> None:
+    with config_change(f"api key {key.name} pools"):
+        key.pools.set(pools)
+
+
+def revoke_api_key(key: ApiKey) -> None:
+    with config_change(f"revoke api key {key.name}"):
+        ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    key.refresh_from_db(fields=["revoked_at"])
+
+
+def parse_api_key(secret: str) -> str | None:
+    """The lookup prefix of a presented secret, or None when it is not shaped like one of ours."""
+    parts = secret.split("_", 2)
+    if len(parts) != 3 or parts[0] != "mcp" or len(parts[1]) != API_KEY_PREFIX_LEN:
+        return None
+    return parts[1]
