@@ -1,0 +1,261 @@
+"""An upstream MCP server as a child process speaking newline-delimited JSON on stdin/stdout.
+
+The child gets only the configured environment plus a short allowlist from ours (never our
+secrets), runs in its own process group (so ``npx``-style launchers and their children stop
+together), and is always reaped. One reader task matches responses to waiting calls by id; stderr
+is logged line by line with bounded lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from typing import TYPE_CHECKING, Final
+
+from balancing.engine import jsonrpc
+from balancing.engine.config import Era, ServerConfig
+from balancing.engine.errors import ConnectFailed, SessionGone, UpstreamClosed
+from balancing.engine.jsonrpc import JsonObject
+
+if TYPE_CHECKING:
+    from balancing.engine.upstream import Call, Deliver
+
+logger = logging.getLogger(__name__)
+stderr_logger = logging.getLogger("balancing.engine.upstream.stderr")
+
+# Variables a child inherits from us; everything else must be configured on the server.
+INHERITED_ENV: Final = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TMPDIR",
+    "TEMP",
+    "TMP",
+    "SYSTEMROOT",
+    "USER",
+    "LOGNAME",
+)
+# Largest stdout line (one message) we read; a longer one is dropped with a warning.
+MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
+MAX_STDERR_LINE: Final = 2000
+# Stop logging garbage lines after this many (then only every 1000th): a server printing its
+# logs to stdout must not flood ours.
+GARBAGE_LOG_LIMIT: Final = 20
+# Shutdown, as the MCP spec orders it: close stdin, wait, SIGTERM, wait, SIGKILL.
+EXIT_GRACE: Final = 2.0
+TERM_GRACE: Final = 2.0
+# Flush stdin once this much is buffered, so a stalled child applies back pressure.
+WRITE_HIGH_WATER: Final = 256 * 1024
+
+
+def child_environment(configured: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    env = {key: value for key in INHERITED_ENV if (value := os.environ.get(key)) is not None}
+    env.update(configured)
+    return env
+
+
+class StdioTransport:
+    """Framing and process lifecycle for one stdio `UpstreamSession`."""
+
+    def __init__(self, server: ServerConfig, deliver: Deliver) -> None:
+        self._server = server
+        self._name = server.name
+        self._deliver = deliver
+        self._process: asyncio.subprocess.Process | None = None
+        self._pending: dict[int, asyncio.Future[JsonObject]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._drain_lock = asyncio.Lock()
+        self._alive = False
+        self._garbage = 0
+
+    @property
+    def alive(self) -> bool:
+        return self._alive
+
+    @property
+    def cancels_by_disconnect(self) -> bool:
+        return False
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def use(self, era: Era, version: str | None) -> None:
+        """stdio carries no per-message headers: nothing changes with the era."""
+
+    async def start(self) -> None:
+        server = self._server
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                server.command,
+                *server.args,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=child_environment(server.env),
+                cwd=server.cwd or None,
+                limit=MAX_MESSAGE_BYTES,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise ConnectFailed(
+                f"cannot start {server.command!r}: {exc}", server=self._name
+            ) from exc
+        self._alive = True
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._read_messages()),
+            loop.create_task(self._read_stderr()),
+            loop.create_task(self._watch_exit()),
+        ]
+
+    # ---------------------------------------------------------------- sending
+
+    async def roundtrip(
+        self, call: Call, body: bytes, method: str, params: JsonObject | None
+    ) -> JsonObject:
+        future: asyncio.Future[JsonObject] = asyncio.get_running_loop().create_future()
+        self._pending[call.id] = future
+        try:
+            await self._write(body)
+            return await future
+        finally:
+            del self._pending[call.id]
+
+    async def send(self, body: bytes, method: str, params: JsonObject | None) -> None:
+        await self._write(body)
+
+    async def _write(self, body: bytes) -> None:
+        if not self._alive or self._process is None or self._process.stdin is None:
+            raise SessionGone("the server process has exited", server=self._name)
+        stdin = self._process.stdin
+        stdin.write(body + b"\n")
+        # Writes are buffered by the pipe transport; only drain (one writer at a time) when the
+        # child stops reading, so the common case costs no await at all.
+        if stdin.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+            async with self._drain_lock:
+                try:
+                    await stdin.drain()
+                except (ConnectionError, BrokenPipeError) as exc:
+                    raise UpstreamClosed(f"stdin closed: {exc}", server=self._name) from exc
+
+    # ---------------------------------------------------------------- receiving
+
+    async def _read_messages(self) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        stdout = self._process.stdout
+        try:
+            while True:
+                try:
+                    line = await stdout.readline()
+                except ValueError:
+                    # asyncio dropped a line over MAX_MESSAGE_BYTES; its call will time out.
+                    logger.warning(
+                        "%s: dropped a stdout line over %d bytes", self._name, MAX_MESSAGE_BYTES
+                    )
+                    continue
+                if not line:
+                    return
+                message = jsonrpc.decode(line)
+                if message is None:
+                    self._garbage_line(line)
+                    continue
+                if "method" not in message:
+                    future = self._pending.get(message.get("id"))  # type: ignore[arg-type]
+                    if future is not None:
+                        if not future.done():
+                            future.set_result(message)
+                        continue
+                try:
+                    await self._deliver(message, None)
+                except Exception:
+                    logger.exception("%s: delivering a message failed", self._name)
+        finally:
+            self._lost("the server closed its stdout")
+
+    def _garbage_line(self, line: bytes) -> None:
+        if not line.strip():
+            return
+        self._garbage += 1
+        if self._garbage <= GARBAGE_LOG_LIMIT or self._garbage % 1000 == 0:
+            logger.warning(
+                "%s: skipping non-JSON-RPC stdout line #%d: %r",
+                self._name,
+                self._garbage,
+                line[:200],
+            )
+
+    async def _read_stderr(self) -> None:
+        """Log stderr line by line; lines are cut at MAX_STDERR_LINE so nothing grows unbounded."""
+        assert self._process is not None and self._process.stderr is not None
+        stderr = self._process.stderr
+        partial = b""
+        while chunk := await stderr.read(65536):
+            lines = (partial + chunk).split(b"\n")
+            partial = lines.pop()[:MAX_STDERR_LINE]
+            for line in lines:
+                if line.strip():
+                    stderr_logger.info(
+                        "%s: %s", self._name, line[:MAX_STDERR_LINE].decode(errors="replace")
+                    )
+        if partial.strip():
+            stderr_logger.info("%s: %s", self._name, partial.decode(errors="replace"))
+
+    async def _watch_exit(self) -> None:
+        # A grandchild may hold stdout open after the server itself died; the exit decides.
+        assert self._process is not None
+        code = await self._process.wait()
+        self._lost(f"the server process exited with code {code}")
+
+    def _lost(self, reason: str) -> None:
+        """The process is gone: fail every waiting call (it may have run) and refuse new ones."""
+        if not self._alive and not self._pending:
+            return
+        self._alive = False
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(UpstreamClosed(reason, server=self._name))
+
+    # ---------------------------------------------------------------- stopping
+
+    async def close(self) -> None:
+        """Close stdin, give the server EXIT_GRACE to leave, then SIGTERM, then SIGKILL its process
+        group; always reap it."""
+        process = self._process
+        self._alive = False
+        if process is None:
+            return
+        self._lost("the session was closed")
+        if process.returncode is None and process.stdin is not None:
+            with contextlib.suppress(OSError):
+                process.stdin.close()
+        try:
+            if not await _exited(process, EXIT_GRACE):
+                _signal_group(process.pid, signal.SIGTERM)
+                if not await _exited(process, TERM_GRACE):
+                    _signal_group(process.pid, signal.SIGKILL)
+                    await process.wait()
+        finally:
+            # Stragglers of the group (a launcher's children) go with the leader.
+            _signal_group(process.pid, signal.SIGKILL)
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def _exited(process: asyncio.subprocess.Process, grace: float) -> bool:
+    try:
+        await asyncio.wait_for(process.wait(), grace)
+    except TimeoutError:
+        return False
+    return True
+
+
+def _signal_group(pid: int, signum: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signum)

@@ -1,0 +1,455 @@
+"""One logical MCP session to one upstream server, multiplexing many calls at once.
+
+A session is to an MCP server what an HTTP/2 connection is to a web server: the pool keeps a few
+per server and puts many concurrent calls on each. Calls from different clients get session-unique
+JSON-RPC ids and progress tokens, so two clients that both send ``id: 1`` never see each other's
+answers. The hot path stays on bytes and dicts (orjson, aiohttp): no SDK model is built per call.
+
+What arrives from the server besides the answer is routed by ownership:
+
+* to the call it belongs to (``on_message`` of ``request``): over HTTP everything on that call's
+  response stream; over stdio the progress notifications carrying the call's progress token;
+* to the session (``on_event`` of ``open``): everything else — list-changed notifications,
+  logging outside a call (and, over stdio, all logging and server→client requests, since stdio
+  carries no marker tying them to a call).
+
+A server→client request (sampling, elicitation, roots) is answered with whatever the handler
+returns; the session sends it back upstream under the server's own id. A ``ping`` from the server
+is answered here. Handlers for notifications run inline on the receive path, so they must be quick
+(hand the message to a queue); handlers for requests run as their own tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from balancing.engine import jsonrpc, protocol
+from balancing.engine.config import Era, ServerConfig, Transport
+from balancing.engine.errors import (
+    CallRejected,
+    ProtocolError,
+    SessionGone,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from balancing.engine.jsonrpc import JsonObject, Kind, RequestId
+
+if TYPE_CHECKING:
+    import aiohttp
+
+logger = logging.getLogger(__name__)
+
+MessageHandler = Callable[[JsonObject], Awaitable[JsonObject | None]]
+Clock = Callable[[], float]
+
+METHOD_NOT_FOUND: Final = -32601
+INTERNAL_ERROR: Final = -32603
+
+# How long close() waits for a handshake-era DELETE before giving up on it.
+CLOSE_TIMEOUT: Final = 2.0
+
+
+class Call:
+    """One request in flight on a session (the transports only read ``id``)."""
+
+    __slots__ = ("id", "on_message", "progress_token")
+
+    def __init__(self, request_id: int, on_message: MessageHandler | None) -> None:
+        self.id = request_id
+        self.on_message = on_message
+        self.progress_token: Any = None  # the caller's own token, restored on the way back
+
+
+Deliver = Callable[[JsonObject, "Call | None"], Awaitable[None]]
+
+
+class UpstreamTransport(Protocol):
+    """What a session needs from a transport (`transport_http`, `transport_stdio`)."""
+
+    @property
+    def alive(self) -> bool: ...
+
+    @property
+    def cancels_by_disconnect(self) -> bool:
+        """True when abandoning a call's exchange is itself the cancel signal (2026 HTTP)."""
+        ...
+
+    async def start(self) -> None: ...
+
+    def use(self, era: Era, version: str | None) -> None:
+        """Switch the wire framing (headers) to ``era`` at ``version`` (None: pre-handshake)."""
+        ...
+
+    async def roundtrip(
+        self, call: Call, body: bytes, method: str, params: JsonObject | None
+    ) -> JsonObject:
+        """Send one request and return its JSON-RPC response message (result or error);
+        everything else the server sends for it goes to the session's ``deliver``."""
+        ...
+
+    async def send(self, body: bytes, method: str, params: JsonObject | None) -> None:
+        """Send a notification, or a response to a server→client request."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class UpstreamSession:
+    """A negotiated MCP session to one server; many calls may run on it at once."""
+
+    def __init__(
+        self,
+        server: ServerConfig,
+        *,
+        client_info: JsonObject,
+        capabilities: JsonObject,
+        on_event: MessageHandler | None,
+        clock: Clock,
+    ) -> None:
+        self.server = server
+        self._client_info = client_info
+        self._capabilities = capabilities
+        self._on_event = on_event
+        self._clock = clock
+        self._ids = jsonrpc.IdAllocator()
+        self._by_token: dict[int, Call] = {}  # wire progress token (= request id) -> call
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight = 0
+        self._closed = False
+        self._envelope: JsonObject | None = None  # modern era: the `_meta` every request carries
+        self._transport: UpstreamTransport
+        self.era = Era.AUTO
+        self.protocol_version = ""
+        self.server_info: JsonObject = {}
+        self.server_capabilities: JsonObject = {}
+        self.instructions = ""
+        self.opened_at = clock()
+        self.last_used = self.opened_at
+
+    # ---------------------------------------------------------------- opening
+
+    @classmethod
+    async def open(
+        cls,
+        server: ServerConfig,
+        *,
+        http: aiohttp.ClientSession | None,
+        client_info: JsonObject,
+        capabilities: JsonObject,
+        on_event: MessageHandler | None = None,
+        timeout: float,  # noqa: ASYNC109 - the negotiation's own deadline, see request()
+        clock: Clock = time.monotonic,
+    ) -> UpstreamSession:
+        """Connect (HTTP) or spawn (stdio), then negotiate the era ``server.era`` asks for.
+
+        ``http`` is the owner's shared aiohttp session (one keep-alive connector for every
+        upstream); it is required for HTTP servers and ignored for stdio.
+        """
+        session = cls(
+            server,
+            client_info=client_info,
+            capabilities=capabilities,
+            on_event=on_event,
+            clock=clock,
+        )
+        if server.transport is Transport.STDIO:
+            from balancing.engine.transport_stdio import StdioTransport
+
+            session._transport = StdioTransport(server, session._deliver)
+        else:
+            if http is None:
+                raise ValueError(f"{server.name}: an HTTP server needs the shared aiohttp session")
+            from balancing.engine.transport_http import HttpTransport
+
+            session._transport = HttpTransport(server, http, session._deliver)
+        try:
+            async with asyncio.timeout(timeout):
+                await session._transport.start()
+                await session._negotiate(server.era, timeout)
+        except TimeoutError:
+            await session.close()
+            raise UpstreamTimeout(
+                f"no answer to the MCP negotiation within {timeout:g}s", server=server.name
+            ) from None
+        except BaseException:
+            await session.close()
+            raise
+        return session
+
+    async def _negotiate(self, era: Era, timeout: float) -> None:  # noqa: ASYNC109
+        """Modern era first (``server/discover``), the handshake when the server does not know it.
+
+        Modern first, as the SDK's ``auto`` does: a server that speaks 2026-07-28 should be spoken
+        to without a session (no session state upstream, no ping, no 404 re-opening). The probe
+        costs one extra round trip only against handshake-only servers, and only when a session
+        opens, which pooling makes rare.
+        """
+        if era is not Era.HANDSHAKE:
+            try:
+                probe_timeout = min(timeout, protocol.DISCOVER_PROBE_TIMEOUT)
+                result = await self._discover(protocol.LATEST_MODERN_VERSION, probe_timeout)
+                version = protocol.discover_version(result)
+                if version:
+                    self._adopt_modern(version, result)
+                    return
+                if era is Era.MODERN:
+                    raise ProtocolError(
+                        "server/discover names no modern version we speak",
+                        server=self.server.name,
+                    )
+            except CallRejected as exc:
+                if era is Era.MODERN or not protocol.falls_back_to_handshake(exc):
+                    raise
+            except ProtocolError as exc:
+                # An HTTP 4xx without a JSON-RPC answer (server-everything: 400 "Server not
+                # initialized") is a handshake-only server refusing the probe.
+                if era is Era.MODERN or exc.delivered:
+                    raise
+            except UpstreamTimeout:
+                # A handshake-only stdio server may ignore a method it does not know; over HTTP a
+                # timeout is an outage, not an era verdict.
+                if era is Era.MODERN or self.server.transport is not Transport.STDIO:
+                    raise
+        await self._initialize(timeout)
+
+    async def _discover(self, version: str, timeout: float) -> JsonObject:  # noqa: ASYNC109
+        self._transport.use(Era.MODERN, version)
+        params = {"_meta": self._envelope_at(version)}
+        return await self.request("server/discover", params, timeout=timeout)
+
+    def _envelope_at(self, version: str) -> JsonObject:
+        return {
+            protocol.PROTOCOL_VERSION_META_KEY: version,
+            protocol.CLIENT_INFO_META_KEY: self._client_info,
+            protocol.CLIENT_CAPABILITIES_META_KEY: self._capabilities,
+        }
+
+    def _adopt_modern(self, version: str, result: JsonObject) -> None:
+        self._transport.use(Era.MODERN, version)
+        self._envelope = self._envelope_at(version)
+        self.era = Era.MODERN
+        self.protocol_version = version
+        self.server_capabilities = _dict(result.get("capabilities"))
+        self.server_info = _dict(_dict(result.get("_meta")).get(protocol.SERVER_INFO_META_KEY))
+        self.instructions = str(result.get("instructions") or "")
+
+    async def _initialize(self, timeout: float) -> None:  # noqa: ASYNC109
+        self._transport.use(Era.HANDSHAKE, None)
+        params = {
+            "protocolVersion": protocol.LATEST_HANDSHAKE_VERSION,
+            "capabilities": self._capabilities,
+            "clientInfo": self._client_info,
+        }
+        result = await self.request("initialize", params, timeout=timeout)
+        version = result.get("protocolVersion")
+        if version not in protocol.HANDSHAKE_PROTOCOL_VERSIONS:
+            raise ProtocolError(
+                f"initialize answered protocol version {version!r}, which we do not speak",
+                server=self.server.name,
+            )
+        assert isinstance(version, str)
+        self._transport.use(Era.HANDSHAKE, version)
+        self.era = Era.HANDSHAKE
+        self.protocol_version = version
+        self.server_capabilities = _dict(result.get("capabilities"))
+        self.server_info = _dict(result.get("serverInfo"))
+        self.instructions = str(result.get("instructions") or "")
+        await self.notify("notifications/initialized", None)
+
+    # ---------------------------------------------------------------- state
+
+    @property
+    def alive(self) -> bool:
+        return not self._closed and self._transport.alive
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    # ---------------------------------------------------------------- calls
+
+    async def request(
+        self,
+        method: str,
+        params: JsonObject | None,
+        *,
+        # Not asyncio.timeout() around the call: the session must know the deadline to raise
+        # UpstreamTimeout (a server failure) and to abandon the call upstream.
+        timeout: float,  # noqa: ASYNC109
+        on_message: MessageHandler | None = None,
+    ) -> JsonObject:
+        """Send one request and return the server's ``result`` object.
+
+        Raises ``CallRejected`` for a JSON-RPC error answer, ``UpstreamTimeout`` after
+        ``timeout`` seconds, and the transport errors of `errors` otherwise. Cancelling the
+        awaiting task abandons the call upstream (``notifications/cancelled``, or closing the
+        response stream in the 2026 HTTP era).
+        """
+        if not self.alive:
+            raise SessionGone("session is closed", server=self.server.name)
+        request_id = self._ids.next()
+        call = Call(request_id, on_message)
+        wire_params = params
+        if params is not None:
+            meta = params.get("_meta")
+            if isinstance(meta, dict) and "progressToken" in meta:
+                # The request id is unique on this session, so it makes a unique progress token;
+                # the caller's own token is restored on each notification.
+                call.progress_token = meta["progressToken"]
+                wire_params = {**params, "_meta": {**meta, "progressToken": request_id}}
+                self._by_token[request_id] = call
+        if self._envelope is not None:
+            wire_params = protocol.with_meta(wire_params, self._envelope)
+        body = jsonrpc.encode_request(request_id, method, wire_params)
+        self._in_flight += 1
+        try:
+            async with asyncio.timeout(timeout):
+                response = await self._transport.roundtrip(call, body, method, wire_params)
+        except TimeoutError:
+            self._abandon(call, "timeout")
+            raise UpstreamTimeout(
+                f"{method} got no answer within {timeout:g}s", server=self.server.name
+            ) from None
+        except asyncio.CancelledError:
+            self._abandon(call, "cancelled")
+            raise
+        finally:
+            self._in_flight -= 1
+            if call.progress_token is not None:
+                del self._by_token[request_id]
+            self.last_used = self._clock()
+        result = response.get("result")
+        if isinstance(result, dict):
+            return result
+        error = response.get("error")
+        if isinstance(error, dict):
+            raise CallRejected(error, server=self.server.name)
+        raise ProtocolError(
+            f"{method}: response has neither result nor error", server=self.server.name
+        )
+
+    async def notify(self, method: str, params: JsonObject | None) -> None:
+        """Send a notification. The 2026 HTTP wire has none from client to server (the server
+        drops them), so there it is skipped."""
+        if self._envelope is not None:
+            if self._transport.cancels_by_disconnect:
+                logger.debug("%s: not sending %s on the 2026 HTTP wire", self.server.name, method)
+                return
+            params = protocol.with_meta(params, self._envelope)
+        await self._transport.send(jsonrpc.encode_notification(method, params), method, params)
+
+    async def ping(self, timeout: float) -> float:  # noqa: ASYNC109
+        """Round-trip time in seconds of the era's liveness probe (``ping``; ``server/discover``
+        in the modern era, which has no ping)."""
+        started = self._clock()
+        if self.era is Era.MODERN:
+            await self.request("server/discover", None, timeout=timeout)
+        else:
+            await self.request("ping", None, timeout=timeout)
+        return self._clock() - started
+
+    async def close(self) -> None:
+        """End the session upstream (DELETE / stop the process) and stop its background work.
+        Idempotent; never raises for an upstream that is already gone."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        try:
+            await self._transport.close()
+        except UpstreamError as exc:
+            logger.debug("%s: close: %s", self.server.name, exc)
+
+    # ---------------------------------------------------------------- receive path
+
+    def _abandon(self, call: Call, reason: str) -> None:
+        """Tell the server we stopped waiting, unless dropping the exchange already did."""
+        if self._transport.cancels_by_disconnect or not self.alive or self.era is Era.AUTO:
+            return
+        params: JsonObject = {"requestId": call.id, "reason": reason}
+        self._spawn(self.notify("notifications/cancelled", params))
+
+    async def _deliver(self, message: JsonObject, call: Call | None) -> None:
+        """Route a message from the server that is not the answer the transport waits for."""
+        kind = jsonrpc.classify(message)
+        if kind is Kind.NOTIFICATION:
+            if message["method"] == "notifications/progress":
+                message, call = self._progress_owner(message, call)
+                if call is None:
+                    return  # progress for a call that already ended
+            handler = call.on_message if call is not None else self._on_event
+            if handler is not None:
+                try:
+                    await handler(message)
+                except Exception:
+                    logger.exception(
+                        "%s: handler for %s failed", self.server.name, message["method"]
+                    )
+        elif kind is Kind.REQUEST:
+            self._spawn(self._answer(message, call))
+        elif kind is Kind.RESPONSE:
+            logger.debug(
+                "%s: dropping a response nobody waits for: %r", self.server.name, message.get("id")
+            )
+        else:
+            logger.warning("%s: dropping an invalid JSON-RPC message", self.server.name)
+
+    def _progress_owner(
+        self, message: JsonObject, call: Call | None
+    ) -> tuple[JsonObject, Call | None]:
+        params = message.get("params")
+        token = params.get("progressToken") if isinstance(params, dict) else None
+        owner = self._by_token.get(token) if isinstance(token, int) else None
+        if owner is None or (call is not None and owner is not call):
+            return message, None
+        restored = {**params, "progressToken": owner.progress_token}  # type: ignore[dict-item]
+        return {**message, "params": restored}, owner
+
+    async def _answer(self, message: JsonObject, call: Call | None) -> None:
+        """Answer a server→client request under the server's own id."""
+        request_id: RequestId = message["id"]
+        method = message["method"]
+        if method == "ping":
+            body = jsonrpc.encode_result(request_id, {})
+        else:
+            handler = call.on_message if call is not None and call.on_message else self._on_event
+            result: JsonObject | None = None
+            body = b""
+            if handler is not None:
+                try:
+                    result = await handler(message)
+                except Exception:
+                    logger.exception("%s: handler for %s failed", self.server.name, method)
+                    body = jsonrpc.encode_error(request_id, INTERNAL_ERROR, "client handler failed")
+            if not body:
+                body = (
+                    jsonrpc.encode_result(request_id, result)
+                    if result is not None
+                    else jsonrpc.encode_error(
+                        request_id, METHOD_NOT_FOUND, f"{method} not supported"
+                    )
+                )
+        try:
+            await self._transport.send(body, "", None)
+        except UpstreamError as exc:
+            logger.warning("%s: could not answer %s: %s", self.server.name, method, exc)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await work
+            except UpstreamError as exc:
+                logger.debug("%s: background send failed: %s", self.server.name, exc)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _dict(value: Any) -> JsonObject:
+    return value if isinstance(value, dict) else {}
