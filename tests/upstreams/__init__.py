@@ -1,0 +1,1 @@
+"""Upstream MCP servers the tests and benchmarks run as real processes (see `procs`)."""
