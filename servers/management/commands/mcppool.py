@@ -1,0 +1,75 @@
+"""`manage.py mcppool apply FILE [--dry-run] [--prune]` and `manage.py mcppool export`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from servers import configfile
+
+
+class Command(BaseCommand):
+    help = "Config as code: apply a YAML file of pools, servers and affinity rules, or export one."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        actions = parser.add_subparsers(dest="action", required=True, metavar="{apply,export}")
+        apply = actions.add_parser("apply", help="make the config match a file")
+        apply.add_argument("file", help="YAML file, or - for standard input")
+        apply.add_argument(
+            "--dry-run", action="store_true", help="print the changes, write nothing"
+        )
+        apply.add_argument(
+            "--prune",
+            action="store_true",
+            help="also delete pools, servers and rules the file does not name",
+        )
+        export = actions.add_parser("export", help="print the current config as YAML")
+        export.add_argument("--output", "-o", help="write to this file instead of stdout")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        self.verbosity = int(options["verbosity"])
+        if options["action"] == "apply":
+            self.apply(options["file"], dry_run=options["dry_run"], prune=options["prune"])
+        else:
+            self.export(options["output"])
+
+    def apply(self, file: str, *, dry_run: bool, prune: bool) -> None:
+        text = self.read(file)
+        source = "<stdin>" if file == "-" else file
+        try:
+            change_plan = configfile.apply_text(text, source, prune=prune, dry_run=dry_run)
+        except configfile.ConfigFileError as exc:
+            raise CommandError(str(exc)) from exc
+        if not change_plan:
+            self.say("no changes")
+            return
+        for line in change_plan.describe():
+            self.say(line)
+        count = len(change_plan.changes)
+        if dry_run:
+            self.say(f"{count} changes (dry run: nothing written)")
+        else:
+            self.say(f"applied {count} changes", self.style.SUCCESS)
+
+    def export(self, output: str | None) -> None:
+        text = configfile.export()
+        if output:
+            Path(output).write_text(text, encoding="utf-8")
+            self.say(f"wrote {output}")
+        else:
+            self.stdout.write(text, ending="")
+
+    def read(self, file: str) -> str:
+        if file == "-":
+            return sys.stdin.read()
+        try:
+            return Path(file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CommandError(f"{file}: cannot read: {exc}") from exc
+
+    def say(self, line: str, style: Any = None) -> None:
+        if self.verbosity > 0:
+            self.stdout.write(style(line) if style else line)
