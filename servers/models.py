@@ -270,3 +270,25 @@ class ConfigState(models.Model):
 
     def __str__(self) -> str:
         return f"config v{self.version}"
+
+
+class Flip(models.Model):
+    """One change of a server's health state, with why: the dashboard's flip history."""
+
+    class Source(models.TextChoices):
+        CHECK = "check", "Active check"
+        PASSIVE = "passive", "Live traffic (outlier detection)"
+        OPERATOR = "operator", "Operator"
+
+    server = models.ForeignKey(Server, on_delete=models.CASCADE, related_name="flips")
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    old = models.CharField(max_length=10, choices=choices.Health.choices)
+    new = models.CharField(max_length=10, choices=choices.Health.choices)
+    source = models.CharField(max_length=10, choices=Source.choices)
+    reason = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.server} {self.old} → {self.new}"

@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from servers import events
 from servers.choices import ServerState
-from servers.models import AffinityRule, ApiKey, ConfigState, Pool, Server
+from servers.models import AffinityRule, ApiKey, ConfigState, Flip, Pool, Server
 
 ConfigModel = TypeVar("ConfigModel", Pool, Server, AffinityRule)
 
@@ -128,3 +128,44 @@ def parse_api_key(secret: str) -> str | None:
     if len(parts) != 3 or parts[0] != "mcp" or len(parts[1]) != API_KEY_PREFIX_LEN:
         return None
     return parts[1]
+
+
+def flip_health(
+    server_id: int,
+    *,
+    expected: Iterable[str],
+    new: str,
+    reason: str,
+    source: str,
+    **fields: object,
+) -> bool:
+    """Change a server's health state by compare-and-set; True when this call made the change.
+
+    `UPDATE … WHERE health IN (expected)`: when two workers judge the same server at once, only
+    one update matches, so a state never flips twice and the history never shows a double flip.
+    The flip is recorded, the version bumped and `health.changed` published after commit.
+    """
+    expected = list(expected)
+    now = timezone.now()
+    with transaction.atomic():
+        old = Server.objects.filter(pk=server_id).values_list("health", flat=True).first()
+        if old is None or old not in expected or old == new:
+            if fields:
+                Server.objects.filter(pk=server_id).update(**fields)
+            return False
+        changed = Server.objects.filter(pk=server_id, health=old).update(
+            health=new, health_changed_at=now, health_reason=reason[:500], **fields
+        )
+        if not changed:
+            return False
+        Flip.objects.create(
+            server_id=server_id, at=now, old=old, new=new, source=source, reason=reason[:500]
+        )
+        version = bump_config_version()
+        transaction.on_commit(
+            lambda: (
+                events.publish_health_changed(server_id, new, reason),
+                events.publish_config_changed(version, f"health {server_id} → {new}"),
+            )
+        )
+    return True

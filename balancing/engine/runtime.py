@@ -1,0 +1,500 @@
+"""The runtime: live pools of upstream sessions, and the call path through them.
+
+One `Runtime` lives in each ASGI process. It is handed config `Snapshot`s (at start and on every
+change) and applies them as a diff, without dropping calls in flight: a new server opens its
+sessions, a removed or disabled one closes once its calls have finished, a draining one takes no
+new calls, and a changed weight or limit applies to the next pick.
+
+A call: match affinity rules → the balancer picks a server → borrow a call slot on one of its
+sessions → forward the JSON-RPC request → account the outcome (stats, passive health, metrics).
+A call that never reached a server is retried once on a fresh session of the same server
+(a 404 "session not found" re-initializes transparently) and, if the pool's retry policy and
+budget allow, on another server — as is a delivered call to a tool annotated read-only or
+idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import aiohttp
+
+from balancing.engine.affinity import RequestContext, match_rules
+from balancing.engine.balancer import Balancer
+from balancing.engine.config import (
+    AdminState,
+    Health,
+    PoolConfig,
+    ServerConfig,
+    Snapshot,
+    Transport,
+)
+from balancing.engine.endpoint import Endpoint
+from balancing.engine.errors import (
+    CallRejected,
+    ProtocolError,
+    SessionGone,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from balancing.engine.metrics import RuntimeMetrics
+from balancing.engine.outlier import Ejected, Outcome, OutlierDetector, OutlierEvent, Recovered
+from balancing.engine.retry import RetryBudget, may_retry
+from balancing.engine.sessions import AcquireTimeout, PoolClosed, Session, SessionPool
+from balancing.engine.stats import ServerStats
+from balancing.engine.upstream import UpstreamSession
+
+log = logging.getLogger(__name__)
+
+JsonObject = dict[str, Any]
+MessageHandler = Callable[[JsonObject], Awaitable[JsonObject | None]]
+EventSink = Callable[[str, ServerConfig, OutlierEvent], None]
+
+CLIENT_INFO: JsonObject = {"name": "mcppool", "version": "0.1.0"}
+# The gateway multiplexes many clients over one upstream session in shared mode, so it declares no
+# sampling or elicitation there: a server must not send a request that no single client owns.
+SHARED_CAPABILITIES: JsonObject = {}
+TOOLS_REFRESH_SECONDS = 60.0
+MAINTAIN_SECONDS = 1.0
+
+
+class UnknownPool(LookupError):
+    def __init__(self, slug: str) -> None:
+        super().__init__(f"no pool {slug!r}")
+        self.slug = slug
+
+
+class NoHealthyServer(UpstreamError):
+    """No server of the pool can take the call (down, ejected, draining, or lacking the tool)."""
+
+    delivered = False
+
+    @property
+    def server_failure(self) -> bool:
+        return False
+
+
+@dataclass(slots=True)
+class LivePool:
+    config: PoolConfig
+    balancer: Balancer
+    outliers: OutlierDetector
+    budget: RetryBudget
+    endpoints: dict[int, Endpoint]
+    sessions: dict[int, SessionPool]
+    tools: dict[str, JsonObject]  # merged tool definitions, first server listing a name wins
+    server_tools: dict[int, list[JsonObject]]  # each server's own `tools/list`
+    tools_refreshed: dict[int, float]
+
+    def endpoint_list(self) -> list[Endpoint]:
+        return list(self.endpoints.values())
+
+
+def _outcome_of(exc: UpstreamError) -> Outcome:
+    if isinstance(exc, UpstreamTimeout):
+        return Outcome.TIMEOUT
+    if isinstance(exc, CallRejected):
+        return Outcome.INTERNAL_ERROR if exc.server_failure else Outcome.SUCCESS
+    return Outcome.TRANSPORT_FAILURE if exc.server_failure else Outcome.SUCCESS
+
+
+def _label_of(exc: UpstreamError) -> str:
+    if isinstance(exc, UpstreamTimeout):
+        return "timeout"
+    if isinstance(exc, CallRejected):
+        return "rejected"
+    if isinstance(exc, ProtocolError):
+        return "protocol_error"
+    if isinstance(exc, AcquireTimeout):
+        return "acquire_timeout"
+    if isinstance(exc, NoHealthyServer):
+        return "no_server"
+    return "transport_error"
+
+
+class Runtime:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        on_outlier: EventSink | None = None,
+        open_session: Callable[[PoolConfig, ServerConfig], Awaitable[Session]] | None = None,
+    ) -> None:
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.metrics = RuntimeMetrics()
+        self.pools: dict[str, LivePool] = {}
+        self.version = -1
+        self._on_outlier = on_outlier
+        self._open_override = open_session
+        self._http: aiohttp.ClientSession | None = None
+        self._maintainer: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[Any]] = set()
+        self._started = False
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    async def start(self, snapshot: Snapshot) -> None:
+        # One keep-alive connector for every HTTP upstream: building a client per session costs
+        # ~26 ms (SSL context) and loses connection reuse.
+        self._http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+            timeout=aiohttp.ClientTimeout(total=None),
+            skip_auto_headers=("User-Agent",),
+        )
+        self._started = True
+        await self.apply(snapshot, initial=True)
+        self._maintainer = asyncio.create_task(self._maintain_forever(), name="mcppool-maintain")
+
+    async def close(self, grace: float = 10.0) -> None:
+        """Stop taking calls; let calls in flight finish within `grace`; close every session."""
+        if self._maintainer:
+            self._maintainer.cancel()
+            await asyncio.gather(self._maintainer, return_exceptions=True)
+        pools = [sp for live in self.pools.values() for sp in live.sessions.values()]
+        await asyncio.gather(*(sp.close(grace) for sp in pools), return_exceptions=True)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+        self.pools.clear()
+        if self._http:
+            await self._http.close()
+            self._http = None
+        self._started = False
+
+    # ---- config ------------------------------------------------------------------------
+    async def apply(self, snapshot: Snapshot, *, initial: bool = False) -> None:
+        """Make the live pools match `snapshot` (a diff: nothing in flight is dropped)."""
+        now = self.clock()
+        wanted = {p.slug: p for p in snapshot.pools}
+        for slug in list(self.pools):
+            if slug not in wanted:
+                live = self.pools.pop(slug)
+                for sp in live.sessions.values():
+                    self._retire(sp)
+        for slug, config in wanted.items():
+            existing = self.pools.get(slug)
+            if existing is not None:
+                live = existing
+            else:
+                live = LivePool(
+                    config=config,
+                    balancer=Balancer(config, self.rng),
+                    outliers=OutlierDetector.for_pool(config, self.rng),
+                    budget=RetryBudget(config.retry_budget_percent, config.retry_budget_min),
+                    endpoints={},
+                    sessions={},
+                    tools={},
+                    server_tools={},
+                    tools_refreshed={},
+                )
+                self.pools[slug] = live
+            self._apply_pool(live, config, now, initial)
+        self.version = snapshot.version
+
+    def _apply_pool(self, live: LivePool, config: PoolConfig, now: float, initial: bool) -> None:
+        if live.config != config:
+            live.balancer.configure(config)
+            live.outliers.configure(config)
+            live.budget = RetryBudget(config.retry_budget_percent, config.retry_budget_min)
+        live.config = config
+        live.outliers.sync(config.servers)
+        keep = {s.id: s for s in config.servers if s.state is not AdminState.DISABLED}
+        for server_id in list(live.endpoints):
+            if server_id not in keep:
+                live.endpoints.pop(server_id)
+                live.tools_refreshed.pop(server_id, None)
+                live.server_tools.pop(server_id, None)
+                sp = live.sessions.pop(server_id, None)
+                if sp is not None:
+                    self._retire(sp)
+        for server in keep.values():
+            endpoint = live.endpoints.get(server.id)
+            if endpoint is None:
+                endpoint = Endpoint(
+                    server,
+                    ServerStats(config.ewma_decay, now=now),
+                    live.outliers.state(server.id),
+                    # Servers present at start take traffic at once; ones added later ramp up.
+                    up_since=-float("inf") if initial else now,
+                )
+                live.endpoints[server.id] = endpoint
+                live.sessions[server.id] = SessionPool(
+                    config, server, self._opener(live, server.id), clock=self.clock, rng=self.rng
+                )
+                continue
+            old = endpoint.config
+            if old.health in (Health.DOWN, Health.EJECTED) and server.health in (
+                Health.UP,
+                Health.RECOVERING,
+            ):
+                endpoint.up_since = now  # back from down: slow start
+                endpoint.outlier.mark_probe_ok(now)
+            if server.health is Health.UP and old.health is not Health.UP:
+                endpoint.outlier.mark_probe_ok(now)  # a passing active check un-ejects
+            endpoint.config = server
+            live.sessions[server.id].reconfigure(config, server)
+
+    def _retire(self, sp: SessionPool) -> None:
+        task = asyncio.ensure_future(sp.close(grace=sp.pool.call_timeout))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _opener(self, live: LivePool, server_id: int) -> Callable[[], Awaitable[Session]]:
+        async def open_session() -> Session:
+            server = live.endpoints[server_id].config
+            if self._open_override is not None:
+                return await self._open_override(live.config, server)
+            return await self.open_upstream(live.config, server)
+
+        return open_session
+
+    async def open_upstream(
+        self,
+        pool: PoolConfig,
+        server: ServerConfig,
+        *,
+        capabilities: JsonObject | None = None,
+        on_event: MessageHandler | None = None,
+    ) -> UpstreamSession:
+        """Open and negotiate one upstream session (also used by sticky client sessions)."""
+        if server.transport is Transport.STDIO and server.command in ("python", "python3"):
+            # `python` in a config file means the interpreter running mcppool, so an example file
+            # works in any virtualenv.
+            server = replace(server, command=sys.executable)
+        return await UpstreamSession.open(
+            server,
+            http=self._http,
+            client_info=CLIENT_INFO,
+            capabilities=SHARED_CAPABILITIES if capabilities is None else capabilities,
+            on_event=on_event,
+            timeout=max(pool.acquire_timeout, 10.0),
+        )
+
+    # ---- calls -------------------------------------------------------------------------
+    def pool(self, slug: str) -> LivePool:
+        live = self.pools.get(slug)
+        if live is None:
+            raise UnknownPool(slug)
+        return live
+
+    async def call_tool(
+        self,
+        slug: str,
+        name: str,
+        arguments: Mapping[str, Any] | None,
+        *,
+        ctx: RequestContext | None = None,
+        timeout: float | None = None,
+        on_message: MessageHandler | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> JsonObject:
+        params: JsonObject = {"name": name, "arguments": dict(arguments or {})}
+        if meta:
+            params["_meta"] = dict(meta)
+        return await self.request(
+            slug, "tools/call", params, tool=name, ctx=ctx, timeout=timeout, on_message=on_message
+        )
+
+    async def request(
+        self,
+        slug: str,
+        method: str,
+        params: JsonObject | None,
+        *,
+        tool: str | None = None,
+        ctx: RequestContext | None = None,
+        timeout: float | None = None,
+        on_message: MessageHandler | None = None,
+    ) -> JsonObject:
+        """Forward one JSON-RPC request through the pool; returns the upstream's `result`."""
+        live = self.pool(slug)
+        config = live.config
+        timeout = config.call_timeout if timeout is None else min(timeout, config.call_timeout)
+        pin = hash_key = None
+        if config.rules and ctx is not None:
+            decision = match_rules(config.rules, ctx)
+            if decision is not None:
+                pin, hash_key = decision.pin, decision.hash_key
+        exclude: set[int] = set()
+        retrying = False
+        budget = live.budget
+        budget.call_started()
+        try:
+            while True:
+                now = self.clock()
+                pick = live.balancer.pick(
+                    live.endpoint_list(),
+                    now,
+                    tool=tool,
+                    exclude=exclude,
+                    hash_key=hash_key,
+                    pin=pin,
+                )
+                if pick is None:
+                    self.metrics.calls[(slug, "", "no_server")] += 1
+                    raise NoHealthyServer(
+                        f"pool {slug!r} has no healthy server"
+                        + (f" offering tool {tool!r}" if tool else ""),
+                    )
+                if pick.panic:
+                    self.metrics.panics[slug] += 1
+                endpoint = pick.endpoint
+                try:
+                    return await self._send(live, endpoint, method, params, timeout, on_message)
+                except UpstreamError as exc:
+                    if retrying or not self._should_retry(live, exc, tool):
+                        raise  # one retry per call, on another server
+                    retrying = True
+                    exclude.add(endpoint.id)
+                    self.metrics.retries[slug] += 1
+        finally:
+            budget.call_finished()
+            if retrying:
+                budget.retry_finished()
+
+    def _should_retry(self, live: LivePool, exc: UpstreamError, tool: str | None) -> bool:
+        annotations = live.tools.get(tool, {}).get("annotations") if tool else None
+        if not may_retry(live.config.retry_policy, exc.delivered, annotations):
+            return False
+        if isinstance(exc, CallRejected) and not exc.server_failure:
+            return False  # the server answered; another would answer the same
+        if not live.budget.try_retry():
+            self.metrics.retries_refused[live.config.slug] += 1
+            return False
+        return True
+
+    async def _send(
+        self,
+        live: LivePool,
+        endpoint: Endpoint,
+        method: str,
+        params: JsonObject | None,
+        timeout: float,
+        on_message: MessageHandler | None,
+    ) -> JsonObject:
+        slug, server = live.config.slug, endpoint.config.name
+        sp = live.sessions[endpoint.id]
+        stats = endpoint.stats
+        stats.begin()
+        started = self.clock()
+        outcome = Outcome.SUCCESS
+        label = "ok"
+        try:
+            for attempt in (1, 2):
+                try:
+                    async with sp.borrow() as session:
+                        waited = self.clock() - started
+                        self.metrics.acquire_wait[slug].observe(waited)
+                        result = await session.request(
+                            method, params, timeout=timeout, on_message=on_message
+                        )
+                        if result.get("isError") is True:
+                            outcome, label = Outcome.TOOL_ERROR, "tool_error"
+                        return result
+                except (SessionGone, PoolClosed) as exc:
+                    # Never delivered: the session was gone (404, process exited). Once, open a
+                    # fresh session transparently and send again.
+                    if attempt == 2 or isinstance(exc, PoolClosed):
+                        raise
+                    self.metrics.reinitialized[(slug, server)] += 1
+            raise AssertionError("unreachable")  # pragma: no cover
+        except UpstreamError as exc:
+            outcome, label = _outcome_of(exc), _label_of(exc)
+            raise
+        except asyncio.CancelledError:
+            label = "cancelled"
+            raise
+        finally:
+            now = self.clock()
+            latency = now - started
+            failed = outcome in (Outcome.TIMEOUT, Outcome.TRANSPORT_FAILURE, Outcome.INTERNAL_ERROR)
+            stats.end(now, latency, failed)
+            if label != "cancelled":
+                event = endpoint.outlier.record(outcome, now)
+                if event is not None:
+                    self._report(live, endpoint, event)
+            self.metrics.calls[(slug, server, label)] += 1
+            self.metrics.durations[(slug, server)].observe(latency)
+
+    def _report(self, live: LivePool, endpoint: Endpoint, event: OutlierEvent) -> None:
+        key = (live.config.slug, endpoint.config.name)
+        if isinstance(event, Ejected):
+            self.metrics.ejections[key] += 1
+            log.warning("%s/%s ejected for %.0f s", *key, event.until - self.clock())
+        elif isinstance(event, Recovered):
+            self.metrics.recoveries[key] += 1
+            endpoint.up_since = self.clock()  # ramp back in (slow start)
+            log.info("%s/%s back in service", *key)
+        if self._on_outlier is not None:
+            try:
+                self._on_outlier(live.config.slug, endpoint.config, event)
+            except Exception:
+                log.exception("reporting an outlier event failed")
+
+    # ---- tools -------------------------------------------------------------------------
+    async def list_tools(self, slug: str) -> list[JsonObject]:
+        """The pool's tools, merged from its servers (refreshed now if never listed)."""
+        live = self.pool(slug)
+        if not live.tools_refreshed:
+            await self._refresh_tools(live)
+        return list(live.tools.values())
+
+    async def _refresh_tools(self, live: LivePool) -> None:
+        await asyncio.gather(
+            *(self._refresh_server_tools(live, ep) for ep in live.endpoint_list()),
+            return_exceptions=True,
+        )
+        merged: dict[str, JsonObject] = {}
+        for server_id in live.endpoints:
+            for tool in live.server_tools.get(server_id, ()):
+                merged.setdefault(tool["name"], tool)
+        live.tools = merged
+
+    async def _refresh_server_tools(self, live: LivePool, endpoint: Endpoint) -> None:
+        sp = live.sessions.get(endpoint.id)
+        if sp is None or not endpoint.available(self.clock()):
+            return
+        tools: list[JsonObject] = []
+        cursor: str | None = None
+        async with sp.borrow() as session:
+            for _ in range(100):  # pages; bounded against a server that never ends its cursor
+                params = {"cursor": cursor} if cursor else None
+                page = await session.request("tools/list", params, timeout=live.config.call_timeout)
+                tools.extend(t for t in page.get("tools", []) if isinstance(t, dict))
+                cursor = page.get("nextCursor")
+                if not cursor:
+                    break
+        tools = [t for t in tools if isinstance(t.get("name"), str)]
+        endpoint.tools = frozenset(t["name"] for t in tools)
+        live.server_tools[endpoint.id] = tools
+        live.tools_refreshed[endpoint.id] = self.clock()
+
+    # ---- upkeep ------------------------------------------------------------------------
+    async def maintain(self) -> None:
+        """One round of upkeep for every pool (sessions, tool lists)."""
+        now = self.clock()
+        for live in list(self.pools.values()):
+            await asyncio.gather(
+                *(sp.maintain() for sp in live.sessions.values()), return_exceptions=True
+            )
+            stale = any(
+                now - live.tools_refreshed.get(server_id, -1e18) >= TOOLS_REFRESH_SECONDS
+                for server_id in live.endpoints
+            )
+            if stale:
+                await self._refresh_tools(live)
+
+    async def _maintain_forever(self) -> None:
+        while True:
+            try:
+                await self.maintain()
+            except Exception:
+                log.exception("runtime upkeep failed")
+            await asyncio.sleep(MAINTAIN_SECONDS)
