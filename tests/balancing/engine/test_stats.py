@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from balancing.engine.stats import ServerStats
+
+
+def measured(stats: ServerStats, now: float, latency: float, failed: bool = False) -> None:
+    stats.begin()
+    stats.end(now, latency, failed)
+
+
+def test_stats_latency_jumps_up_to_a_higher_sample_at_once():
+    stats = ServerStats(decay=10.0)
+    measured(stats, 0.0, 0.01)
+
+    measured(stats, 0.001, 0.5)
+
+    assert stats.latency(0.001) == 0.5
+
+
+def test_stats_latency_decays_toward_lower_samples_with_the_time_constant():
+    stats = ServerStats(decay=10.0)
+    measured(stats, 0.0, 0.1)
+
+    measured(stats, 10.0, 0.01)  # one time constant later
+
+    expected = 0.1 * math.exp(-1) + 0.01 * (1 - math.exp(-1))
+    assert stats.latency(10.0) == pytest.approx(expected)
+
+
+def test_stats_closely_spaced_fast_samples_forget_a_peak_only_gradually():
+    stats = ServerStats(decay=10.0)
+    measured(stats, 0.0, 0.1)
+
+    for i in range(1, 101):  # 100 samples over 1 s
+        measured(stats, i * 0.01, 0.01)
+
+    # After 1 s (a tenth of the decay) most of the peak remains.
+    assert stats.latency(1.0) == pytest.approx(0.01 + 0.09 * math.exp(-0.1), rel=1e-6)
+
+
+def test_stats_failure_never_lowers_the_latency_estimate():
+    stats = ServerStats(decay=10.0)
+    measured(stats, 0.0, 0.2)
+
+    measured(stats, 5.0, 0.001, failed=True)
+
+    assert stats.latency(5.0) == 0.2
+    assert stats.failures == 1 and stats.calls == 2
+
+
+def test_stats_error_rate_rises_with_failures_and_fades_with_successes():
+    stats = ServerStats(decay=10.0)
+    for i in range(20):
+        measured(stats, i * 1.0, 0.01, failed=True)
+    high = stats.error_rate(19.0)
+
+    for i in range(20, 60):
+        measured(stats, i * 1.0, 0.01)
+
+    assert high > 0.8
+    assert stats.error_rate(59.0) < 0.05
+
+
+def test_stats_idle_server_estimate_decays_only_after_a_quiet_decay_period():
+    stats = ServerStats(decay=10.0)
+    measured(stats, 0.0, 0.5)
+
+    assert stats.latency(10.0) == 0.5  # quiet for less than a period: unchanged
+    assert stats.latency(20.0) == pytest.approx(0.5 * math.exp(-1))
+    stats.begin()  # a call is stuck in flight: a hung server must not start to look fast
+    assert stats.latency(60.0) == 0.5
+
+
+def test_stats_in_flight_counts_calls_and_never_goes_negative():
+    stats = ServerStats()
+    stats.begin()
+    stats.begin()
+
+    stats.end(1.0, 0.01)
+    stats.end(1.0, 0.01)
+    stats.end(1.0, 0.01)  # a stray end (bug elsewhere) must not make the server look idle-er
+
+    assert stats.in_flight == 0
+    assert stats.calls == 3
