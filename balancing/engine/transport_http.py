@@ -71,7 +71,8 @@ class SseParser:
             if line.endswith(b"\r"):
                 line = line[:-1]
             if not line:
-                if self._data and self._event in (b"", b"message"):
+                # Empty data is a resumability "priming" event (server-everything sends them).
+                if self._size and self._event in (b"", b"message"):
                     events.append(self._data[0] if len(self._data) == 1 else b"\n".join(self._data))
                 self._data = []
                 self._event = b""

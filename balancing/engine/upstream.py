@@ -141,7 +141,7 @@ class UpstreamSession:
         client_info: JsonObject,
         capabilities: JsonObject,
         on_event: MessageHandler | None = None,
-        timeout: float,  # noqa: ASYNC109 - the negotiation's own deadline, see request()
+        timeout: float,
         clock: Clock = time.monotonic,
     ) -> UpstreamSession:
         """Connect (HTTP) or spawn (stdio), then negotiate the era ``server.era`` asks for.
@@ -180,7 +180,7 @@ class UpstreamSession:
             raise
         return session
 
-    async def _negotiate(self, era: Era, timeout: float) -> None:  # noqa: ASYNC109
+    async def _negotiate(self, era: Era, timeout: float) -> None:
         """Modern era first (``server/discover``), the handshake when the server does not know it.
 
         Modern first, as the SDK's ``auto`` does: a server that speaks 2026-07-28 should be spoken
@@ -216,7 +216,7 @@ class UpstreamSession:
                     raise
         await self._initialize(timeout)
 
-    async def _discover(self, version: str, timeout: float) -> JsonObject:  # noqa: ASYNC109
+    async def _discover(self, version: str, timeout: float) -> JsonObject:
         self._transport.use(Era.MODERN, version)
         params = {"_meta": self._envelope_at(version)}
         return await self.request("server/discover", params, timeout=timeout)
@@ -237,7 +237,7 @@ class UpstreamSession:
         self.server_info = _dict(_dict(result.get("_meta")).get(protocol.SERVER_INFO_META_KEY))
         self.instructions = str(result.get("instructions") or "")
 
-    async def _initialize(self, timeout: float) -> None:  # noqa: ASYNC109
+    async def _initialize(self, timeout: float) -> None:
         self._transport.use(Era.HANDSHAKE, None)
         params = {
             "protocolVersion": protocol.LATEST_HANDSHAKE_VERSION,
@@ -279,7 +279,7 @@ class UpstreamSession:
         *,
         # Not asyncio.timeout() around the call: the session must know the deadline to raise
         # UpstreamTimeout (a server failure) and to abandon the call upstream.
-        timeout: float,  # noqa: ASYNC109
+        timeout: float,
         on_message: MessageHandler | None = None,
     ) -> JsonObject:
         """Send one request and return the server's ``result`` object.
@@ -342,7 +342,7 @@ class UpstreamSession:
             params = protocol.with_meta(params, self._envelope)
         await self._transport.send(jsonrpc.encode_notification(method, params), method, params)
 
-    async def ping(self, timeout: float) -> float:  # noqa: ASYNC109
+    async def ping(self, timeout: float) -> float:
         """Round-trip time in seconds of the era's liveness probe (``ping``; ``server/discover``
         in the modern era, which has no ping)."""
         started = self._clock()
@@ -372,7 +372,7 @@ class UpstreamSession:
         if self._transport.cancels_by_disconnect or not self.alive or self.era is Era.AUTO:
             return
         params: JsonObject = {"requestId": call.id, "reason": reason}
-        self._spawn(self.notify("notifications/cancelled", params))
+        self._spawn(self.notify, "notifications/cancelled", params)
 
     async def _deliver(self, message: JsonObject, call: Call | None) -> None:
         """Route a message from the server that is not the answer the transport waits for."""
@@ -391,7 +391,7 @@ class UpstreamSession:
                         "%s: handler for %s failed", self.server.name, message["method"]
                     )
         elif kind is Kind.REQUEST:
-            self._spawn(self._answer(message, call))
+            self._spawn(self._answer, message, call)
         elif kind is Kind.RESPONSE:
             logger.debug(
                 "%s: dropping a response nobody waits for: %r", self.server.name, message.get("id")
@@ -439,10 +439,13 @@ class UpstreamSession:
         except UpstreamError as exc:
             logger.warning("%s: could not answer %s: %s", self.server.name, method, exc)
 
-    def _spawn(self, work: Awaitable[None]) -> None:
+    def _spawn(self, work: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run ``work(*args)`` in the background; close() cancels it. The coroutine is created
+        inside the task so a task cancelled before it starts leaves nothing un-awaited."""
+
         async def run() -> None:
             try:
-                await work
+                await work(*args)
             except UpstreamError as exc:
                 logger.debug("%s: background send failed: %s", self.server.name, exc)
 

@@ -8,7 +8,8 @@ It serves both protocol eras (the SDK's server does). Tools: ``echo``, ``add``, 
 (a tool error: ``isError: true``), ``crash`` (the process dies at once), ``hang`` (never answers),
 ``progress`` (progress notifications and a log message during the call), ``sample`` (asks the
 client for a sampling completion mid-call), ``announce`` (a session-level tools/list_changed
-notification), ``whoami`` (which replica answered) and ``forget_sessions`` (HTTP: every session
+notification), ``garble`` (stdio: a non-JSON line on stdout before the answer), ``whoami``
+(which replica answered) and ``forget_sessions`` (HTTP: every session
 open so far now gets 404, as after a restart). ``--delay-ms`` delays every tool call, to make a
 slow replica.
 """
@@ -104,6 +105,8 @@ async def sample(prompt: str, ctx: Context) -> str:
     result = await ctx.session.create_message(
         [SamplingMessage(role="user", content=TextContent(type="text", text=prompt))],
         max_tokens=16,
+        # Without it the SDK sends the request on the session's GET stream, not this call's.
+        related_request_id=ctx.request_context.request_id,
     )
     content = result.content
     return content.text if isinstance(content, TextContent) else str(content)
@@ -114,6 +117,14 @@ async def announce(ctx: Context) -> str:
     """Send a session-level notifications/tools/list_changed (handshake era)."""
     await ctx.session.send_tool_list_changed()
     return "announced"
+
+
+@mcp.tool()
+async def garble(text: str) -> str:
+    """stdio: print a line that is not JSON-RPC to stdout first, then answer `text`."""
+    if Knobs.transport == "stdio":
+        os.write(1, b"this line is not JSON-RPC\n")
+    return text
 
 
 @mcp.tool(annotations=ToolAnnotations(readOnlyHint=True))

@@ -1,0 +1,105 @@
+"""Fixtures for upstream-session tests: real upstream processes on free 127.0.0.1 ports.
+
+Servers that tests only read from live for the module; tests that break a server (crash it, make
+it forget sessions) start their own. Everything started here is stopped and reaped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Protocol
+
+import aiohttp
+import pytest
+
+from balancing.engine.config import ServerConfig
+from balancing.engine.upstream import MessageHandler, UpstreamSession
+from tests.upstreams import procs
+
+CLIENT_INFO = {"name": "mcppool-tests", "version": "0"}
+OPEN_TIMEOUT = 20.0
+
+
+def require_everything() -> None:
+    """server-everything comes from npm (`make node`): skip without it locally, fail in CI."""
+    if procs.everything_installed():
+        return
+    message = f"npm server-everything is not installed in {procs.NODE_DIR} (run `make node`)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    connector = aiohttp.TCPConnector(limit=400, keepalive_timeout=30)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        yield session
+
+
+class Connect(Protocol):
+    async def __call__(
+        self,
+        config: ServerConfig,
+        *,
+        capabilities: dict[str, Any] | None = None,
+        on_event: MessageHandler | None = None,
+    ) -> UpstreamSession: ...
+
+
+@pytest.fixture
+async def connect(http: aiohttp.ClientSession) -> AsyncIterator[Connect]:
+    """`await connect(config)` opens a session that is closed when the test ends."""
+    sessions: list[UpstreamSession] = []
+
+    async def open_(
+        config: ServerConfig,
+        *,
+        capabilities: dict[str, Any] | None = None,
+        on_event: MessageHandler | None = None,
+    ) -> UpstreamSession:
+        session = await UpstreamSession.open(
+            config,
+            http=http,
+            client_info=CLIENT_INFO,
+            capabilities=capabilities or {},
+            on_event=on_event,
+            timeout=OPEN_TIMEOUT,
+        )
+        sessions.append(session)
+        return session
+
+    yield open_
+    for session in sessions:
+        await session.close()
+
+
+@pytest.fixture(scope="module")
+def faulty_sse() -> Iterator[procs.UpstreamProcess]:
+    server = procs.start_faulty_http(name="faulty-sse")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def faulty_json() -> Iterator[procs.UpstreamProcess]:
+    server = procs.start_faulty_http(name="faulty-json", json_response=True)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def faulty_private() -> Iterator[procs.UpstreamProcess]:
+    """A server of the test's own, for tests that break it."""
+    server = procs.start_faulty_http(name="faulty-private", json_response=True)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def everything_http() -> Iterator[procs.UpstreamProcess]:
+    require_everything()
+    server = procs.start_everything_http()
+    yield server
+    server.stop()
