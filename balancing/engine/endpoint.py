@@ -79,4 +79,6 @@ class Endpoint:
         return max(SLOW_START_FLOOR, elapsed / window)
 
     def effective_weight(self, now: float, window: float) -> float:
+        if now - self.up_since >= window:
+            return self.config.weight  # the common case, without the ramp arithmetic
         return self.config.weight * self.slow_start_fraction(now, window)

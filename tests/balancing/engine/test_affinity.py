@@ -95,18 +95,30 @@ def test_match_rules_each_kind_matches_its_value(match_on, match_type, pattern, 
 
 
 def test_match_rules_regex_must_match_the_whole_value():
-    rules = [rule(1, match_on=MatchOn.HEADER, header="x-tenant", match_type=MatchType.REGEX,
-                  pattern=r"tenant-4")]  # fmt: skip
+    rules = [
+        rule(
+            1,
+            match_on=MatchOn.HEADER,
+            header="x-tenant",
+            match_type=MatchType.REGEX,
+            pattern=r"tenant-4",
+        )
+    ]
 
     assert match_rules(rules, CTX) is None  # "tenant-4" is only a prefix of "tenant-42"
 
 
 def test_match_rules_bad_regex_never_matches_and_later_rules_still_apply():
     rules = [
-        rule(1, match_type=MatchType.REGEX, pattern="billing-(", action=AffinityAction.PIN,
-             pin_server="s1"),
+        rule(
+            1,
+            match_type=MatchType.REGEX,
+            pattern="billing-(",
+            action=AffinityAction.PIN,
+            pin_server="s1",
+        ),
         rule(2, match_type=MatchType.PREFIX, pattern="billing"),
-    ]  # fmt: skip
+    ]
 
     decision = match_rules(rules, CTX)
 
