@@ -169,3 +169,35 @@ def flip_health(
             )
         )
     return True
+
+
+def delete_all(objs: Iterable[Model]) -> int:
+    """Delete several objects (an admin bulk delete) as one config change. Returns how many."""
+    items = list(objs)
+    with config_change(f"delete {len(items)} objects"):
+        for obj in items:
+            obj.delete()
+    return len(items)
+
+
+# What an operator may change on a key. The secret's hash and prefix never change, and
+# `revoked_at` only through revoking, so a stale form can never un-revoke a key.
+API_KEY_EDITABLE = ("name", "owner", "all_pools", "is_admin", "rate_limit_per_minute", "expires_at")
+
+
+def update_api_key(key: ApiKey, *, pools: Sequence[Pool]) -> ApiKey:
+    """Save an existing key's editable fields and its pools."""
+    with config_change(f"update api key {key.name}"):
+        key.full_clean()
+        key.save(update_fields=API_KEY_EDITABLE)
+        key.pools.set(pools)
+    return key
+
+
+def revoke_api_keys(keys: Iterable[ApiKey]) -> int:
+    """Revoke several keys in one config change. Returns how many were still active."""
+    ids = [k.pk for k in keys]
+    with config_change(f"revoke api keys {ids}"):
+        return ApiKey.objects.filter(pk__in=ids, revoked_at__isnull=True).update(
+            revoked_at=timezone.now()
+        )

@@ -1,0 +1,447 @@
+"""The operator's admin: pools (servers and rules inline), servers, affinity rules, API keys.
+
+Every write goes through `servers.services`, so each save commits one config change (one version
+bump, one `config.changed`); a pool saved with inline changes is still one change.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from django.contrib import admin, messages
+from django.db.models import Count, Field, ForeignKey, Q, QuerySet, URLField
+from django.forms import ModelChoiceField, ModelForm
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+from django.utils.text import Truncator
+
+from servers import services
+from servers.choices import Health, ServerState
+from servers.models import AffinityRule, ApiKey, Pool, Server
+
+if TYPE_CHECKING:
+    # django-stubs makes the admin classes generic; at run time they take no type arguments.
+    _PoolAdmin = admin.ModelAdmin[Pool]
+    _ServerAdmin = admin.ModelAdmin[Server]
+    _AffinityRuleAdmin = admin.ModelAdmin[AffinityRule]
+    _ApiKeyAdmin = admin.ModelAdmin[ApiKey]
+    _ServerInline = admin.TabularInline[Server, Pool]
+    _AffinityRuleInline = admin.TabularInline[AffinityRule, Pool]
+else:
+    _PoolAdmin = _ServerAdmin = _AffinityRuleAdmin = _ApiKeyAdmin = admin.ModelAdmin
+    _ServerInline = _AffinityRuleInline = admin.TabularInline
+
+HEALTH_COLOURS = {
+    Health.UP: "#1b7f3b",
+    Health.DOWN: "#c62828",
+    Health.EJECTED: "#d84315",
+    Health.RECOVERING: "#b28704",
+    Health.UNKNOWN: "#6b6b6b",
+}
+
+# Fields the runtime and the health checks record; the operator reads them, never edits them.
+SERVER_RECORDED = (
+    "health_badge",
+    "health_changed_at",
+    "health_reason",
+    "consecutive_ok",
+    "consecutive_failed",
+    "last_checked_at",
+    "last_error",
+    "ejections",
+    "negotiated_era",
+    "protocol_version",
+    "tools_count",
+    "tools_hash",
+    "tools_differ",
+    "created_at",
+    "updated_at",
+)
+
+
+# A URL typed without a scheme becomes https:// (Django 6's default, chosen now, not by upgrade).
+URL_FORM_FIELD: Mapping[type[Field[Any, Any]], Mapping[str, Any]] = {
+    URLField: {"assume_scheme": "https"}
+}
+
+
+def health_badge(server: Server) -> SafeString:
+    colour = HEALTH_COLOURS.get(Health(server.health), HEALTH_COLOURS[Health.UNKNOWN])
+    return format_html(
+        '<span style="background:{};color:#fff;padding:1px 7px;border-radius:8px;'
+        'font-weight:600" title="{}">{}</span>',
+        colour,
+        server.health_reason,
+        server.get_health_display(),
+    )
+
+
+def _object_id(request: HttpRequest) -> int | None:
+    """The id of the object a change page is about (None on an add page)."""
+    match = request.resolver_match
+    raw = match.kwargs.get("object_id") if match else None
+    return int(raw) if isinstance(raw, str) and raw.isdigit() else None
+
+
+class ServerInline(_ServerInline):
+    model = Server
+    fields = ("name", "transport", "url", "command", "weight", "priority", "state", "health_badge")
+    readonly_fields = ("health_badge",)
+    formfield_overrides = URL_FORM_FIELD
+    extra = 0
+    show_change_link = True  # headers, arguments and environment are on the server's own page
+
+    @admin.display(description="health")
+    def health_badge(self, server: Server) -> SafeString:
+        return health_badge(server)
+
+
+class AffinityRuleInline(_AffinityRuleInline):
+    model = AffinityRule
+    fields = (
+        "order",
+        "match_on",
+        "header",
+        "match_type",
+        "pattern",
+        "action",
+        "pin_server",
+        "enabled",
+        "description",
+    )
+    extra = 0
+
+    def formfield_for_foreignkey(
+        self, db_field: ForeignKey[Any, Any], request: HttpRequest, **kwargs: Any
+    ) -> ModelChoiceField[Any] | None:
+        if db_field.name == "pin_server":
+            # Only this pool's servers can be pinned; a new pool has none saved yet.
+            pool_id = _object_id(request)
+            servers = Server.objects.select_related("pool")
+            kwargs["queryset"] = servers.filter(pool_id=pool_id) if pool_id else servers.none()
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+
+@admin.register(Pool)
+class PoolAdmin(_PoolAdmin):
+    list_display = ("name", "slug", "strategy", "session_mode", "servers_up")
+    list_filter = ("strategy", "session_mode")
+    search_fields = ("name", "slug", "description")
+    prepopulated_fields = {"slug": ("name",)}
+    inlines = (ServerInline, AffinityRuleInline)
+    fieldsets = (
+        (None, {"fields": ("name", "slug", "description")}),
+        (
+            "Sessions",
+            {
+                "fields": (
+                    "session_mode",
+                    ("sessions_per_server", "calls_per_session"),
+                    ("acquire_timeout", "call_timeout"),
+                )
+            },
+        ),
+        (
+            "Retries",
+            {"fields": ("retry_policy", ("retry_budget_percent", "retry_budget_min"))},
+        ),
+        (
+            "Active checks",
+            {"fields": (("check_interval", "check_timeout"), ("fall", "rise"))},
+        ),
+        (
+            "Passive health (outlier detection)",
+            {
+                "fields": (
+                    "consecutive_failures",
+                    ("ejection_base", "ejection_cap"),
+                    "max_ejection_percent",
+                )
+            },
+        ),
+        ("Balancing", {"fields": ("strategy", "panic_threshold", "slow_start_window")}),
+    )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Pool]:
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                server_count=Count("servers"),
+                up_count=Count("servers", filter=Q(servers__health=Health.UP)),
+            )
+        )
+
+    @admin.display(description="servers up", ordering="up_count")
+    def servers_up(self, pool: Pool) -> str:
+        return f"{getattr(pool, 'up_count', 0)}/{getattr(pool, 'server_count', 0)}"
+
+    def save_model(self, request: HttpRequest, obj: Pool, form: Any, change: bool) -> None:
+        # Saved in save_related together with the inline servers and rules: one config change.
+        pass
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        pool = form.instance
+        with services.config_change(f"{'change' if change else 'add'} pool {pool} (admin)"):
+            pool.save()  # validated by the form's full_clean()
+            form.save_m2m()
+            for formset in formsets:
+                self.save_formset(request, form, formset, change=change)
+
+    def delete_model(self, request: HttpRequest, obj: Pool) -> None:
+        services.delete(obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Pool]) -> None:
+        services.delete_all(queryset)
+
+
+@admin.register(Server)
+class ServerAdmin(_ServerAdmin):
+    list_display = (
+        "pool",
+        "name",
+        "transport",
+        "target",
+        "weight",
+        "priority",
+        "state",
+        "health_badge",
+        "last_checked_at",
+        "short_error",
+        "tools",
+    )
+    list_display_links = ("name",)
+    list_filter = ("pool", "state", "health", "transport", "priority")
+    search_fields = ("name", "url", "command", "pool__name")
+    list_select_related = ("pool",)
+    actions = ("drain", "enable", "disable")
+    readonly_fields = SERVER_RECORDED
+    formfield_overrides = URL_FORM_FIELD
+    fieldsets = (
+        (None, {"fields": ("pool", "name", "transport")}),
+        ("Streamable HTTP", {"fields": ("url", "headers")}),
+        ("stdio", {"fields": ("command", "args", "env", "cwd")}),
+        ("Balancing", {"fields": (("weight", "priority"), "state", "max_in_flight", "era")}),
+        ("Recorded by health checks and the runtime", {"fields": SERVER_RECORDED}),
+    )
+
+    @admin.display(description="health", ordering="health")
+    def health_badge(self, server: Server) -> SafeString:
+        return health_badge(server)
+
+    @admin.display(description="target")
+    def target(self, server: Server) -> str:
+        text = server.url or shlex.join([server.command, *server.args])
+        return Truncator(text).chars(60)
+
+    @admin.display(description="last error")
+    def short_error(self, server: Server) -> str:
+        return Truncator(server.last_error).chars(60)
+
+    @admin.display(description="tools")
+    def tools(self, server: Server) -> str | SafeString:
+        if server.tools_count is None:
+            return "–"
+        if server.tools_differ:
+            return format_html(
+                '{} <span style="color:#d84315" title="{}">differs</span>',
+                server.tools_count,
+                "This server's tools differ from other servers of the pool.",
+            )
+        return str(server.tools_count)
+
+    @admin.action(description="Drain selected servers (finish calls in flight, take no new ones)")
+    def drain(self, request: HttpRequest, queryset: QuerySet[Server]) -> None:
+        self._set_state(request, queryset, ServerState.DRAINING)
+
+    @admin.action(description="Enable selected servers")
+    def enable(self, request: HttpRequest, queryset: QuerySet[Server]) -> None:
+        self._set_state(request, queryset, ServerState.ENABLED)
+
+    @admin.action(description="Disable selected servers")
+    def disable(self, request: HttpRequest, queryset: QuerySet[Server]) -> None:
+        self._set_state(request, queryset, ServerState.DISABLED)
+
+    def _set_state(
+        self, request: HttpRequest, queryset: QuerySet[Server], state: ServerState
+    ) -> None:
+        servers = list(queryset)
+        changed = services.set_server_state(servers, state)
+        already = len(servers) - changed
+        note = f" ({already} already {state.label.lower()})" if already else ""
+        self.message_user(
+            request,
+            f"{changed} server{'' if changed == 1 else 's'} now {state.label.lower()}{note}.",
+            messages.SUCCESS,
+        )
+
+    def save_model(self, request: HttpRequest, obj: Server, form: Any, change: bool) -> None:
+        services.save(obj)
+
+    def delete_model(self, request: HttpRequest, obj: Server) -> None:
+        services.delete(obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Server]) -> None:
+        services.delete_all(queryset)
+
+
+@admin.register(AffinityRule)
+class AffinityRuleAdmin(_AffinityRuleAdmin):
+    list_display = (
+        "pool",
+        "order",
+        "match_on",
+        "header",
+        "match_type",
+        "pattern",
+        "action",
+        "pin_server_name",
+        "enabled",
+        "description",
+    )
+    list_display_links = ("pool", "order")
+    list_filter = ("pool", "match_on", "action", "enabled")
+    search_fields = ("pattern", "header", "description", "pool__name")
+    list_select_related = ("pool", "pin_server")
+    ordering = ("pool__name", "order", "id")
+
+    @admin.display(description="pinned to", ordering="pin_server__name")
+    def pin_server_name(self, rule: AffinityRule) -> str:
+        return rule.pin_server.name if rule.pin_server else "–"
+
+    def formfield_for_foreignkey(
+        self, db_field: ForeignKey[Any, Any], request: HttpRequest, **kwargs: Any
+    ) -> ModelChoiceField[Any] | None:
+        if db_field.name == "pin_server":  # labelled pool/server: one query, not one per option
+            kwargs["queryset"] = Server.objects.select_related("pool")
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def save_model(self, request: HttpRequest, obj: AffinityRule, form: Any, change: bool) -> None:
+        services.save(obj)
+
+    def delete_model(self, request: HttpRequest, obj: AffinityRule) -> None:
+        services.delete(obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[AffinityRule]) -> None:
+        services.delete_all(queryset)
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(_ApiKeyAdmin):
+    """The secret exists only in the response that creates the key; the hash is never shown."""
+
+    list_display = (
+        "name",
+        "prefix",
+        "owner",
+        "scope",
+        "is_admin",
+        "rate_limit_per_minute",
+        "expires_at",
+        "status",
+        "created_at",
+    )
+    list_filter = ("is_admin", "all_pools", ("revoked_at", admin.EmptyFieldListFilter))
+    search_fields = ("name", "prefix", "owner__username")
+    list_select_related = ("owner",)
+    filter_horizontal = ("pools",)
+    actions = ("revoke",)
+    fields = (
+        "name",
+        "owner",
+        "pools",
+        "all_pools",
+        "is_admin",
+        "rate_limit_per_minute",
+        "expires_at",
+        "prefix",
+        "revoked_at",
+        "created_at",
+    )
+    readonly_fields = ("prefix", "revoked_at", "created_at")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ApiKey]:
+        return super().get_queryset(request).prefetch_related("pools")
+
+    def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> Any:
+        # An add form has nothing recorded to show yet.
+        return self.fields if obj else [f for f in self.fields if f not in self.readonly_fields]
+
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
+        return {"owner": request.user.pk, **super().get_changeform_initial_data(request)}
+
+    @admin.display(description="pools")
+    def scope(self, key: ApiKey) -> str:
+        if key.all_pools:
+            return "all pools"
+        return ", ".join(pool.slug for pool in key.pools.all()) or "none"
+
+    @admin.display(description="status")
+    def status(self, key: ApiKey) -> str:
+        if key.revoked_at:
+            return "revoked"
+        return "active" if key.is_active else "expired"
+
+    @admin.action(description="Revoke selected keys")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        revoked = services.revoke_api_keys(queryset)
+        self.message_user(
+            request, f"{revoked} key{'' if revoked == 1 else 's'} revoked.", messages.SUCCESS
+        )
+
+    def save_model(
+        self, request: HttpRequest, obj: ApiKey, form: ModelForm[ApiKey], change: bool
+    ) -> None:
+        pools = list(form.cleaned_data.get("pools", []))
+        if change:
+            services.update_api_key(obj, pools=pools)
+            return
+        key, secret = services.create_api_key(
+            obj.name,
+            pools=pools,
+            all_pools=obj.all_pools,
+            is_admin=obj.is_admin,
+            rate_limit_per_minute=obj.rate_limit_per_minute,
+            expires_at=obj.expires_at,
+            owner_id=obj.owner_id,
+        )
+        # The admin goes on with `obj` (history entry, response): make it the saved key.
+        obj.pk = key.pk
+        obj.refresh_from_db()
+        messages.success(
+            request,
+            f"API key “{key.name}” created. Its secret, shown only this once: {secret}",
+        )
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        pass  # the pools were saved with the key, in the same config change
+
+    def response_add(
+        self, request: HttpRequest, obj: ApiKey, post_url_continue: str | None = None
+    ) -> HttpResponse:
+        # Rendered here rather than redirected, so the secret goes out in this response only and
+        # is never parked in the session or a messages cookie on the way to the next page.
+        opts = self.opts
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"API key “{obj.name}” created",
+            "opts": opts,
+            "key": obj,
+            "change_url": reverse(
+                f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk]
+            ),
+            "add_url": reverse(f"admin:{opts.app_label}_{opts.model_name}_add"),
+            "changelist_url": reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist"),
+        }
+        return TemplateResponse(request, "admin/servers/apikey/created.html", context)
+
+    def delete_model(self, request: HttpRequest, obj: ApiKey) -> None:
+        services.delete(obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        services.delete_all(queryset)
