@@ -1,0 +1,210 @@
+"""The runtime against real upstream processes: pooling, balancing, failures, config diffs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from balancing.engine.config import (
+    AdminState,
+    Era,
+    PoolConfig,
+    ServerConfig,
+    Snapshot,
+    Strategy,
+)
+from balancing.engine.errors import UpstreamClosed
+from balancing.engine.runtime import NoHealthyServer, Runtime, UnknownPool
+from tests.upstreams import procs
+
+pytestmark = pytest.mark.upstream
+
+
+def text_of(result: dict[str, Any]) -> str:
+    return "".join(c.get("text", "") for c in result.get("content", []) if c.get("type") == "text")
+
+
+def whoami(result: dict[str, Any]) -> str:
+    return str(json.loads(text_of(result))["name"])
+
+
+@pytest.fixture(scope="module")
+def replicas() -> Iterator[list[procs.UpstreamProcess]]:
+    started = [procs.start_faulty_http(name=f"r{i}", json_response=True) for i in range(3)]
+    yield started
+    for p in started:
+        p.stop()
+
+
+def pool_of(servers: list[ServerConfig], **knobs: Any) -> PoolConfig:
+    return PoolConfig(id=1, slug="p", servers=tuple(servers), **knobs)
+
+
+def http_servers(replicas: list[procs.UpstreamProcess], n: int = 3) -> list[ServerConfig]:
+    return [replace(r.config(server_id=i + 1), name=r.name) for i, r in enumerate(replicas[:n])]
+
+
+@pytest.fixture
+async def runtime() -> AsyncIterator[Runtime]:
+    rt = Runtime()
+    yield rt
+    await rt.close(grace=1)
+
+
+async def test_runtime_round_robin_spreads_calls_over_replicas(
+    runtime: Runtime, replicas: list[procs.UpstreamProcess]
+) -> None:
+    await runtime.start(Snapshot(1, (pool_of(http_servers(replicas)),)))
+    answers = Counter([whoami(await runtime.call_tool("p", "whoami", {})) for _ in range(30)])
+    assert answers == {"r0": 10, "r1": 10, "r2": 10}
+
+
+async def test_runtime_hundreds_of_concurrent_calls_get_their_own_answers(
+    runtime: Runtime, replicas: list[procs.UpstreamProcess]
+) -> None:
+    pool = pool_of(http_servers(replicas, 2), sessions_per_server=2, calls_per_session=8)
+    await runtime.start(Snapshot(1, (pool,)))
+
+    async def call(i: int) -> str:
+        return text_of(await runtime.call_tool("p", "echo", {"text": f"caller-{i}"}))
+
+    answers = await asyncio.gather(*(call(i) for i in range(400)))
+    assert answers == [f"caller-{i}" for i in range(400)]
+    live = runtime.pool("p")
+    for server_id, sp in live.sessions.items():
+        counts = sp.counts()
+        assert counts["idle"] + counts["busy"] + counts["retiring"] <= 2
+        assert live.endpoints[server_id].stats.in_flight == 0  # every call gave its slot back
+
+
+async def test_runtime_cancelled_call_frees_its_slot(
+    runtime: Runtime, replicas: list[procs.UpstreamProcess]
+) -> None:
+    pool = pool_of(http_servers(replicas, 1), sessions_per_server=1, calls_per_session=1)
+    await runtime.start(Snapshot(1, (pool,)))
+    task = asyncio.create_task(runtime.call_tool("p", "slow", {"seconds": 30}))
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert text_of(await runtime.call_tool("p", "echo", {"text": "after"})) == "after"
+    assert runtime.pool("p").sessions[1].in_flight == 0
+
+
+async def test_runtime_unreachable_replica_call_is_retried_on_another(
+    runtime: Runtime, replicas: list[procs.UpstreamProcess]
+) -> None:
+    dead = ServerConfig(
+        id=9, name="dead", transport=http_servers(replicas)[0].transport,
+        url=f"http://127.0.0.1:{procs.free_port()}/mcp",
+    )  # fmt: skip
+    pool = pool_of([dead, *http_servers(replicas, 1)])
+    await runtime.start(Snapshot(1, (pool,)))
+    results = [await runtime.call_tool("p", "echo", {"text": str(i)}) for i in range(6)]
+    assert [text_of(r) for r in results] == [str(i) for i in range(6)]
+    assert runtime.metrics.retries["p"] >= 1  # the calls that picked `dead` went elsewhere
+
+
+async def test_runtime_forgotten_session_reinitializes_transparently(
+    runtime: Runtime, replicas: list[procs.UpstreamProcess]
+) -> None:
+    server = replace(http_servers(replicas, 1)[0], era=Era.HANDSHAKE)  # sessions exist only there
+    await runtime.start(Snapshot(1, (pool_of([server], sessions_per_server=1),)))
+    await runtime.call_tool("p", "forget_sessions", {})  # the server now answers 404 for us
+    result = await runtime.call_tool("p", "echo", {"text": "still here"})
+    assert text_of(result) == "still here"
+    assert runtime.metrics.reinitialized[("p", "r0")] == 1
+
+
+async def test_runtime_unknown_pool_is_refused(runtime: Runtime) -> None:
+    await runtime.start(Snapshot(1, ()))
+    with pytest.raises(UnknownPool):
+        await runtime.call_tool("nope", "echo", {})
+
+
+async def test_runtime_drained_server_takes_no_new_calls(
+    runtime: Runtime, replicas: list[procs.UpstreamProcess]
+) -> None:
+    servers = http_servers(replicas, 2)
+    await runtime.start(Snapshot(1, (pool_of(servers),)))
+    drained = [servers[0], replace(servers[1], state=AdminState.DRAINING)]
+    await runtime.apply(Snapshot(2, (pool_of(drained),)))
+    answers = {whoami(await runtime.call_tool("p", "whoami", {})) for _ in range(10)}
+    assert answers == {"r0"}
+
+
+async def test_runtime_removed_server_finishes_calls_in_flight(
+    runtime: Runtime, replicas: list[procs.UpstreamProcess]
+) -> None:
+    servers = http_servers(replicas, 2)
+    await runtime.start(Snapshot(1, (pool_of(servers, strategy=Strategy.ROUND_ROBIN),)))
+    # Start slow calls on both servers, then remove the second server from the config.
+    slow = [asyncio.create_task(runtime.call_tool("p", "slow", {"seconds": 0.5})) for _ in range(4)]
+    await asyncio.sleep(0.1)
+    await runtime.apply(Snapshot(2, (pool_of(servers[:1]),)))
+    results = await asyncio.gather(*slow)
+    assert all(not r.get("isError") for r in results)
+    assert set(runtime.pool("p").endpoints) == {1}
+    answers = {whoami(await runtime.call_tool("p", "whoami", {})) for _ in range(4)}
+    assert answers == {"r0"}
+
+
+async def test_runtime_added_server_opens_sessions_and_takes_calls(
+    runtime: Runtime, replicas: list[procs.UpstreamProcess]
+) -> None:
+    servers = http_servers(replicas, 2)
+    await runtime.start(Snapshot(1, (pool_of(servers[:1], slow_start_window=0.0),)))
+    await runtime.apply(Snapshot(2, (pool_of(servers, slow_start_window=0.0),)))
+    await runtime.maintain()
+    counts = runtime.pool("p").sessions[2].counts()
+    assert counts["idle"] + counts["busy"] == 2  # opened ahead of need (K = 2)
+    answers = Counter([whoami(await runtime.call_tool("p", "whoami", {})) for _ in range(10)])
+    assert answers["r1"] == 5
+
+
+async def test_runtime_tool_only_on_some_servers_routes_there(runtime: Runtime) -> None:
+    time_server = procs.time_stdio_config(server_id=1)
+    faulty = procs.faulty_stdio_config(server_id=2)
+    await runtime.start(Snapshot(1, (pool_of([time_server, faulty]),)))
+    names = {t["name"] for t in await runtime.list_tools("p")}
+    assert {"get_current_time", "echo"} <= names
+    for _ in range(4):
+        result = await runtime.call_tool("p", "get_current_time", {"timezone": "UTC"})
+        assert not result.get("isError") and "UTC" in text_of(result)
+    with pytest.raises(NoHealthyServer, match="offering tool 'nope'"):
+        await runtime.call_tool("p", "nope", {})
+
+
+async def test_runtime_stdio_process_killed_is_replaced(runtime: Runtime) -> None:
+    pool = pool_of([procs.faulty_stdio_config(server_id=1)], sessions_per_server=1)
+    await runtime.start(Snapshot(1, (pool,)))
+    first = json.loads(text_of(await runtime.call_tool("p", "whoami", {})))["pid"]
+    with pytest.raises(UpstreamClosed):
+        await runtime.call_tool("p", "crash", {})  # delivered, so never retried
+    second = json.loads(text_of(await runtime.call_tool("p", "whoami", {})))["pid"]
+    assert second != first
+    assert not _is_child_zombie(first)  # the dead child was reaped
+
+
+async def test_runtime_close_leaves_no_child_process() -> None:
+    rt = Runtime()
+    await rt.start(Snapshot(1, (pool_of([procs.faulty_stdio_config(server_id=1)]),)))
+    pid = json.loads(text_of(await rt.call_tool("p", "whoami", {})))["pid"]
+    await rt.close(grace=1)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def _is_child_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] == "Z"
+    except FileNotFoundError:
+        return False
