@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
-from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import close_old_connections, connections
 
 from balancing import adapter
 from balancing.engine.config import ServerConfig
@@ -26,6 +28,7 @@ from balancing.engine.outlier import Ejected, OutlierEvent
 from balancing.engine.runtime import Runtime
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class RuntimeHost:
@@ -36,6 +39,19 @@ class RuntimeHost:
         self._started = False
         self._starting: asyncio.Future[None] | None = None
         self._pending_reports: set[asyncio.Task[Any]] = set()
+        # The host's own database thread: its connection is reused between polls (CONN_MAX_AGE)
+        # and closed on stop, and DB work never waits behind a busy request thread.
+        self._db_thread: ThreadPoolExecutor | None = None
+
+    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._db_thread is None:
+            self._db_thread = ThreadPoolExecutor(1, thread_name_prefix="mcppool-host-db")
+
+        def run() -> T:
+            close_old_connections()  # drop a connection the database closed or that is too old
+            return fn(*args)
+
+        return await asyncio.get_running_loop().run_in_executor(self._db_thread, run)
 
     @property
     def started(self) -> bool:
@@ -49,7 +65,7 @@ class RuntimeHost:
             return
         self._starting = asyncio.get_running_loop().create_future()
         try:
-            snapshot = await sync_to_async(adapter.load_snapshot, thread_sensitive=False)()
+            snapshot = await self._db(adapter.load_snapshot)
             await self.runtime.start(snapshot)
             self._tasks = [
                 asyncio.create_task(self._poll_forever(), name="mcppool-config-poll"),
@@ -71,6 +87,10 @@ class RuntimeHost:
         await self.runtime.close(grace=settings.MCPPOOL_SHUTDOWN_GRACE_SECONDS)
         if self._pending_reports:
             await asyncio.gather(*self._pending_reports, return_exceptions=True)
+        if self._db_thread is not None:
+            await self._db(connections.close_all)
+            self._db_thread.shutdown(wait=True)
+            self._db_thread = None
         self._started = False
         self._starting = None
 
@@ -78,10 +98,10 @@ class RuntimeHost:
         """Re-read the config and apply it; True when something was applied."""
         async with self._reload_lock:
             if if_newer_than is not None:
-                version = await sync_to_async(adapter.config_version, thread_sensitive=False)()
+                version = await self._db(adapter.config_version)
                 if version <= if_newer_than:
                     return False
-            snapshot = await sync_to_async(adapter.load_snapshot, thread_sensitive=False)()
+            snapshot = await self._db(adapter.load_snapshot)
             if snapshot.version == self.runtime.version and if_newer_than is not None:
                 return False
             await self.runtime.apply(snapshot)
@@ -126,9 +146,7 @@ class RuntimeHost:
 
     def _on_outlier(self, slug: str, server: ServerConfig, event: OutlierEvent) -> None:
         ejected = isinstance(event, Ejected)
-        task = asyncio.ensure_future(
-            sync_to_async(adapter.record_outlier, thread_sensitive=False)(server.id, ejected)
-        )
+        task = asyncio.ensure_future(self._db(adapter.record_outlier, server.id, ejected))
         self._pending_reports.add(task)
         task.add_done_callback(self._report_done)
 

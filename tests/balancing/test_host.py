@@ -1,0 +1,116 @@
+"""The runtime host: config from the database reaches the live runtime, by poll and by event."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import connections
+
+from balancing.host import RuntimeHost
+from servers import services
+from servers.models import Pool, Server
+from tests.upstreams import procs
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.upstream]
+
+
+def _make_pool() -> Pool:
+    pool = services.save(Pool(name="Echo", slug="echo"))
+    config = procs.faulty_stdio_config(name="one")
+    services.save(
+        Server(pool=pool, name="one", transport="stdio", command=config.command,
+               args=list(config.args), cwd=config.cwd)
+    )  # fmt: skip
+    return pool
+
+
+def _add_server(pool: Pool) -> int:
+    config = procs.faulty_stdio_config(name="two")
+    services.save(
+        Server(pool=pool, name="two", transport="stdio", command=config.command,
+               args=list(config.args), cwd=config.cwd)
+    )  # fmt: skip
+    return services.config_version()
+
+
+async def _until(predicate: Any, seconds: float = 10.0) -> bool:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while asyncio.get_running_loop().time() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+async def host() -> AsyncIterator[RuntimeHost]:
+    h = RuntimeHost()
+    yield h
+    await h.stop()
+    await sync_to_async(connections.close_all)()  # the test's own DB thread, before teardown
+
+
+async def test_host_starts_with_db_config_and_serves_calls(host: RuntimeHost) -> None:
+    await sync_to_async(_make_pool)()
+    await host.start()
+    result = await host.runtime.call_tool("echo", "echo", {"text": "hi"})
+    assert result["content"][0]["text"] == "hi"
+
+
+async def test_host_config_change_reaches_runtime_by_polling(
+    host: RuntimeHost, settings: Any
+) -> None:
+    # given the embedded default: no events cross processes, only the version poll
+    settings.REDIS_URL = ""
+    settings.MCPPOOL_CONFIG_POLL_SECONDS = 0.5
+    pool = await sync_to_async(_make_pool)()
+    await host.start()
+    # when a server is added through the service layer
+    version = await sync_to_async(_add_server)(pool)
+    # then the runtime applies it without a restart
+    assert await _until(lambda: host.runtime.version >= version)
+    assert {e.config.name for e in host.runtime.pool("echo").endpoints.values()} == {"one", "two"}
+
+
+async def test_host_config_change_reaches_runtime_by_redis_event(
+    host: RuntimeHost, settings: Any, redis_url: str
+) -> None:
+    # given a real Redis channel layer and a poll too slow to matter
+    settings.REDIS_URL = redis_url
+    settings.MCPPOOL_CONFIG_POLL_SECONDS = 3600
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [redis_url], "prefix": "mcppool-host-test"},
+        }
+    }
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    pool = await sync_to_async(_make_pool)()
+    await host.start()
+    await asyncio.sleep(0.3)  # let the listener join the group
+    version = await sync_to_async(_add_server)(pool)
+    assert await _until(lambda: host.runtime.version >= version)
+    assert len(host.runtime.pool("echo").endpoints) == 2
+    channel_layers.backends.clear()
+
+
+async def test_host_database_unavailable_keeps_last_config(
+    host: RuntimeHost, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.MCPPOOL_CONFIG_POLL_SECONDS = 0.2
+    await sync_to_async(_make_pool)()
+    await host.start()
+
+    def database_down() -> int:
+        raise ConnectionError("database is down")
+
+    monkeypatch.setattr("balancing.adapter.config_version", database_down)
+    await asyncio.sleep(0.6)  # several polls fail
+    result = await host.runtime.call_tool("echo", "echo", {"text": "still serving"})
+    assert result["content"][0]["text"] == "still serving"
