@@ -364,3 +364,15 @@ def test_pool_fields_name_every_operator_field() -> None:
     # A knob added to Pool must be added to the file format too, or export would lose it.
     model_fields = {f.name for f in Pool._meta.concrete_fields} - {"id", "created_at", "updated_at"}
     assert model_fields == set(configfile.POOL_FIELDS)
+
+
+@pytest.mark.django_db
+def test_example_file_applies_a_time_pool_of_two_stdio_replicas() -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "pools.yaml"
+    _run("apply", str(example))
+    pool = Pool.objects.get(slug="time")
+    assert (pool.strategy, pool.session_mode) == ("health_based", "shared")
+    servers = list(pool.servers.all())
+    assert [s.transport for s in servers] == ["stdio", "stdio"]
+    assert all(s.args[:2] == ["-m", "mcp_server_time"] for s in servers)
+    assert _run("apply", str(example)).strip() == "no changes"

@@ -1,0 +1,178 @@
+"""docker-compose.yml, checked without Docker: every service can start with what the repo holds.
+
+Docker does not run on the development machine, so this reads the file the way `docker compose`
+would and checks what would otherwise fail only at deploy time: a command naming a module or a
+management command that does not exist, a mounted file missing from the repo, a scrape target
+that is not a service.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from django.core.management import get_commands
+
+ROOT = Path(__file__).resolve().parent.parent
+APP_SERVICES = ("migrate", "web", "worker", "beat")
+NEEDS_HEALTHCHECK = ("postgres", "redis", "web", "worker", "prometheus", "grafana")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return data
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = compose["services"]
+    return result
+
+
+def _argv(command: str | list[str]) -> list[str]:
+    return shlex.split(command) if isinstance(command, str) else [str(part) for part in command]
+
+
+def _healthcheck_argv(test: list[str] | str) -> list[str]:
+    if isinstance(test, str):
+        return shlex.split(test)
+    kind, *rest = test
+    return shlex.split(rest[0]) if kind == "CMD-SHELL" else rest
+
+
+def _default(value: str) -> str:
+    """The default of a `${NAME:-default}` interpolation (compose fills it when NAME is unset)."""
+    if value.startswith("${") and ":-" in value:
+        return value[value.index(":-") + 2 : -1]
+    return value
+
+
+def _option(argv: list[str], *names: str) -> str:
+    for index, part in enumerate(argv):
+        if part in names:
+            return argv[index + 1]
+    raise AssertionError(f"{names} not in {argv}")
+
+
+def _import_target(target: str) -> object:
+    module, _, attribute = target.partition(":")
+    loaded = importlib.import_module(module)
+    return getattr(loaded, attribute) if attribute else loaded
+
+
+def _check_project_program(argv: list[str]) -> None:
+    """Fail when argv would not start because the project lacks what it names."""
+    program = argv[0]
+    if program == "uvicorn":
+        assert _import_target(argv[1]) is not None
+    elif program == "celery":
+        app = _import_target(_option(argv, "-A", "--app") + ".celery:app")
+        assert app is not None
+        if "--scheduler" in argv:
+            assert _import_target(_option(argv, "--scheduler")) is not None
+    elif program == "python" and argv[1] == "manage.py":
+        assert (ROOT / "manage.py").is_file()
+        assert argv[2] in get_commands(), f"no management command {argv[2]!r}"
+    elif program == "python" and argv[1] == "-c":
+        compile(argv[2], "<healthcheck>", "exec")
+    elif program == "mcppool":
+        assert argv[1] in {"apply", "export"} or argv[1] in get_commands()
+    else:
+        raise AssertionError(f"unknown program {program!r} for an mcppool service")
+
+
+def test_compose_every_service_has_image_or_build(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        assert "image" in service or "build" in service, name
+    for name in APP_SERVICES:
+        assert services[name]["build"]["context"] == "."
+    assert (ROOT / "Dockerfile").is_file()
+
+
+def test_compose_long_running_services_have_healthchecks(services: dict[str, Any]) -> None:
+    for name in NEEDS_HEALTHCHECK:
+        assert services[name]["healthcheck"]["test"], name
+
+
+def test_compose_app_commands_exist_in_project(services: dict[str, Any]) -> None:
+    for name in APP_SERVICES:
+        _check_project_program(_argv(services[name]["command"]))
+    for name in ("web", "worker"):
+        _check_project_program(_healthcheck_argv(services[name]["healthcheck"]["test"]))
+
+
+def test_compose_web_serves_asgi_app_with_lifespan(services: dict[str, Any]) -> None:
+    argv = _argv(services["web"]["command"])
+    assert argv[:2] == ["uvicorn", "mcppool.asgi:application"]
+    assert _option(argv, "--lifespan") == "on" and _option(argv, "--port") == "8000"
+
+
+def test_compose_beat_uses_database_scheduler(services: dict[str, Any]) -> None:
+    argv = _argv(services["beat"]["command"])
+    assert "beat" in argv
+    assert _option(argv, "--scheduler") == "django_celery_beat.schedulers:DatabaseScheduler"
+
+
+def test_compose_app_services_get_their_environment(services: dict[str, Any]) -> None:
+    for name in APP_SERVICES:
+        env = services[name]["environment"]
+        for variable in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "ALLOWED_HOSTS"):
+            assert env.get(variable), (name, variable)
+        assert (
+            env["DATABASE_URL"].startswith("postgres://")
+            and "@postgres:5432/" in env["DATABASE_URL"]
+        )
+        assert env["REDIS_URL"].startswith("redis://redis:6379/")
+
+
+def test_compose_app_services_wait_for_migrations(services: dict[str, Any]) -> None:
+    for name in ("web", "worker", "beat"):
+        depends = services[name]["depends_on"]
+        assert depends["migrate"]["condition"] == "service_completed_successfully", name
+        assert depends["postgres"]["condition"] == "service_healthy", name
+
+
+def test_compose_dependencies_name_services(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        for dependency in service.get("depends_on", []):
+            assert dependency in services, (name, dependency)
+
+
+def test_compose_mounted_repo_files_exist(compose: dict[str, Any]) -> None:
+    named_volumes = set(compose.get("volumes") or {})
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if source.startswith("."):
+                assert (ROOT / source).exists(), (name, source)
+            else:
+                assert source in named_volumes, (name, source)
+
+
+def test_prometheus_scrapes_web_and_worker(services: dict[str, Any]) -> None:
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    targets = {
+        target
+        for job in config["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    }
+    assert targets == {"web:8000", "worker:9808"}
+    assert "9808" in [str(port) for port in services["worker"]["expose"]]
+    # Prometheus sends Host: web:8000, which Django must accept.
+    assert "web" in _default(services["web"]["environment"]["ALLOWED_HOSTS"]).split(",")
+
+
+def test_grafana_provisioning_points_at_mounted_folders(services: dict[str, Any]) -> None:
+    mounts = dict(volume.split(":")[:2] for volume in services["grafana"]["volumes"])
+    assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+    provisioning = ROOT / "deploy" / "grafana" / "provisioning"
+    datasource = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+    dashboards = yaml.safe_load((provisioning / "dashboards" / "mcppool.yml").read_text())
+    assert dashboards["providers"][0]["options"]["path"] == mounts["./deploy/grafana/dashboards"]
