@@ -544,3 +544,20 @@ def test_pick_returns_someone_whenever_a_healthy_candidate_exists(make_pool):
         if Health.UP in states:
             chosen = put.pick()
             assert chosen is not None and chosen.endpoint.config.health is Health.UP
+
+
+# --- the claim the strategy exists for -------------------------------------------------------
+
+
+def test_health_based_keeps_p99_near_healthy_when_one_replica_is_10x_slower():
+    from bench.simulate_balancing import Params, simulate, workload
+
+    params = Params(servers=3, duration=30.0, seed=4)
+    arrivals, services = workload(params)
+
+    def p99(strategy: Strategy, scenario: str) -> float:
+        return simulate(params, strategy, scenario, arrivals, services).p99_ms
+
+    healthy = p99(Strategy.HEALTH_BASED, "healthy")
+    assert p99(Strategy.HEALTH_BASED, "slow") <= 1.5 * healthy
+    assert p99(Strategy.ROUND_ROBIN, "slow") > 3 * p99(Strategy.ROUND_ROBIN, "healthy")

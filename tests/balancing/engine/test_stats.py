@@ -31,15 +31,23 @@ def test_stats_latency_decays_toward_lower_samples_with_the_time_constant():
     assert stats.latency(10.0) == pytest.approx(expected)
 
 
-def test_stats_closely_spaced_fast_samples_forget_a_peak_only_gradually():
+def test_stats_busy_server_forgets_a_lone_slow_call_within_tens_of_calls():
     stats = ServerStats(decay=10.0)
     measured(stats, 0.0, 0.1)
 
-    for i in range(1, 101):  # 100 samples over 1 s
+    for i in range(1, 61):  # 60 fast calls in 0.6 s, far less than the decay time
         measured(stats, i * 0.01, 0.01)
 
-    # After 1 s (a tenth of the decay) most of the peak remains.
-    assert stats.latency(1.0) == pytest.approx(0.01 + 0.09 * math.exp(-0.1), rel=1e-6)
+    # Each sample weighs at least 5 %: 0.95^60 ≈ 4.6 % of the peak remains.
+    assert stats.latency(0.6) == pytest.approx(0.01 + 0.09 * 0.95**60, rel=1e-6)
+
+
+def test_stats_error_rate_uses_the_same_floor_per_call():
+    stats = ServerStats(decay=10.0)
+
+    measured(stats, 0.001, 0.01, failed=True)
+
+    assert stats.error_rate(0.001) == pytest.approx(0.05)
 
 
 def test_stats_failure_never_lowers_the_latency_estimate():
