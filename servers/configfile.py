@@ -283,7 +283,7 @@ class _Planner:
         values, bad = self._read(path, item, Pool, POOL_FIELDS, POOL_CHILDREN)
         slug = values.get("slug")
         if not isinstance(slug, str) or not slug:
-            if "slug" not in bad:
+            if not bad & {"slug", "*"}:
                 self.problems.append(self.doc.problem(path, "needs a slug (pools match by slug)"))
             return
         if slug in named:
@@ -314,7 +314,7 @@ class _Planner:
             values, bad = self._read(path, entry, Server, SERVER_FIELDS)
             name = values.get("name")
             if not isinstance(name, str) or not name:
-                if "name" not in bad:
+                if not bad & {"name", "*"}:
                     self.problems.append(
                         self.doc.problem(path, "needs a name (servers match by name)")
                     )
@@ -355,7 +355,7 @@ class _Planner:
             values, bad = self._read(path, entry, AffinityRule, RULE_FIELDS)
             order = values.get("order")
             if not isinstance(order, int):
-                if "order" not in bad:
+                if not bad & {"order", "*"}:
                     self.problems.append(
                         self.doc.problem(path, "needs an order (rules match by order)")
                     )

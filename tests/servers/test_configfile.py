@@ -376,3 +376,14 @@ def test_example_file_applies_a_time_pool_of_two_stdio_replicas() -> None:
     assert [s.transport for s in servers] == ["stdio", "stdio"]
     assert all(s.args[:2] == ["-m", "mcp_server_time"] for s in servers)
     assert _run("apply", str(example)).strip() == "no changes"
+
+
+@pytest.mark.django_db
+def test_apply_server_that_is_not_a_mapping_is_one_clear_problem(tmp_path: Path) -> None:
+    text = "pools:\n  - slug: p\n    name: P\n    servers:\n      - just-a-name\n"
+    with pytest.raises(CommandError) as info:
+        _run("apply", str(_write(tmp_path, text)))
+    assert (
+        str(info.value)
+        == f"{tmp_path / 'pools.yaml'}:5: pools[0].servers[0]: must be a mapping of fields"
+    )
