@@ -29,7 +29,7 @@ PLAIN = {"readOnlyHint": False, "destructiveHint": True}
         (RetryPolicy.NEVER, True, READ_ONLY, False),
     ],
 )
-def test_may_retry_matrix(policy, delivered, annotations, expected):
+def test_may_retry_follows_policy_delivery_and_tool_hints(policy, delivered, annotations, expected):
     assert may_retry(policy, delivered, annotations) is expected
 
 
