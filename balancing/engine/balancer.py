@@ -15,7 +15,10 @@ The order of decisions, following Envoy (`priority.rst`, `panic_threshold.rst`):
    that level, healthy or not, rather than crushing the few healthy ones. With no healthy server at
    all, level 0 (the most preferred) panics, as Envoy does; a `panic_threshold` of 0 turns panic off
    and then no server is picked.
-5. Within the level: rendezvous hash when a hash key is given, else the pool's strategy.
+5. Within the level: rendezvous hash when a hash key is given (bounded by in-flight calls with
+   `hash_balance_factor`: processes agree on every key as long as no server is over its bound),
+   else the pool's strategy. If nothing in the chosen level may take this call (all excluded,
+   capped, or trial taken), the first level with a candidate serves it instead of a 503.
 
 Draining and disabled servers are never picked, panic or not; excluded servers (already tried by
 this call) and servers at their in-flight cap neither.
