@@ -117,6 +117,7 @@ async def test_runtime_forgotten_session_reinitializes_transparently(
 ) -> None:
     server = replace(http_servers(replicas, 1)[0], era=Era.HANDSHAKE)  # sessions exist only there
     await runtime.start(Snapshot(1, (pool_of([server], sessions_per_server=1),)))
+    await runtime.list_tools("p")  # upkeep's first tool listing done: it won't meet the 404 first
     await runtime.call_tool("p", "forget_sessions", {})  # the server now answers 404 for us
     result = await runtime.call_tool("p", "echo", {"text": "still here"})
     assert text_of(result) == "still here"
