@@ -197,6 +197,10 @@ class AffinityRule(models.Model):
 
     class Meta:
         ordering = ["pool__name", "order", "id"]
+        constraints = [
+            # Rules are tried in order, and config files name a rule by (pool, order).
+            models.UniqueConstraint(fields=["pool", "order"], name="rule_unique_order_in_pool"),
+        ]
 
     def __str__(self) -> str:
         target = self.pin_server.name if self.pin_server_id and self.pin_server else "hash"
