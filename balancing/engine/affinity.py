@@ -124,22 +124,24 @@ def stable_hash(text: str) -> int:
 
 
 @lru_cache(maxsize=4096)
-def _member_seed(member_key: str) -> int:
+def member_seed(member_key: str) -> int:
+    """A member's half of its HRW scores (cached: members are few and long-lived)."""
     return stable_hash(member_key)
 
 
 def hrw_score(member_key: str, key_hash: int, weight: float) -> float:
-    """Weighted rendezvous score: `-w / ln(u)`, u uniform in (0, 1) from (member, key).
+    """Weighted rendezvous score: `-w / ln(u)`, u uniform in (0, 1) from (member, key)."""
+    return -weight / math.log(_uniform(member_seed(member_key) ^ key_hash))
 
-    One blake2b per key and one per member (cached); the pair is combined with the splitmix64
-    finalizer, a bijective full-avalanche mixer, so a pick costs a few integer ops per member.
-    """
-    z = ((_member_seed(member_key) ^ key_hash) + 0x9E3779B97F4A7C15) & _MASK64
+
+def _uniform(x: int) -> float:
+    # splitmix64's finalizer: bijective and full-avalanche, so one blake2b per key and one per
+    # member (cached) are enough, and a pick costs a few integer operations per member.
+    z = (x + 0x9E3779B97F4A7C15) & _MASK64
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
     z ^= z >> 31
-    u = ((z >> 11) + 0.5) * (1.0 / (1 << 53))
-    return -weight / math.log(u)
+    return ((z >> 11) + 0.5) * (1.0 / (1 << 53))
 
 
 def key_position(key_hash: int) -> float:
@@ -159,25 +161,37 @@ def rendezvous_choose(
     members: Sequence[M],
     loads: Sequence[int] | None = None,
     balance_factor: float = 0.0,
+    *,
+    seeds: Sequence[int] | None = None,
 ) -> M | None:
     """The HRW winner for `key_hash`; with `loads` and a `balance_factor`, the best member whose
     load stays within `ceil(factor × (total + 1) × w / W)` (its weighted share of the average).
 
-    With factor ≥ 1 some member always fits, so a choice is always made.
+    With factor ≥ 1 some member always fits, so a choice is always made. `seeds` (each member's
+    `member_seed(key)`) may be passed by callers that cache them.
     """
     if not members:
         return None
-    scores = [hrw_score(m.key, key_hash, m.weight) for m in members]
+    if seeds is None:
+        seeds = [member_seed(m.key) for m in members]
+    weights = [m.weight for m in members]
+    if min(weights) == max(weights):
+        # Equal weights: -w / ln(u) orders members as u does, so skip the logarithms.
+        scores = [_uniform(seed ^ key_hash) for seed in seeds]
+    else:
+        scores = [
+            -w / math.log(_uniform(seed ^ key_hash)) for seed, w in zip(seeds, weights, strict=True)
+        ]
     best = max(range(len(members)), key=scores.__getitem__)
     if loads is None or balance_factor <= 0:
         return members[best]
-    total_weight = sum(m.weight for m in members)
+    total_weight = sum(weights)
     if total_weight <= 0:
         return members[best]
     room = balance_factor * (sum(loads) + 1) / total_weight
 
     def fits(i: int) -> bool:
-        return loads[i] + 1 <= math.ceil(room * members[i].weight)
+        return loads[i] + 1 <= math.ceil(room * weights[i])
 
     if fits(best):
         return members[best]

@@ -134,8 +134,9 @@ class Balancer:
             candidates = level.everyone if panic else level.candidates
         if key_hash is not None:
             loads = [ep.stats.in_flight for ep in candidates]
+            seeds = [ep.hash_seed for ep in candidates]
             endpoint = rendezvous_choose(
-                key_hash, candidates, loads, self._pool.hash_balance_factor
+                key_hash, candidates, loads, self._pool.hash_balance_factor, seeds=seeds
             )
             assert endpoint is not None  # candidates is not empty
             return self._done(endpoint, level.priority, panic, PickReason.HASH, now)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from balancing.engine.affinity import member_seed
 from balancing.engine.config import AdminState, Health, ServerConfig
 from balancing.engine.outlier import OutlierState
 from balancing.engine.stats import ServerStats
@@ -21,7 +22,7 @@ class Endpoint:
     around every call.
     """
 
-    __slots__ = ("config", "outlier", "stats", "tools", "up_since")
+    __slots__ = ("_seed", "_seeded", "config", "outlier", "stats", "tools", "up_since")
 
     def __init__(
         self,
@@ -37,6 +38,8 @@ class Endpoint:
         self.outlier = outlier
         self.tools = tools  # None = not listed yet: assume it may have any tool
         self.up_since = up_since  # -inf = in service since before we started: no slow start
+        self._seed = 0
+        self._seeded: ServerConfig | None = None  # the config `_seed` was computed from
 
     @property
     def id(self) -> int:
@@ -46,6 +49,14 @@ class Endpoint:
     def key(self) -> str:
         """Identity for rendezvous hashing (same in every process)."""
         return self.config.key
+
+    @property
+    def hash_seed(self) -> int:
+        """`member_seed(self.key)`, recomputed only when the runtime swaps `config`."""
+        if self._seeded is not self.config:
+            self._seed = member_seed(self.config.key)
+            self._seeded = self.config
+        return self._seed
 
     @property
     def weight(self) -> int:
