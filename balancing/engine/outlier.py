@@ -175,6 +175,11 @@ class OutlierState:
         """The balancer sent the half-open trial call; others skip the server until it ends."""
         self._trial_at = now
 
+    def abandon_trial(self) -> None:
+        """The trial call ended without telling anything (the client cancelled it): let the next
+        call be the trial rather than waiting out `trial_timeout`."""
+        self._trial_at = -math.inf
+
     def record(self, outcome: Outcome, now: float) -> OutlierEvent | None:
         """Account one finished call; returns an event when the server's state flipped."""
         if outcome not in FAILURES:

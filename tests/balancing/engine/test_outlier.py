@@ -137,6 +137,17 @@ def test_outlier_lost_trial_allows_another_after_the_trial_timeout():
     assert state.may_take(reopen + 35.0)
 
 
+def test_outlier_abandoned_trial_lets_the_next_call_be_the_trial():
+    state = detector_for(4).state(1)
+    fail(state, 5)
+    reopen = state.ejected_until
+    state.claim_trial(reopen)
+
+    state.abandon_trial()
+
+    assert state.may_take(reopen + 1.0) and state.half_open(reopen + 1.0)
+
+
 def test_outlier_success_of_a_call_started_before_ejection_does_not_end_it():
     state = detector_for(4).state(1)
     fail(state, 5)
