@@ -65,6 +65,14 @@ TOOLS_REFRESH_SECONDS = 60.0
 MAINTAIN_SECONDS = 1.0
 
 
+def local_command(server: ServerConfig) -> ServerConfig:
+    """`python` in a config file means the interpreter running mcppool, so an example file works
+    in any virtualenv (the health checks spawn stdio servers the same way)."""
+    if server.transport is Transport.STDIO and server.command in ("python", "python3"):
+        return replace(server, command=sys.executable)
+    return server
+
+
 class UnknownPool(LookupError):
     def __init__(self, slug: str) -> None:
         super().__init__(f"no pool {slug!r}")
@@ -236,6 +244,10 @@ class Runtime:
             ):
                 endpoint.up_since = now  # back from down: slow start
                 endpoint.outlier.mark_probe_ok(now)
+                # It may have come back as another build: re-read its tools on the next upkeep,
+                # and reconnect now rather than after the reconnect backoff it built up while down.
+                live.tools_refreshed.pop(server.id, None)
+                live.sessions[server.id].reconnect_now()
             if server.health is Health.UP and old.health is not Health.UP:
                 endpoint.outlier.mark_probe_ok(now)  # a passing active check un-ejects
             endpoint.config = server
@@ -264,12 +276,8 @@ class Runtime:
         on_event: MessageHandler | None = None,
     ) -> UpstreamSession:
         """Open and negotiate one upstream session (also used by sticky client sessions)."""
-        if server.transport is Transport.STDIO and server.command in ("python", "python3"):
-            # `python` in a config file means the interpreter running mcppool, so an example file
-            # works in any virtualenv.
-            server = replace(server, command=sys.executable)
         return await UpstreamSession.open(
-            server,
+            local_command(server),
             http=self._http,
             client_info=CLIENT_INFO,
             capabilities=SHARED_CAPABILITIES if capabilities is None else capabilities,

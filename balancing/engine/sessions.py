@@ -179,6 +179,12 @@ class SessionPool:
                 slot.expires_at = 0.0
         self._wake(len(self._waiters))
 
+    def reconnect_now(self) -> None:
+        """The server is back (a health check passed): open sessions at the next chance instead
+        of waiting out the backoff built up while it was away (up to two minutes)."""
+        self._backoff.reset()
+        self._next_open_at = 0.0
+
     # ---- borrowing ----------------------------------------------------------------------
     def borrow(self, timeout: float | None = None) -> Borrow:
         frame = sys._getframe(1)
