@@ -355,7 +355,9 @@ class Runtime:
                     self.metrics.panics[slug] += 1
                 endpoint = pick.endpoint
                 try:
-                    return await self._send(live, endpoint, method, params, timeout, on_message)
+                    return await self._send(
+                        live, endpoint, method, params, timeout, on_message, trial=pick.trial
+                    )
                 except UpstreamError as exc:
                     if retrying or not self._should_retry(live, exc, tool):
                         raise  # one retry per call, on another server
@@ -386,6 +388,8 @@ class Runtime:
         params: JsonObject | None,
         timeout: float,
         on_message: MessageHandler | None,
+        *,
+        trial: bool = False,
     ) -> JsonObject:
         slug, server = live.config.slug, endpoint.config.name
         sp = live.sessions[endpoint.id]
@@ -428,6 +432,8 @@ class Runtime:
                 event = endpoint.outlier.record(outcome, now)
                 if event is not None:
                     self._report(live, endpoint, event)
+            elif trial:
+                endpoint.outlier.abandon_trial()  # a cancelled trial says nothing: next call tries
             self.metrics.calls[(slug, server, label)] += 1
             self.metrics.durations[(slug, server)].observe(latency)
 
