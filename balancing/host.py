@@ -26,6 +26,8 @@ from balancing import adapter
 from balancing.engine.config import ServerConfig
 from balancing.engine.outlier import Ejected, OutlierEvent
 from balancing.engine.runtime import Runtime
+from balancing.keys import KeyCache, KeyRecord
+from balancing.ratelimit import RateLimiter, build_rate_limiter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,6 +44,13 @@ class RuntimeHost:
         # The host's own database thread: its connection is reused between polls (CONN_MAX_AGE)
         # and closed on stop, and DB work never waits behind a busy request thread.
         self._db_thread: ThreadPoolExecutor | None = None
+        # The app-facing endpoints' auth and rate limits; the key cache is refilled with the
+        # config (creating or revoking a key bumps the version), so it is never staler than it.
+        self.keys = KeyCache(lookup=self._find_key)
+        self.limiter: RateLimiter = build_rate_limiter(settings.REDIS_URL)
+
+    async def _find_key(self, prefix: str) -> KeyRecord | None:
+        return await self._db(adapter.find_api_key, prefix)
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
         if self._db_thread is None:
@@ -66,6 +75,7 @@ class RuntimeHost:
         self._starting = asyncio.get_running_loop().create_future()
         try:
             snapshot = await self._db(adapter.load_snapshot)
+            self.keys.replace(await self._db(adapter.load_api_keys))
             await self.runtime.start(snapshot)
             self._tasks = [
                 asyncio.create_task(self._poll_forever(), name="mcppool-config-poll"),
@@ -85,6 +95,8 @@ class RuntimeHost:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         await self.runtime.close(grace=settings.MCPPOOL_SHUTDOWN_GRACE_SECONDS)
+        with contextlib.suppress(Exception):
+            await self.limiter.close()
         if self._pending_reports:
             await asyncio.gather(*self._pending_reports, return_exceptions=True)
         if self._db_thread is not None:
@@ -105,6 +117,7 @@ class RuntimeHost:
             if snapshot.version == self.runtime.version and if_newer_than is not None:
                 return False
             await self.runtime.apply(snapshot)
+            self.keys.replace(await self._db(adapter.load_api_keys))
             log.info("config v%d applied", snapshot.version)
             return True
 

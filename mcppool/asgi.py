@@ -1,4 +1,4 @@
-"""ASGI entry point: Channels routes HTTP and WebSocket."""
+"""ASGI entry point: Channels routes HTTP and WebSocket; the gateway router fronts Django."""
 
 import os
 
@@ -11,6 +11,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set u
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from balancing.asgi_router import GatewayRouter  # noqa: E402
 from balancing.host import LifespanApp  # noqa: E402
 
 websocket_urlpatterns: list[object] = []
@@ -18,7 +19,8 @@ websocket_urlpatterns: list[object] = []
 application = LifespanApp(
     ProtocolTypeRouter(
         {
-            "http": django_asgi_app,
+            # The hot path (MCP endpoint, REST tool calls) is served before Django.
+            "http": GatewayRouter(django_asgi_app),
             "websocket": AllowedHostsOriginValidator(
                 AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
             ),

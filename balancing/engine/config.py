@@ -150,6 +150,8 @@ class PoolConfig:
     slow_start_window: float = 30.0
     ewma_decay: float = 10.0
     hash_balance_factor: float = 1.25
+    # app-facing API: calls per minute through this pool, all keys together (0 = unlimited)
+    rate_limit_per_minute: int = 0
     servers: tuple[ServerConfig, ...] = ()
     rules: tuple[AffinityRuleConfig, ...] = field(default=())
 

@@ -1,0 +1,51 @@
+"""Who may do what: API-key authentication, pool permission and rate limits, for REST and MCP."""
+
+from __future__ import annotations
+
+from balancing.engine.runtime import LivePool
+from balancing.errors_http import ApiError, rate_limited
+from balancing.host import RuntimeHost, get_host
+from balancing.keys import KeyRecord, bearer_secret
+
+
+async def started_host() -> RuntimeHost:
+    """The process's host, started on first use (servers without ASGI lifespan)."""
+    host = get_host()
+    if not host.started:
+        await host.start()
+    return host
+
+
+async def authenticate(host: RuntimeHost, authorization: bytes | str | None) -> KeyRecord:
+    return await host.keys.authenticate(bearer_secret(authorization))
+
+
+def pool_for(host: RuntimeHost, key: KeyRecord, slug: str) -> LivePool:
+    """The live pool `slug`, if this key may use it. A key not allowed on a pool gets 403 whether
+    or not the pool exists, so a restricted key cannot probe which pools there are."""
+    if not key.may_use(slug):
+        raise ApiError("pool_forbidden", f"this API key may not use pool {slug!r}")
+    live = host.runtime.pools.get(slug)
+    if live is None:
+        raise ApiError("unknown_pool", f"no pool {slug!r}")
+    return live
+
+
+def require_admin(key: KeyRecord) -> None:
+    if not key.is_admin:
+        raise ApiError("admin_required", "this API key may not change the config")
+
+
+async def charge(host: RuntimeHost, key: KeyRecord, live: LivePool) -> None:
+    """Take one token from the key's and the pool's buckets (only those that have a limit)."""
+    if key.rate_limit_per_minute:
+        wait = await host.limiter.take("key", str(key.id), key.rate_limit_per_minute)
+        if wait > 0:
+            host.runtime.metrics.rate_limited[live.config.slug] += 1
+            raise rate_limited(wait, "API key")
+    per_pool = live.config.rate_limit_per_minute
+    if per_pool:
+        wait = await host.limiter.take("pool", live.config.slug, per_pool)
+        if wait > 0:
+            host.runtime.metrics.rate_limited[live.config.slug] += 1
+            raise rate_limited(wait, "pool")

@@ -1,0 +1,463 @@
+"""The REST API (`/api/v1/`): django-ninja async views over the live runtime.
+
+Apps read pools, servers and tools from the runtime's memory and reach resources and prompts
+through it; no app request touches the ORM. Admin-scoped keys change the config through the same
+service functions the admin uses (via `balancing.adapter`), then reload this process's runtime so
+the answer reflects the change at once; other processes follow within their poll interval.
+
+The tool-call route is declared here for the OpenAPI document, but served by the raw-ASGI hot
+path (`balancing.api.call`) that the router puts in front of Django; this view only answers if
+something mounts Django without that router.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import orjson
+from asgiref.sync import sync_to_async
+from django.http import Http404, HttpRequest, HttpResponse
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.security import HttpBearer
+
+from balancing import adapter
+from balancing.api import call as hot_call
+from balancing.api.access import authenticate, charge, pool_for, require_admin, started_host
+from balancing.api.docs import LocalSwagger
+from balancing.api.schemas import (
+    CallIn,
+    CallResult,
+    ErrorBody,
+    HealthSummary,
+    PoolIn,
+    PoolOut,
+    PromptGetIn,
+    RuleIn,
+    ServerIn,
+    ServerOut,
+    ServerStateIn,
+    given,
+)
+from balancing.engine.config import AdminState, Health
+from balancing.engine.errors import CallRejected, UpstreamError
+from balancing.engine.runtime import LivePool
+from balancing.errors_http import INVALID_PARAMS, ApiError, from_upstream
+from balancing.host import RuntimeHost
+from balancing.keys import KeyRecord
+
+T = TypeVar("T")
+
+# Error answers every operation can give, for the OpenAPI document.
+ERRORS: dict[int, Any] = {s: ErrorBody for s in (400, 401, 403, 404, 429)}
+UPSTREAM_ERRORS: dict[int, Any] = {**ERRORS, 502: ErrorBody, 503: ErrorBody, 504: ErrorBody}
+RESOURCE_NOT_FOUND = -32002  # MCP's "resource not found"
+PROMPT_NAMES_TTL = 10.0
+
+
+class ApiKeyAuth(HttpBearer):
+    """`Authorization: Bearer <api key>`, checked against the in-memory key cache."""
+
+    async def __call__(self, request: HttpRequest) -> KeyRecord:
+        host = await started_host()
+        return await authenticate(host, request.headers.get("Authorization"))
+
+    def authenticate(self, request: HttpRequest, token: str) -> Any:  # pragma: no cover
+        raise NotImplementedError  # __call__ does the work, asynchronously
+
+
+api = NinjaAPI(
+    title="mcppool",
+    version="1",
+    description=(
+        "Call MCP tools of pooled, health-checked, load-balanced MCP servers. Errors are "
+        '`{"error": {"code", "message"}}` with a stable `code`.'
+    ),
+    urls_namespace="api-v1",
+    auth=ApiKeyAuth(),
+    docs=LocalSwagger(),
+    docs_url="/docs",
+    openapi_url="/openapi.json",
+)
+
+
+# ---- errors: one contract ---------------------------------------------------------------
+
+
+def error_response(error: ApiError) -> HttpResponse:
+    response = HttpResponse(error.body(), status=error.status, content_type="application/json")
+    for name, value in error.headers:
+        response[name.decode()] = value.decode()
+    return response
+
+
+@api.exception_handler(ApiError)
+def _api_error(request: HttpRequest, exc: ApiError) -> HttpResponse:
+    return error_response(exc)
+
+
+@api.exception_handler(ValidationError)
+def _validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    if any(e.get("type") == "json_invalid" for e in exc.errors):
+        return error_response(ApiError("invalid_json", "the body is not valid JSON"))
+    errors = [
+        {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
+        for e in exc.errors
+    ]
+    return error_response(ApiError("invalid_request", "the request is not valid", errors=errors))
+
+
+@api.exception_handler(AuthenticationError)
+def _unauthenticated(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    return error_response(ApiError("missing_api_key", "send 'Authorization: Bearer <api key>'"))
+
+
+@api.exception_handler(Http404)
+def _not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
+    return error_response(ApiError("not_found", "no such endpoint"))
+
+
+@api.exception_handler(HttpError)
+def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    code = "invalid_json" if exc.status_code == 400 else "invalid_request"
+    return error_response(ApiError(code, str(exc)))
+
+
+def _key(request: HttpRequest) -> KeyRecord:
+    return request.auth  # type: ignore[attr-defined,no-any-return]
+
+
+async def _pool(request: HttpRequest, slug: str) -> tuple[RuntimeHost, LivePool]:
+    host = await started_host()
+    return host, pool_for(host, _key(request), slug)
+
+
+def _json(value: Any, status: int = 200) -> HttpResponse:
+    return HttpResponse(orjson.dumps(value), status=status, content_type="application/json")
+
+
+# ---- for apps: pools, servers, tools ----------------------------------------------------
+
+
+def health_summary(live: LivePool, now: float) -> HealthSummary:
+    endpoints = list(live.endpoints.values())
+    counts = {h: 0 for h in Health}
+    for ep in endpoints:
+        counts[Health.EJECTED if ep.outlier.ejected(now) else ep.config.health] += 1
+    available = sum(1 for ep in endpoints if ep.available(now))
+    draining = sum(1 for ep in endpoints if ep.config.state is AdminState.DRAINING)
+    if not endpoints:
+        status = "empty"
+    elif available == len(endpoints):
+        status = "up"
+    else:
+        status = "degraded" if available else "down"
+    return HealthSummary(
+        servers=len(endpoints),
+        available=available,
+        up=counts[Health.UP] + counts[Health.RECOVERING],
+        down=counts[Health.DOWN],
+        ejected=counts[Health.EJECTED],
+        unknown=counts[Health.UNKNOWN],
+        draining=draining,
+        status=status,  # type: ignore[arg-type]
+    )
+
+
+def pool_out(request: HttpRequest, live: LivePool, now: float) -> PoolOut:
+    config = live.config
+    return PoolOut(
+        slug=config.slug,
+        name=config.name,
+        session_mode=config.session_mode.value,
+        strategy=config.strategy.value,
+        mcp_url=request.build_absolute_uri(f"/mcp/{config.slug}/"),
+        health=health_summary(live, now),
+    )
+
+
+@api.get("/pools", response={200: list[PoolOut], **ERRORS}, tags=["pools"])
+async def list_pools(request: HttpRequest) -> list[PoolOut]:
+    """The pools this key may use, with a health summary each."""
+    host = await started_host()
+    key, now = _key(request), host.runtime.clock()
+    return [
+        pool_out(request, live, now)
+        for slug, live in sorted(host.runtime.pools.items())
+        if key.may_use(slug)
+    ]
+
+
+@api.get("/pools/{slug}", response={200: PoolOut, **ERRORS}, tags=["pools"])
+async def get_pool(request: HttpRequest, slug: str) -> PoolOut:
+    host, live = await _pool(request, slug)
+    return pool_out(request, live, host.runtime.clock())
+
+
+@api.get("/pools/{slug}/servers", response={200: list[ServerOut], **ERRORS}, tags=["pools"])
+async def list_servers(request: HttpRequest, slug: str) -> list[ServerOut]:
+    """The pool's servers as this process's runtime sees them (health, load, sessions)."""
+    host, live = await _pool(request, slug)
+    now = host.runtime.clock()
+    servers = []
+    for ep in sorted(live.endpoints.values(), key=lambda e: (e.config.priority, e.config.name)):
+        sessions = live.sessions.get(ep.id)
+        servers.append(
+            ServerOut(
+                name=ep.config.name,
+                transport=ep.config.transport.value,
+                priority=ep.config.priority,
+                weight=ep.config.weight,
+                state=ep.config.state.value,
+                health=ep.config.health.value,
+                available=ep.available(now),
+                ejected_here=ep.outlier.ejected(now),
+                in_flight=ep.stats.in_flight,
+                sessions=sessions.counts() if sessions is not None else {},
+                tools=len(ep.tools) if ep.tools is not None else None,
+            )
+        )
+    return servers
+
+
+@api.get("/pools/{slug}/tools", response={200: dict[str, Any], **UPSTREAM_ERRORS}, tags=["tools"])
+async def list_tools(request: HttpRequest, slug: str) -> HttpResponse:
+    """The pool's tools, merged from its servers, with their annotations (MCP `Tool` objects)."""
+    host, _ = await _pool(request, slug)
+    return _json({"tools": await host.runtime.list_tools(slug)})
+
+
+@api.post(
+    "/pools/{slug}/tools/{name}/call",
+    response={200: CallResult, 413: ErrorBody, **UPSTREAM_ERRORS},
+    tags=["tools"],
+    operation_id="call_tool",
+)
+async def call_tool(request: HttpRequest, slug: str, name: str, body: CallIn) -> HttpResponse:
+    """Call a tool on a healthy server of the pool (balanced, with affinity and retries).
+
+    A tool that ran and failed answers 200 with `isError: true`. Send `Accept: text/event-stream`
+    to receive `progress` and `log` events while it runs, then a `result` (or `error`) event.
+    Served by the gateway's raw-ASGI hot path; this declaration documents it.
+    """
+    host, live = await _pool(request, slug)
+    await charge(host, _key(request), live)
+    hot_call.check_tool(live, name)
+    try:
+        result = await host.runtime.call_tool(slug, name, body.arguments, timeout=body.timeout)
+    except UpstreamError as exc:
+        raise hot_call.call_error(exc, name) from None
+    return _json(result)
+
+
+# ---- for apps: resources and prompts ------------------------------------------------------
+
+
+async def _forward(
+    host: RuntimeHost, live: LivePool, key: KeyRecord, method: str, params: dict[str, Any] | None
+) -> dict[str, Any]:
+    await charge(host, key, live)
+    return await host.runtime.request(live.config.slug, method, params)
+
+
+def _page(cursor: str | None) -> dict[str, Any] | None:
+    return {"cursor": cursor} if cursor else None
+
+
+@api.get(
+    "/pools/{slug}/resources", response={200: dict[str, Any], **UPSTREAM_ERRORS}, tags=["resources"]
+)
+async def list_resources(
+    request: HttpRequest, slug: str, cursor: str | None = None
+) -> HttpResponse:
+    """The pool's resources (MCP `resources/list`; pass `nextCursor` back as `cursor`)."""
+    host, live = await _pool(request, slug)
+    try:
+        return _json(await _forward(host, live, _key(request), "resources/list", _page(cursor)))
+    except UpstreamError as exc:
+        raise from_upstream(exc) from None
+
+
+@api.get(
+    "/pools/{slug}/resources/templates",
+    response={200: dict[str, Any], **UPSTREAM_ERRORS},
+    tags=["resources"],
+)
+async def list_resource_templates(
+    request: HttpRequest, slug: str, cursor: str | None = None
+) -> HttpResponse:
+    """The pool's resource templates (MCP `resources/templates/list`)."""
+    host, live = await _pool(request, slug)
+    method = "resources/templates/list"
+    try:
+        return _json(await _forward(host, live, _key(request), method, _page(cursor)))
+    except UpstreamError as exc:
+        raise from_upstream(exc) from None
+
+
+@api.get(
+    "/pools/{slug}/resources/read",
+    response={200: dict[str, Any], **UPSTREAM_ERRORS},
+    tags=["resources"],
+)
+async def read_resource(request: HttpRequest, slug: str, uri: str) -> HttpResponse:
+    """One resource's contents (MCP `resources/read`)."""
+    host, live = await _pool(request, slug)
+    try:
+        return _json(await _forward(host, live, _key(request), "resources/read", {"uri": uri}))
+    except CallRejected as exc:
+        if exc.code in (INVALID_PARAMS, RESOURCE_NOT_FOUND):
+            raise ApiError("unknown_resource", f"no resource {uri!r} in pool {slug!r}") from None
+        raise from_upstream(exc) from None
+    except UpstreamError as exc:
+        raise from_upstream(exc) from None
+
+
+@api.get(
+    "/pools/{slug}/prompts", response={200: dict[str, Any], **UPSTREAM_ERRORS}, tags=["prompts"]
+)
+async def list_prompts(request: HttpRequest, slug: str, cursor: str | None = None) -> HttpResponse:
+    """The pool's prompts (MCP `prompts/list`)."""
+    host, live = await _pool(request, slug)
+    try:
+        return _json(await _forward(host, live, _key(request), "prompts/list", _page(cursor)))
+    except UpstreamError as exc:
+        raise from_upstream(exc) from None
+
+
+_prompt_names: dict[str, tuple[float, frozenset[str]]] = {}
+
+
+async def _known_prompt(host: RuntimeHost, slug: str, name: str) -> bool:
+    """Whether the pool lists prompt `name` (cached briefly). Asked before forwarding because
+    some servers answer an unknown prompt with an *internal* error, which passive health would
+    count against them: a typo in an app must not eject a server."""
+    now = time.monotonic()
+    cached = _prompt_names.get(slug)
+    if cached is not None and cached[0] > now and name in cached[1]:
+        return True
+    names: set[str] = set()
+    cursor: str | None = None
+    for _ in range(20):
+        page = await host.runtime.request(slug, "prompts/list", _page(cursor))
+        names.update(
+            p["name"] for p in page.get("prompts", []) if isinstance(p, dict) and "name" in p
+        )
+        cursor = page.get("nextCursor")
+        if not cursor:
+            break
+    _prompt_names[slug] = (now + PROMPT_NAMES_TTL, frozenset(names))
+    return name in names
+
+
+@api.post(
+    "/pools/{slug}/prompts/{name}/get",
+    response={200: dict[str, Any], **UPSTREAM_ERRORS},
+    tags=["prompts"],
+)
+async def get_prompt(request: HttpRequest, slug: str, name: str, body: PromptGetIn) -> HttpResponse:
+    """A prompt filled in with `arguments` (MCP `prompts/get`)."""
+    host, live = await _pool(request, slug)
+    try:
+        await charge(host, _key(request), live)
+        if not await _known_prompt(host, slug, name):
+            raise ApiError("unknown_prompt", f"pool {slug!r} has no prompt {name!r}")
+        params = {"name": name, "arguments": body.arguments}
+        return _json(await host.runtime.request(slug, "prompts/get", params))
+    except UpstreamError as exc:
+        raise from_upstream(exc) from None
+
+
+# ---- for automation: admin-scoped keys change the config ------------------------------------
+
+
+async def _admin(request: HttpRequest, fn: Callable[..., T], *args: Any) -> T:
+    """Run one config write (in a thread: the ORM is sync) and apply it to this runtime now."""
+    require_admin(_key(request))
+    host = await started_host()
+    result = await sync_to_async(fn)(*args)
+    await host.reload(if_newer_than=host.runtime.version)
+    return result
+
+
+@api.post("/pools", response={201: dict[str, Any], **ERRORS}, tags=["config"])
+async def create_pool(request: HttpRequest, body: PoolIn) -> HttpResponse:
+    return _json(await _admin(request, adapter.create_pool, given(body)), 201)
+
+
+@api.patch("/pools/{slug}", response={200: dict[str, Any], **ERRORS}, tags=["config"])
+async def update_pool(request: HttpRequest, slug: str, body: PoolIn) -> HttpResponse:
+    return _json(await _admin(request, adapter.update_pool, slug, given(body)))
+
+
+@api.delete("/pools/{slug}", response={204: None, **ERRORS}, tags=["config"])
+async def delete_pool(request: HttpRequest, slug: str) -> HttpResponse:
+    await _admin(request, adapter.delete_pool, slug)
+    return HttpResponse(status=204)
+
+
+@api.post("/pools/{slug}/drain", response={200: dict[str, Any], **ERRORS}, tags=["config"])
+async def drain_pool(request: HttpRequest, slug: str) -> HttpResponse:
+    """Drain every server of the pool: calls in flight finish, no new ones start."""
+    return _json({"drained": await _admin(request, adapter.drain_pool, slug)})
+
+
+@api.get(
+    "/pools/{slug}/config/servers", response={200: list[dict[str, Any]], **ERRORS}, tags=["config"]
+)
+async def list_server_configs(request: HttpRequest, slug: str) -> HttpResponse:
+    """The servers as stored (operator fields), for automation."""
+    return _json(await _admin(request, adapter.list_servers, slug))
+
+
+@api.post("/pools/{slug}/servers", response={201: dict[str, Any], **ERRORS}, tags=["config"])
+async def create_server(request: HttpRequest, slug: str, body: ServerIn) -> HttpResponse:
+    return _json(await _admin(request, adapter.create_server, slug, given(body)), 201)
+
+
+@api.patch(
+    "/pools/{slug}/servers/{name}", response={200: dict[str, Any], **ERRORS}, tags=["config"]
+)
+async def update_server(request: HttpRequest, slug: str, name: str, body: ServerIn) -> HttpResponse:
+    return _json(await _admin(request, adapter.update_server, slug, name, given(body)))
+
+
+@api.delete("/pools/{slug}/servers/{name}", response={204: None, **ERRORS}, tags=["config"])
+async def delete_server(request: HttpRequest, slug: str, name: str) -> HttpResponse:
+    await _admin(request, adapter.delete_server, slug, name)
+    return HttpResponse(status=204)
+
+
+@api.post(
+    "/pools/{slug}/servers/{name}/state", response={200: dict[str, Any], **ERRORS}, tags=["config"]
+)
+async def set_server_state(
+    request: HttpRequest, slug: str, name: str, body: ServerStateIn
+) -> HttpResponse:
+    """Drain, enable or disable one server."""
+    return _json(await _admin(request, adapter.set_server_state, slug, name, body.state))
+
+
+@api.get("/pools/{slug}/rules", response={200: list[dict[str, Any]], **ERRORS}, tags=["config"])
+async def list_rules(request: HttpRequest, slug: str) -> HttpResponse:
+    return _json(await _admin(request, adapter.list_rules, slug))
+
+
+@api.post("/pools/{slug}/rules", response={201: dict[str, Any], **ERRORS}, tags=["config"])
+async def create_rule(request: HttpRequest, slug: str, body: RuleIn) -> HttpResponse:
+    return _json(await _admin(request, adapter.create_rule, slug, given(body)), 201)
+
+
+@api.patch(
+    "/pools/{slug}/rules/{rule_id}", response={200: dict[str, Any], **ERRORS}, tags=["config"]
+)
+async def update_rule(request: HttpRequest, slug: str, rule_id: int, body: RuleIn) -> HttpResponse:
+    return _json(await _admin(request, adapter.update_rule, slug, rule_id, given(body)))
+
+
+@api.delete("/pools/{slug}/rules/{rule_id}", response={204: None, **ERRORS}, tags=["config"])
+async def delete_rule(request: HttpRequest, slug: str, rule_id: int) -> HttpResponse:
+    await _admin(request, adapter.delete_rule, slug, rule_id)
+    return HttpResponse(status=204)

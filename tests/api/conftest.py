@@ -1,0 +1,130 @@
+"""Fixtures for the REST API tests: real upstreams, a live gateway, keys of every kind."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from asgiref.sync import sync_to_async
+from django.utils import timezone
+
+from servers import services
+from servers.models import ApiKey
+from tests.api.gateway import Gateway, add_key, add_pool, serve_gateway
+from tests.upstreams import procs
+
+
+@pytest.fixture(scope="session")
+def faulty_json() -> Iterator[procs.UpstreamProcess]:
+    upstream = procs.start_faulty_http(name="faulty-json", json_response=True)
+    yield upstream
+    upstream.stop()
+
+
+@pytest.fixture(scope="session")
+def faulty_sse() -> Iterator[procs.UpstreamProcess]:
+    """Answers over SSE, so notifications can flow during a call (JSON mode has no stream)."""
+    upstream = procs.start_faulty_http(name="faulty-sse")
+    yield upstream
+    upstream.stop()
+
+
+@pytest.fixture(scope="session")
+def garbage_url() -> Iterator[str]:
+    """An upstream that negotiates properly, then answers every tool call with bytes that are
+    not JSON: the upstream protocol error case."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if request.method != "POST":
+            return web.Response(status=200)  # DELETE of our session
+        message = orjson.loads(await request.read())
+        method = message.get("method")
+        if "id" not in message:
+            return web.Response(status=202)
+        if method == "initialize":
+            result = {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "garbage", "version": "1"},
+            }
+        elif method == "tools/list":
+            result = {"tools": [{"name": "boom", "inputSchema": {"type": "object"}}]}
+        elif method == "ping":
+            result = {}
+        elif method == "tools/call":
+            return web.Response(body=b"{not json", content_type="application/json")
+        else:
+            error = {"code": -32601, "message": f"{method} not supported"}
+            body = {"jsonrpc": "2.0", "id": message["id"], "error": error}
+            return web.json_response(body, headers={"mcp-session-id": "g1"})
+        body = {"jsonrpc": "2.0", "id": message["id"], "result": result}
+        return web.json_response(body, headers={"mcp-session-id": "g1"})
+
+    port = procs.free_port()
+    ready = threading.Event()
+    loop = asyncio.new_event_loop()
+    runner_box: list[web.AppRunner] = []
+
+    async def start() -> None:
+        app = web.Application()
+        app.router.add_route("*", "/mcp", handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        runner_box.append(runner)
+        ready.set()
+
+    thread = threading.Thread(target=lambda: (loop.run_until_complete(start()), loop.run_forever()))
+    thread.daemon = True
+    thread.start()
+    ready.wait(10)
+    yield f"http://127.0.0.1:{port}/mcp"
+    asyncio.run_coroutine_threadsafe(runner_box[0].cleanup(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+def _setup(faulty_url: str, sse_url: str, garbage_url: str) -> dict[str, str]:
+    add_pool("echo", [("one", faulty_url)], call_timeout=5.0)
+    add_pool("stream", [("sse", sse_url)])
+    add_pool("other", [("one", faulty_url)])
+    add_pool("dead", [("gone", f"http://127.0.0.1:{procs.free_port()}/mcp")], acquire_timeout=1.0)
+    add_pool("garbage", [("junk", garbage_url)])
+    keys = {
+        "app": add_key("app", ["echo", "stream", "dead", "garbage"]),
+        "admin": add_key("admin", all_pools=True, is_admin=True),
+        "limited": add_key("limited", ["echo"], rate_limit_per_minute=2),
+        "expired": add_key("expired", ["echo"], expires_at=timezone.now() - timedelta(minutes=1)),
+        "revoked": add_key("revoked", ["echo"]),
+    }
+    services.revoke_api_key(ApiKey.objects.get(name="revoked"))
+    return keys
+
+
+@pytest.fixture
+async def gateway(
+    faulty_json: procs.UpstreamProcess, faulty_sse: procs.UpstreamProcess, garbage_url: str
+) -> AsyncIterator[Gateway]:
+    keys = await sync_to_async(_setup)(faulty_json.url, faulty_sse.url, garbage_url)
+    async with serve_gateway() as gw:
+        gw.keys.update(keys)
+        yield gw
+
+
+@contextlib.contextmanager
+def nothing() -> Iterator[None]:
+    yield
+
+
+def error_of(body: Any) -> str:
+    assert isinstance(body, dict) and set(body) == {"error"}, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    code: str = body["error"]["code"]
+    return code
