@@ -37,6 +37,17 @@ def faulty_sse() -> Iterator[procs.UpstreamProcess]:
 
 
 @pytest.fixture(scope="session")
+def everything_http() -> Iterator[procs.UpstreamProcess | None]:
+    """npm server-everything (resources and prompts); None when `make node` has not run."""
+    if not procs.everything_installed():
+        yield None
+        return
+    upstream = procs.start_everything_http()
+    yield upstream
+    upstream.stop()
+
+
+@pytest.fixture(scope="session")
 def garbage_url() -> Iterator[str]:
     """An upstream that negotiates properly, then answers every tool call with bytes that are
     not JSON: the upstream protocol error case."""
@@ -91,14 +102,18 @@ def garbage_url() -> Iterator[str]:
     thread.join(10)
 
 
-def _setup(faulty_url: str, sse_url: str, garbage_url: str) -> dict[str, str]:
+def _setup(
+    faulty_url: str, sse_url: str, garbage_url: str, everything_url: str | None
+) -> dict[str, str]:
+    if everything_url:
+        add_pool("everything", [("ev", everything_url)])
     add_pool("echo", [("one", faulty_url)], call_timeout=5.0)
     add_pool("stream", [("sse", sse_url)])
     add_pool("other", [("one", faulty_url)])
     add_pool("dead", [("gone", f"http://127.0.0.1:{procs.free_port()}/mcp")], acquire_timeout=1.0)
     add_pool("garbage", [("junk", garbage_url)])
     keys = {
-        "app": add_key("app", ["echo", "stream", "dead", "garbage"]),
+        "app": add_key("app", ["echo", "stream", "dead", "garbage", "everything"]),
         "admin": add_key("admin", all_pools=True, is_admin=True),
         "limited": add_key("limited", ["echo"], rate_limit_per_minute=2),
         "expired": add_key("expired", ["echo"], expires_at=timezone.now() - timedelta(minutes=1)),
@@ -110,9 +125,13 @@ def _setup(faulty_url: str, sse_url: str, garbage_url: str) -> dict[str, str]:
 
 @pytest.fixture
 async def gateway(
-    faulty_json: procs.UpstreamProcess, faulty_sse: procs.UpstreamProcess, garbage_url: str
+    faulty_json: procs.UpstreamProcess,
+    faulty_sse: procs.UpstreamProcess,
+    garbage_url: str,
+    everything_http: procs.UpstreamProcess | None,
 ) -> AsyncIterator[Gateway]:
-    keys = await sync_to_async(_setup)(faulty_json.url, faulty_sse.url, garbage_url)
+    everything_url = everything_http.url if everything_http else None
+    keys = await sync_to_async(_setup)(faulty_json.url, faulty_sse.url, garbage_url, everything_url)
     async with serve_gateway() as gw:
         gw.keys.update(keys)
         yield gw
