@@ -100,6 +100,7 @@ class Prober:
         self._clock = clock
         self._sessions: dict[int, tuple[tuple[Any, ...], UpstreamSession]] = {}
         self._locks: dict[int, asyncio.Lock] = {}
+        self._pool_of: dict[int, int] = {}  # server id -> pool id, for `retain`
         self._http: aiohttp.ClientSession | None = None
 
     @property
@@ -116,6 +117,7 @@ class Prober:
         self, pool: PoolConfig, server: ServerConfig, *, list_tools: bool = False
     ) -> ProbeResult:
         lock = self._locks.setdefault(server.id, asyncio.Lock())
+        self._pool_of[server.id] = pool.id
         async with lock:  # one probe per server at a time: they would share the session
             try:
                 return await self._probe(pool, server, list_tools)
@@ -150,11 +152,17 @@ class Prober:
 
         return list(await asyncio.gather(*(one(s, t) for s, t in servers)))
 
+    async def retain(self, pool_id: int, server_ids: Iterable[int]) -> None:
+        """Keep probe sessions only for these servers of the pool; close its others."""
+        keep = set(server_ids)
+        await self.forget([s for s, p in self._pool_of.items() if p == pool_id and s not in keep])
+
     async def forget(self, server_ids: Iterable[int]) -> None:
         """Close the probe sessions of these servers (removed, disabled, or moved)."""
         for server_id in list(server_ids):
             await self._drop(server_id)
             self._locks.pop(server_id, None)
+            self._pool_of.pop(server_id, None)
 
     async def close(self) -> None:
         await self.forget(list(self._sessions))

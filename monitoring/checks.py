@@ -1,0 +1,189 @@
+"""Active health checks: probe a pool's servers, keep the history, flip states by the rules.
+
+The one place that turns probe results into rows: a `HealthCheck` per probe, the server's
+counters and recorded facts (era, tools), and — when `monitoring.health.judge` says so — a state
+change through `servers.services.flip_health` (compare-and-set, a `Flip` row, `health.changed`
+after commit). Probing happens outside any transaction (it takes up to the check timeout); each
+result is then written in a short transaction that locks the server's row, so two workers checking
+the same server at once take turns and each judges the counters the other left.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import timedelta
+from typing import Protocol, TypeVar
+
+from django.db import transaction
+from django.utils import timezone
+
+from balancing import adapter
+from balancing.engine.config import Health, PoolConfig
+from monitoring import health, probes
+from monitoring.models import HealthCheck
+from monitoring.probes import Prober, ProbeResult
+from servers import services
+from servers.choices import ServerState
+from servers.models import Flip, Pool, Server
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Probes of a pool start spread over this share of its interval (design: 5 s ± 10 %), so its
+# servers are not all hit in the same millisecond, round after round.
+JITTER_SHARE = 0.1
+# Time given to a round of probes on top of the check timeout before the caller stops waiting
+# (a stdio server may take STDIO_START_TIMEOUT to spawn).
+ROUND_SLACK = probes.STDIO_START_TIMEOUT + 5.0
+
+
+class ProbeRunner(Protocol):
+    """Runs probe work on some event loop and waits for it (`probes.run_in_process_loop`, or
+    `probes.run_once` for one-off checks that must leave nothing running)."""
+
+    def __call__(self, work: Callable[[Prober], Awaitable[T]], timeout: float) -> T: ...
+
+
+def run_pool_checks(
+    pool_id: int, *, runner: ProbeRunner = probes.run_in_process_loop
+) -> list[HealthCheck]:
+    """Probe every enabled or draining server of a pool at once; one `HealthCheck` each.
+
+    Probe sessions this process kept for the pool's other servers (disabled or removed since) are
+    closed, and so are all of a deleted pool's.
+    """
+    pool = Pool.objects.filter(pk=pool_id).first()
+    servers = list(pool.servers.exclude(state=ServerState.DISABLED)) if pool else []
+    if pool is None or not servers:
+        runner(lambda prober: prober.retain(pool_id, ()), timeout=30)
+        return []
+    return _check(pool, servers, runner, jitter=pool.check_interval * JITTER_SHARE, whole=True)
+
+
+def check_servers(
+    servers: Iterable[Server], *, runner: ProbeRunner = probes.run_once
+) -> list[HealthCheck]:
+    """Check these servers now (the admin's "check now"): probe, record, judge, as a round does.
+
+    By default on fresh sessions that are closed afterwards, so the web process keeps no probe
+    sessions or stdio probe processes of its own.
+    """
+    by_pool: dict[int, list[Server]] = {}
+    for server in servers:
+        by_pool.setdefault(server.pool_id, []).append(server)
+    checks: list[HealthCheck] = []
+    for pool in Pool.objects.filter(pk__in=by_pool):
+        checks += _check(pool, by_pool[pool.pk], runner, jitter=0.0, whole=False)
+    return checks
+
+
+def _check(
+    pool: Pool, servers: list[Server], runner: ProbeRunner, *, jitter: float, whole: bool
+) -> list[HealthCheck]:
+    config = adapter.pool_config(pool, servers, [])
+    wanted = [
+        (
+            adapter.server_config(s),
+            health.wants_tool_list(
+                Health(s.health), consecutive_ok=s.consecutive_ok, tools_hash=s.tools_hash
+            ),
+        )
+        for s in servers
+    ]
+
+    async def probe_all(prober: Prober) -> list[ProbeResult]:
+        results = await prober.probe_pool(config, wanted, jitter=jitter, rng=random.Random())
+        if whole:
+            await prober.retain(pool.pk, [s.pk for s in servers])
+        return results
+
+    results = runner(probe_all, timeout=jitter + config.check_timeout + ROUND_SLACK)
+    checks = [c for s, r in zip(servers, results, strict=True) if (c := record(s.pk, r, config))]
+    if any(r.tools_count is not None for r in results):
+        refresh_tools_differ(pool.pk)
+    return checks
+
+
+def record(server_id: int, result: ProbeResult, pool: PoolConfig) -> HealthCheck | None:
+    """Write one probe result: the history row, the counters, and a state flip when due.
+
+    Returns None when the server was deleted while it was being probed.
+    """
+    with transaction.atomic():
+        server = Server.objects.select_for_update().filter(pk=server_id).first()
+        if server is None:
+            return None
+        now = timezone.now()
+        check = HealthCheck.objects.create(
+            server=server,
+            at=now,
+            ok=result.ok,
+            latency_ms=result.latency_ms,
+            error=result.error,
+            era=result.era,
+            protocol_version=result.protocol_version,
+            tools_count=result.tools_count,
+            tools_hash=result.tools_hash,
+        )
+        current = Health(server.health)
+        changed_at = server.health_changed_at
+        verdict = health.judge(
+            current,
+            consecutive_ok=server.consecutive_ok,
+            consecutive_failed=server.consecutive_failed,
+            ok=result.ok,
+            fall=pool.fall,
+            rise=pool.rise,
+            since_change=(now - changed_at).total_seconds() if changed_at else float("inf"),
+            slow_start_window=pool.slow_start_window,
+            error=result.error,
+        )
+        fields: dict[str, object] = {
+            "consecutive_ok": verdict.consecutive_ok,
+            "consecutive_failed": verdict.consecutive_failed,
+            "last_checked_at": now,
+            "last_error": result.error,
+        }
+        if result.ok:
+            fields.update(negotiated_era=result.era, protocol_version=result.protocol_version)
+        if result.tools_count is not None:
+            fields.update(tools_count=result.tools_count, tools_hash=result.tools_hash)
+        if verdict.health is None:
+            Server.objects.filter(pk=server_id).update(**fields)
+        else:
+            services.flip_health(
+                server_id,
+                expected=[current],
+                new=verdict.health,
+                reason=verdict.reason,
+                source=Flip.Source.CHECK,
+                **fields,
+            )
+    return check
+
+
+def refresh_tools_differ(pool_id: int) -> None:
+    """Flag the servers of a pool whose tool set differs from their siblings'."""
+    servers = Server.objects.filter(pool_id=pool_id).exclude(state=ServerState.DISABLED)
+    flagged = health.differing(dict(servers.values_list("pk", "tools_hash")))
+    Server.objects.filter(pool_id=pool_id, tools_differ=True).exclude(pk__in=flagged).update(
+        tools_differ=False
+    )
+    Server.objects.filter(pk__in=flagged, tools_differ=False).update(tools_differ=True)
+
+
+def prune_history(days: int) -> int:
+    """Delete health checks older than `days`, in batches (no long lock on a busy table).
+
+    Flips are kept: there are few of them (hysteresis sees to that) and they are the history an
+    operator asks about months later.
+    """
+    cutoff = timezone.now() - timedelta(days=days)
+    deleted = 0
+    while True:
+        batch = list(HealthCheck.objects.filter(at__lt=cutoff).values_list("pk", flat=True)[:5000])
+        if not batch:
+            return deleted
+        deleted += HealthCheck.objects.filter(pk__in=batch).delete()[0]

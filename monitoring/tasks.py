@@ -1,0 +1,49 @@
+"""Celery tasks of health monitoring: thin wrappers over `monitoring.checks`.
+
+Beat sends `run_health_checks` once per pool per interval (schedules in `monitoring.schedules`),
+each with an expiry of one interval: a worker that fell behind drops stale rounds instead of
+working through a backlog of checks nobody needs any more.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+from celery.signals import worker_process_shutdown, worker_shutdown
+from django.conf import settings
+
+from monitoring import checks, probes
+from servers.models import Server
+
+# Defaults for calls without their own expiry (beat passes the periodic task's `expire_seconds`).
+CHECK_EXPIRES = 60
+PRUNE_EXPIRES = 3600
+
+
+@shared_task(name="monitoring.tasks.run_health_checks", expires=CHECK_EXPIRES)  # type: ignore[untyped-decorator]
+def run_health_checks(pool_id: int) -> int:
+    """Probe every server of one pool at once; returns how many were checked."""
+    return len(checks.run_pool_checks(pool_id))
+
+
+@shared_task(name="monitoring.tasks.check_server", expires=CHECK_EXPIRES)  # type: ignore[untyped-decorator]
+def check_server(server_id: int) -> bool | None:
+    """Check one server now; returns whether it passed (None: no such server)."""
+    found = checks.check_servers(
+        Server.objects.filter(pk=server_id), runner=probes.run_in_process_loop
+    )
+    return found[0].ok if found else None
+
+
+@shared_task(name="monitoring.tasks.prune_history", expires=PRUNE_EXPIRES)  # type: ignore[untyped-decorator]
+def prune_history() -> int:
+    """Delete health checks older than `MCPPOOL_HEALTH_RETENTION_DAYS`; returns how many."""
+    return checks.prune_history(settings.MCPPOOL_HEALTH_RETENTION_DAYS)
+
+
+@worker_process_shutdown.connect  # type: ignore[untyped-decorator]
+@worker_shutdown.connect  # type: ignore[untyped-decorator]
+def _close_probe_sessions(**_: Any) -> None:
+    # Kept probe sessions include stdio processes: end them with the worker, not after it.
+    probes.stop_process_loop()
