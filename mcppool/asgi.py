@@ -13,8 +13,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from balancing.asgi_router import GatewayRouter  # noqa: E402
 from balancing.host import LifespanApp  # noqa: E402
-
-websocket_urlpatterns: list[object] = []
+from monitoring.routing import websocket_urlpatterns  # noqa: E402  (dashboard live updates)
 
 application = LifespanApp(
     ProtocolTypeRouter(

@@ -1,0 +1,26 @@
+"""Number formats of the dashboard pages; `monitoring/static/monitoring/dashboard.js` mirrors
+them so a live update looks exactly like the first render."""
+
+from __future__ import annotations
+
+from django import template
+
+register = template.Library()
+NONE = "—"
+
+
+@register.filter
+def ms(value: float | None) -> str:
+    if value is None:
+        return NONE
+    return f"{value / 1000:.2f} s" if value >= 1000 else f"{value:.1f} ms"
+
+
+@register.filter
+def pct(value: float | None) -> str:
+    return NONE if value is None else f"{value * 100:.1f} %"
+
+
+@register.filter
+def rate(value: float | None) -> str:
+    return NONE if value is None else f"{value:.1f}"
