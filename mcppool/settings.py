@@ -7,6 +7,9 @@ into `var/secret_key`. With DATABASE_URL / REDIS_URL set the same code runs on P
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import os
 import secrets
 from pathlib import Path
 
@@ -40,6 +43,33 @@ def _secret_key() -> str:
 
 
 SECRET_KEY = _secret_key()
+
+
+def _secrets_keys() -> list[str]:
+    """Fernet keys for upstream secrets at rest (`servers.secrets`); the first one encrypts."""
+    keys = env_list("MCPPOOL_SECRETS_KEY")
+    if keys or (not DEBUG and not EMBEDDED):
+        # Not required to start: without a key, storing or reading a secret fails with a
+        # message saying how to make one, and servers without secrets work as before.
+        return keys
+    # Embedded default / development: generate once, private from the first byte, and put in
+    # place by link() (atomic, never replaces): the web process and the worker starting together
+    # agree on one key, and neither ever reads a half-written file.
+    key_file = VAR_DIR / "secrets_key"
+    if not key_file.exists():
+        draft = VAR_DIR / f".secrets_key.{os.getpid()}"
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.link(draft, key_file)
+        finally:
+            draft.unlink()
+    return [key_file.read_text().strip()]
+
+
+MCPPOOL_SECRETS_KEYS = _secrets_keys()
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 

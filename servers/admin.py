@@ -10,7 +10,9 @@ import shlex
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db.models import Count, Field, ForeignKey, Q, QuerySet, URLField
 from django.forms import ModelChoiceField, ModelForm
 from django.http import HttpRequest, HttpResponse
@@ -20,7 +22,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.text import Truncator
 
-from servers import services
+from servers import secrets, services
 from servers.choices import Health, ServerState
 from servers.models import AffinityRule, ApiKey, Pool, Server
 
@@ -32,9 +34,11 @@ if TYPE_CHECKING:
     _ApiKeyAdmin = admin.ModelAdmin[ApiKey]
     _ServerInline = admin.TabularInline[Server, Pool]
     _AffinityRuleInline = admin.TabularInline[AffinityRule, Pool]
+    _ServerForm = ModelForm[Server]
 else:
     _PoolAdmin = _ServerAdmin = _AffinityRuleAdmin = _ApiKeyAdmin = admin.ModelAdmin
     _ServerInline = _AffinityRuleInline = admin.TabularInline
+    _ServerForm = ModelForm
 
 HEALTH_COLOURS = {
     Health.UP: "#1b7f3b",
@@ -86,6 +90,48 @@ def _object_id(request: HttpRequest) -> int | None:
     match = request.resolver_match
     raw = match.kwargs.get("object_id") if match else None
     return int(raw) if isinstance(raw, str) and raw.isdigit() else None
+
+
+_SECRET_HELP = (
+    "Shown masked. Keep a masked value to keep what is stored, type a new value to replace it, "
+    "leave a name out to remove it. Stored encrypted; never shown again."
+)
+
+
+class ServerForm(_ServerForm):
+    """A server's form, with its secret values masked: the operator can set or replace a secret
+    without ever seeing the stored one."""
+
+    secret_headers = forms.JSONField(required=False, help_text=_SECRET_HELP)
+    secret_env = forms.JSONField(required=False, help_text=_SECRET_HELP)
+
+    class Meta:
+        model = Server
+        # The admin adds the other fields (with its own widgets and overrides) to this form.
+        fields = ("secret_headers", "secret_env")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name in ("secret_headers", "secret_env"):
+            self.initial[name] = secrets.masked(getattr(self.instance, name) or {})
+
+    def clean_secret_headers(self) -> dict[str, str]:
+        return self._sealed("secret_headers")
+
+    def clean_secret_env(self) -> dict[str, str]:
+        return self._sealed("secret_env")
+
+    def _sealed(self, name: str) -> dict[str, str]:
+        """The typed values as the token map to store (the model field gets tokens only)."""
+        values = self.cleaned_data.get(name) or {}
+        if not isinstance(values, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in values.items()
+        ):
+            raise ValidationError('Give a mapping of names to values, e.g. {"Name": "value"}.')
+        try:
+            return secrets.seal(values, getattr(self.instance, name) or {})
+        except (secrets.MaskedWithoutValue, ImproperlyConfigured) as exc:
+            raise ValidationError(str(exc)) from None
 
 
 class ServerInline(_ServerInline):
@@ -221,11 +267,12 @@ class ServerAdmin(_ServerAdmin):
     list_select_related = ("pool",)
     actions = ("drain", "enable", "disable")
     readonly_fields = SERVER_RECORDED
+    form = ServerForm
     formfield_overrides = URL_FORM_FIELD
     fieldsets = (
         (None, {"fields": ("pool", "name", "transport")}),
-        ("Streamable HTTP", {"fields": ("url", "headers")}),
-        ("stdio", {"fields": ("command", "args", "env", "cwd")}),
+        ("Streamable HTTP", {"fields": ("url", "headers", "secret_headers")}),
+        ("stdio", {"fields": ("command", "args", "env", "secret_env", "cwd")}),
         ("Balancing", {"fields": (("weight", "priority"), "state", "max_in_flight", "era")}),
         ("Recorded by health checks and the runtime", {"fields": SERVER_RECORDED}),
     )

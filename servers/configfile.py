@@ -4,6 +4,8 @@
 model (every object's `full_clean()`) and computes the changes without writing anything; `apply`
 writes a plan in one config change (one transaction, one version bump, one event); `export` writes
 the current config in the same format. API keys are never in the file: they carry secrets.
+Secret header and environment values (`secret_headers`, `secret_env`) are: plaintext in the file
+(encrypted on save), masked in an export unless asked for, and a masked value keeps what is stored.
 
 Objects are matched by natural keys: a pool by `slug`, a server by `name` within its pool, an
 affinity rule by `order` within its pool, and a rule pins a server by the server's name.
@@ -17,11 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import yaml
-from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+from django.core.exceptions import NON_FIELD_ERRORS, ImproperlyConfigured, ValidationError
 from django.db import models, transaction
 from django.db.models import Prefetch
 
-from servers import services
+from servers import secrets, services
 from servers.choices import AffinityAction
 from servers.models import AffinityRule, Pool, Server
 
@@ -66,6 +68,14 @@ SERVER_FIELDS = (
     "state",
     "max_in_flight",
     "era",
+)
+# Secret maps (name → value; stored encrypted). Not in SERVER_FIELDS: they never travel as plain
+# fields (the REST API, change descriptions); the file names them next to their plain maps.
+SECRET_FIELDS = ("secret_headers", "secret_env")
+SERVER_FILE_FIELDS = tuple(
+    name
+    for plain in SERVER_FIELDS
+    for name in ((plain, f"secret_{plain}") if f"secret_{plain}" in SECRET_FIELDS else (plain,))
 )
 RULE_FIELDS = (
     "order",
@@ -311,7 +321,7 @@ class _Planner:
         named: dict[str, Server] = {}
         paths: dict[str, KeyPath] = {}
         for path, entry in self._children(pool_path, item, "servers"):
-            values, bad = self._read(path, entry, Server, SERVER_FIELDS)
+            values, bad = self._read(path, entry, Server, SERVER_FILE_FIELDS)
             name = values.get("name")
             if not isinstance(name, str) or not name:
                 if not bad & {"name", "*"}:
@@ -323,7 +333,9 @@ class _Planner:
                 self._duplicate(path, "name", name, paths[name])
                 continue
             server = existing.get(name) or Server(pool=pool)
+            self._seal_secrets(path, server, values, bad)
             changed = _assign(server, values)
+            _mask_changes(changed)
             # A server of a pool this file creates cannot be checked for a duplicate name in the
             # database yet; names within the file were just checked above.
             self._validate(path, server, bad, exclude={"pool"} if pool.pk is None else set())
@@ -390,6 +402,26 @@ class _Planner:
             for rule in current.affinity_rules.all() if current else ():
                 if existing.get(rule.order) is not rule:  # a second rule with a taken order
                     self.deletes.append(Change("delete", rule, f"rule {pool.slug}#{rule.order}"))
+
+    def _seal_secrets(
+        self, path: KeyPath, server: Server, values: dict[str, Any], bad: set[str]
+    ) -> None:
+        """Turn the file's secret values into the token maps to store, in place."""
+        for name in SECRET_FIELDS:
+            if name not in values:
+                continue  # not named: the stored secrets stay as they are
+            given = values.pop(name)
+            problem = None
+            if not all(isinstance(v, str) for v in given.values()):
+                problem = "secret values must be strings (quote them)"
+            else:
+                try:
+                    values[name] = secrets.seal(given, getattr(server, name))
+                except (secrets.MaskedWithoutValue, ImproperlyConfigured) as exc:
+                    problem = str(exc)
+            if problem:
+                bad.add(name)
+                self.problems.append(self.doc.problem((*path, name), problem))
 
     def _children(self, pool_path: KeyPath, item: Any, key: str) -> list[tuple[KeyPath, Any]]:
         entries = item.get(key, []) if isinstance(item, dict) else []
@@ -544,6 +576,22 @@ def _assign(obj: ConfigObject, values: dict[str, Any]) -> list[tuple[str, Any, A
     return changed
 
 
+def _mask_changes(changed: list[tuple[str, Any, Any]]) -> None:
+    """Describe secret maps by name only: a plan is printed (CI logs), tokens included."""
+    for index, (name, old, new) in enumerate(changed):
+        if name in SECRET_FIELDS:
+            old_tokens = old or {}
+            shown = {
+                key: secrets.MASK if old_tokens.get(key) == token else f"{secrets.MASK} (new value)"
+                for key, token in new.items()
+            }
+            changed[index] = (
+                name,
+                {key: secrets.MASK for key in old_tokens} if old else old,
+                shown,
+            )
+
+
 def _errors(obj: ConfigObject, exclude: set[str]) -> dict[str, list[str]]:
     try:
         obj.full_clean(exclude=exclude)
@@ -607,8 +655,9 @@ def apply_text(text: str, source: str, *, prune: bool = False, dry_run: bool = F
 # --- export ------------------------------------------------------------------------------------
 
 
-def export_data() -> dict[str, Any]:
-    """The current config as plain data, in the file's format and a stable order."""
+def export_data(*, include_secrets: bool = False) -> dict[str, Any]:
+    """The current config as plain data, in the file's format and a stable order. Secret values
+    are masked (applying them back keeps what is stored) unless `include_secrets`."""
     pools = Pool.objects.order_by("slug").prefetch_related(
         Prefetch("servers", queryset=Server.objects.order_by("priority", "name")),
         Prefetch(
@@ -620,15 +669,25 @@ def export_data() -> dict[str, Any]:
         "pools": [
             {
                 **{name: getattr(pool, name) for name in POOL_FIELDS},
-                "servers": [
-                    {name: getattr(server, name) for name in SERVER_FIELDS}
-                    for server in pool.servers.all()
-                ],
+                "servers": [_server_data(server, include_secrets) for server in pool.servers.all()],
                 "affinity_rules": [_rule_data(rule) for rule in pool.affinity_rules.all()],
             }
             for pool in pools
         ]
     }
+
+
+def _server_data(server: Server, include_secrets: bool) -> dict[str, Any]:
+    data = {}
+    for name in SERVER_FILE_FIELDS:
+        value = getattr(server, name)
+        if name in SECRET_FIELDS:
+            if not value:
+                continue  # most servers have none; a file that leaves them out keeps them
+            what = f"server {server.name!r} (id {server.pk}): {name.replace('_', ' ')}"
+            value = secrets.reveal(value, what=what) if include_secrets else secrets.masked(value)
+        data[name] = value
+    return data
 
 
 def _rule_data(rule: AffinityRule) -> dict[str, Any]:
@@ -637,9 +696,15 @@ def _rule_data(rule: AffinityRule) -> dict[str, Any]:
     return {name: data[name] for name in RULE_FIELDS}
 
 
-def export() -> str:
+def export(*, include_secrets: bool = False) -> str:
     header = "# mcppool config: apply with `mcppool apply FILE` (API keys are not exported)\n"
-    return header + dump(export_data())
+    if include_secrets:
+        header += "# CONTAINS SECRET VALUES IN PLAINTEXT: store and send this file as a secret\n"
+    else:
+        header += (
+            "# Secret values are masked (••••); applying a masked value keeps the stored one\n"
+        )
+    return header + dump(export_data(include_secrets=include_secrets))
 
 
 class _Dumper(yaml.SafeDumper):

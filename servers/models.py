@@ -104,6 +104,14 @@ class Server(models.Model):
     args = models.JSONField(default=list, blank=True, help_text="Argument list (never a shell)")
     env = models.JSONField(default=dict, blank=True, help_text="Environment for the process")
     cwd = models.CharField(max_length=500, blank=True, help_text="Working directory (stdio)")
+    # Secret values, name → Fernet token (`servers.secrets`): merged over `headers` / `env` when
+    # the runtime builds its config, masked everywhere an operator or a log could see them.
+    secret_headers = models.JSONField(
+        default=dict, blank=True, help_text="HTTP headers whose values are secret (encrypted)"
+    )
+    secret_env = models.JSONField(
+        default=dict, blank=True, help_text="Environment values that are secret (encrypted)"
+    )
     weight = models.PositiveIntegerField(default=1, validators=_between(1, 1000))
     priority = models.PositiveSmallIntegerField(
         default=0, validators=_between(0, 9), help_text="0 takes traffic first"
@@ -167,6 +175,17 @@ class Server(models.Model):
             errors["headers"] = "Headers must map valid header names to strings."
         if not _is_str_map(self.env) or not all(_ENV_NAME.match(k) for k in self.env):
             errors["env"] = "The environment must map variable names to strings."
+        for field, plain, pattern, kind, fold in (
+            ("secret_headers", self.headers, _HEADER_NAME, "header", str.lower),
+            ("secret_env", self.env, _ENV_NAME, "variable", str),
+        ):
+            tokens = getattr(self, field)
+            if not _is_str_map(tokens) or not all(pattern.match(k) for k in tokens):
+                errors[field] = f"Secret values must map valid {kind} names to strings."
+                continue
+            plain_names = {fold(k) for k in plain} if isinstance(plain, dict) else set()
+            if both := sorted(k for k in tokens if fold(k) in plain_names):
+                errors[field] = f"{', '.join(both)}: set both as plain and as secret; keep one."
         if errors:
             raise ValidationError(errors)
 

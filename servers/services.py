@@ -19,6 +19,7 @@ from django.db.models import F, Model
 from django.utils import timezone
 
 from servers import events
+from servers import secrets as upstream_secrets
 from servers.choices import ServerState
 from servers.models import AffinityRule, ApiKey, ConfigState, Flip, Pool, Server
 
@@ -201,3 +202,29 @@ def revoke_api_keys(keys: Iterable[ApiKey]) -> int:
         return ApiKey.objects.filter(pk__in=ids, revoked_at__isnull=True).update(
             revoked_at=timezone.now()
         )
+
+
+def rotate_secrets() -> int:
+    """Re-encrypt every stored secret value with the first key of MCPPOOL_SECRETS_KEY; returns
+    how many servers were rewritten. Run after listing a new key first; then the old key can go.
+    Every token is read before anything is written: one unreadable secret rewrites nothing."""
+    rotated: list[Server] = []
+    with config_change("rotate secrets"):
+        for server in Server.objects.select_for_update():
+            if not server.secret_headers and not server.secret_env:
+                continue
+            what = f"server {server.name!r} (id {server.pk}): secret"
+            for field in ("secret_headers", "secret_env"):
+                tokens = getattr(server, field)
+                setattr(
+                    server,
+                    field,
+                    {
+                        k: upstream_secrets.rotate(t, what=f"{what} {k!r}")
+                        for k, t in tokens.items()
+                    },
+                )
+            rotated.append(server)
+        for server in rotated:
+            server.save(update_fields=["secret_headers", "secret_env", "updated_at"])
+    return len(rotated)
