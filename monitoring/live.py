@@ -365,7 +365,7 @@ class Publisher:
         layer: BaseChannelLayer,
         runtime: RuntimeSource,
         *,
-        flips: FlipSource = recent_flips,
+        flips: FlipSource | None = None,
         interval: float = 1.0,
         min_gap: float = 0.5,
         sampler: Sampler | None = None,
@@ -375,7 +375,7 @@ class Publisher:
         self.min_gap = min_gap
         self.sent = 0  # messages sent per group, for tests and curiosity
         self._runtime = runtime
-        self._flips = flips
+        self._flips = flips or recent_flips
         self._sampler = SAMPLER if sampler is None else sampler
         self._nudged = asyncio.Event()
         self._signatures: dict[str, tuple[tuple[int, str, bool], ...]] = {}
@@ -481,6 +481,8 @@ class Publisher:
 _publisher: Publisher | None = None
 _subscribers = 0
 runtime_source: RuntimeSource = host_runtime
+INTERVAL = 1.0  # a push a second: numbers move visibly, a page costs almost nothing
+MIN_GAP = 0.5  # so at most two messages a second per page, health changes included
 
 
 def subscribe() -> Publisher:
@@ -492,7 +494,7 @@ def subscribe() -> Publisher:
         layer = get_channel_layer()
         if layer is None:
             raise RuntimeError("the dashboard needs a channel layer (CHANNEL_LAYERS)")
-        current = _publisher = Publisher(layer, runtime_source)
+        current = _publisher = Publisher(layer, runtime_source, interval=INTERVAL, min_gap=MIN_GAP)
         current.start()
     return current
 

@@ -1,0 +1,147 @@
+"""The dashboard WebSocket: staff get live numbers at a bounded rate; anyone else is refused."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from channels.layers import get_channel_layer
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import AnonymousUser, User
+
+from balancing.engine.config import Health, PoolConfig, Snapshot
+from balancing.engine.runtime import Runtime
+from monitoring import live
+from monitoring.routing import websocket_urlpatterns
+from servers.events import CONTROL_GROUP, HEALTH_CHANGED
+from tests.monitoring.fakes import Clock, fake_runtime, server
+
+POOL = PoolConfig(id=1, slug="p", name="P", servers=(server(1, "a"), server(2, "b")))
+TIMEOUT = 5.0
+
+
+@pytest.fixture
+async def runtime(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Runtime]:
+    rt = fake_runtime(Clock())
+    await rt.start(Snapshot(1, (POOL,)))
+
+    async def source() -> Runtime:
+        return rt
+
+    async def no_flips(slug: str) -> list[dict[str, Any]]:
+        return []
+
+    monkeypatch.setattr(live, "runtime_source", source)
+    monkeypatch.setattr(live, "recent_flips", no_flips)
+    monkeypatch.setattr(live, "SAMPLER", live.Sampler())
+    yield rt
+    await rt.close(grace=0)
+    assert live._subscribers == 0  # every test closed its pages
+
+
+def staff() -> User:
+    return User(username="oncall", is_staff=True, is_active=True)
+
+
+async def open_page(path: str, user: Any) -> tuple[WebsocketCommunicator, bool]:
+    communicator = WebsocketCommunicator(URLRouter(websocket_urlpatterns), path)
+    communicator.scope["user"] = user
+    connected, _ = await communicator.connect(timeout=TIMEOUT)
+    return communicator, connected
+
+
+async def test_consumer_staff_on_overview_receives_pools(runtime: Runtime) -> None:
+    page, connected = await open_page("/ws/dashboard/", staff())
+    assert connected
+    message = await page.receive_json_from(timeout=TIMEOUT)
+    assert message["type"] == "overview"
+    [pool] = message["pools"]
+    assert (pool["slug"], pool["healthy"], pool["total"], pool["status"]) == ("p", 2, 2, "ok")
+    assert [s["name"] for s in pool["servers"]] == ["a", "b"]
+    await page.disconnect()
+
+
+@pytest.mark.parametrize(
+    "user", [AnonymousUser(), User(username="app", is_staff=False, is_active=True)]
+)
+async def test_consumer_without_staff_login_is_refused(runtime: Runtime, user: Any) -> None:
+    _, connected = await open_page("/ws/dashboard/", user)
+    assert not connected
+    assert live._subscribers == 0  # a refused page starts nothing
+
+
+async def test_consumer_pool_page_receives_only_its_pool(runtime: Runtime) -> None:
+    page, connected = await open_page("/ws/dashboard/pool/p/", staff())
+    assert connected
+    message = await page.receive_json_from(timeout=TIMEOUT)
+    assert message["type"] == "pool" and message["pool"]["slug"] == "p"
+    assert {s["name"]: s["health"] for s in message["pool"]["servers"]} == {
+        "a": "unknown",
+        "b": "unknown",
+    }
+    await page.disconnect()
+
+
+async def test_consumer_health_change_is_pushed_without_waiting_for_the_tick(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a page open, and a publisher whose periodic push is far away
+    monkeypatch.setattr(live, "INTERVAL", 60.0)
+    page, _ = await open_page("/ws/dashboard/pool/p/", staff())
+    await page.receive_json_from(timeout=TIMEOUT)
+    # when a check marks b down (the runtime reloads, health.changed goes out)
+    down = replace(POOL, servers=(POOL.servers[0], replace(POOL.servers[1], health=Health.DOWN)))
+    await runtime.apply(Snapshot(2, (down,)))
+    layer = get_channel_layer()
+    await layer.group_send(
+        CONTROL_GROUP, {"type": HEALTH_CHANGED, "server_id": 2, "health": "down"}
+    )
+    # then the page hears it at once, not a minute later
+    message = await page.receive_json_from(timeout=TIMEOUT)
+    servers = {s["name"]: (s["health"], s["up"]) for s in message["pool"]["servers"]}
+    assert servers == {"a": ("unknown", True), "b": ("down", False)}
+    assert message["pool"]["status"] == "degraded"
+    await page.disconnect()
+
+
+async def test_consumer_busy_pool_and_event_storm_stay_under_two_messages_a_second(
+    runtime: Runtime,
+) -> None:
+    # given an open page
+    page, _ = await open_page("/ws/dashboard/", staff())
+    await page.receive_json_from(timeout=TIMEOUT)
+    layer = get_channel_layer()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    async def storm() -> None:  # constant traffic and a health event every 20 ms
+        for _ in range(100):
+            await runtime.call_tool("p", "echo", {})
+            await layer.group_send(CONTROL_GROUP, {"type": HEALTH_CHANGED, "server_id": 1})
+            await asyncio.sleep(0.02)
+
+    await storm()
+    # when we count what the page received meanwhile
+    received = 0
+    while not await page.receive_nothing(timeout=0.05):
+        await page.receive_json_from(timeout=TIMEOUT)
+        received += 1
+    elapsed = loop.time() - started
+    # then the rate follows the publisher's clock, not the traffic or the events
+    assert 1 <= received <= elapsed / live.MIN_GAP + 1
+    await page.disconnect()
+
+
+async def test_consumer_last_page_closed_stops_the_publisher(runtime: Runtime) -> None:
+    first, _ = await open_page("/ws/dashboard/", staff())
+    second, _ = await open_page("/ws/dashboard/pool/p/", staff())
+    publisher = live._publisher
+    assert publisher is not None and publisher.running
+    await first.disconnect()
+    assert publisher.running  # one page still open
+    await second.disconnect()
+    assert not publisher.running and live._publisher is None
