@@ -293,7 +293,8 @@ def pool_numbers(
     total_picks = sum(picks.values())
     for numbers in pool.servers:
         if numbers.name in picks:
-            numbers.share = round(picks[numbers.name] / total_picks, 4) if total_picks else 0.0
+            # No picks in the window: no share to speak of (rather than a misleading 0 %).
+            numbers.share = round(picks[numbers.name] / total_picks, 4) if total_picks else None
     return pool
 
 

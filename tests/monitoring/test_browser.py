@@ -1,0 +1,204 @@
+"""The dashboard in a real browser against the real service: a stopped upstream turns its row down
+without a reload.
+
+Runs `make run`'s launcher (uvicorn + Celery worker with beat, embedded SQLite in a temp dir) with
+a pool of two faulty HTTP upstreams checked every second, drives Debian's chromium through
+Playwright, stops one upstream, and waits for the health checks → flip → runtime reload →
+WebSocket push to turn its chip and row red. Screenshots land in `test-artifacts/`.
+
+Skipped locally when chromium or Playwright is missing; in CI (CI=true) that is a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.upstreams import procs
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = procs.ROOT / "test-artifacts"
+START_TIMEOUT = 60.0
+HEALTH_TIMEOUT_MS = 30_000  # checks every 1 s, down after 2 failures, reload within 1 s
+
+pytestmark = [pytest.mark.upstream, pytest.mark.timeout(240)]
+
+
+def _require_browser() -> Any:
+    missing = ""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing = "playwright is not installed (pip install playwright)"
+    if not missing and not CHROMIUM.exists():
+        missing = f"{CHROMIUM} is missing (apt-get install -y chromium)"
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"browser tests must run in CI: {missing}")
+        pytest.skip(missing)
+    return sync_playwright
+
+
+@dataclass
+class Service:
+    url: str
+    password: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+POOLS = """
+pools:
+  - slug: live
+    name: Live
+    strategy: round_robin
+    check_interval: 1
+    check_timeout: 0.5
+    fall: 2
+    rise: 1
+    servers:
+{servers}
+"""
+
+
+def _wait_for(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the service exited:\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.3)
+    pytest.fail(f"the service did not start:\n{log.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="module")
+def upstreams() -> Iterator[list[procs.UpstreamProcess]]:
+    started = [procs.start_faulty_http(name=f"r{i}", json_response=True) for i in range(2)]
+    yield started
+    for p in started:
+        p.stop()
+
+
+@pytest.fixture(scope="module")
+def service(
+    upstreams: list[procs.UpstreamProcess], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
+    var = tmp_path_factory.mktemp("service")
+    port = procs.free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(
+        DJANGO_SETTINGS_MODULE="mcppool.settings",
+        MCPPOOL_VAR_DIR=str(var),
+        MCPPOOL_HOST="127.0.0.1",
+        MCPPOOL_PORT=str(port),
+        SECRET_KEY="browser-test-only",
+        PYTHONUNBUFFERED="1",
+    )
+    servers = "\n".join(
+        f"      - name: {u.name}\n        transport: streamable_http\n        url: {u.url}"
+        for u in upstreams
+    )
+    pools = var / "pools.yaml"
+    pools.write_text(POOLS.format(servers=servers))
+    manage = [sys.executable, "manage.py"]
+    for command in (["migrate", "--noinput", "-v", "0"], ["mcppool", "apply", str(pools)]):
+        subprocess.run(manage + command, env=env, cwd=procs.ROOT, check=True, timeout=120)
+    log = var / "service.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mcppool.launcher"],
+            env=env,
+            cwd=procs.ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: teardown reaps uvicorn and celery
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(f"{url}/admin/login/", process, log)
+        password = (var / "admin-password").read_text().strip()
+        yield Service(url, password, process, log)
+    finally:
+        _stop_group(process)
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(process.pid, signal.SIGTERM)  # the launcher stops its children on SIGTERM
+        process.wait(20)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # whatever did not stop, and grandchildren
+    process.wait(5)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    sync_playwright = _require_browser()
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield chromium
+        chromium.close()
+
+
+def _shot(page: Any, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"dashboard-{name}.png"), full_page=True)
+
+
+def test_browser_stopped_upstream_turns_down_without_reload(
+    browser: Any, service: Service, upstreams: list[procs.UpstreamProcess]
+) -> None:
+    # given on-call signed in, looking at the overview of a healthy pool, on a laptop screen
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    page.set_default_timeout(HEALTH_TIMEOUT_MS)
+    try:
+        page.goto(f"{service.url}/admin/login/?next=/dashboard/")
+        page.fill("#id_username", "admin")
+        page.fill("#id_password", service.password)
+        page.click("input[type=submit]")
+        page.wait_for_url(f"{service.url}/dashboard/")
+        page.wait_for_selector("#conn[data-state=live]")
+        for name in ("r0", "r1"):  # the first passing check marks each up
+            page.wait_for_selector(f'.chip[data-server="{name}"][data-health="up"]')
+        row = page.locator('tr[data-pool="live"]')
+        assert row.locator('[data-field="healthy"]').inner_text() == "2/2"
+        page.evaluate("window.__sameDocument = true")  # gone if the page ever reloads
+        _shot(page, "1-overview-healthy")
+
+        # when one upstream process stops
+        upstreams[1].stop()
+
+        # then, without a reload, its chip turns down and the pool counts 1 of 2 healthy
+        page.wait_for_selector('.chip[data-server="r1"][data-health="down"]')
+        page.wait_for_function(
+            "document.querySelector('tr[data-pool=\"live\"]').dataset.status === 'degraded'"
+        )
+        assert row.locator('[data-field="healthy"]').inner_text() == "1/2"
+        assert page.evaluate("window.__sameDocument") is True
+        assert page.locator('.chip[data-server="r0"]').get_attribute("data-health") == "up"
+        _shot(page, "2-overview-r1-down")
+
+        # and the pool page shows the down row and the flip with its reason
+        page.click('tr[data-pool="live"] a[href="/dashboard/pools/live/"]')
+        page.wait_for_selector('#servers tr[data-server="r1"][data-health="down"]')
+        page.wait_for_selector("#flips li:has-text('failed check')")
+        _shot(page, "3-pool-r1-down")
+    finally:
+        page.close()
