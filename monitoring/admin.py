@@ -9,12 +9,15 @@ is imported after `servers.admin` (admin autodiscovery follows INSTALLED_APPS or
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.options import IS_POPUP_VAR
 from django.db.models import Prefetch, QuerySet
 from django.http import HttpRequest
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
 from django.utils.text import Truncator
 
 from monitoring import checks
@@ -26,61 +29,23 @@ from servers.models import Flip, Pool, Server
 if TYPE_CHECKING:
     _HealthCheckAdmin = admin.ModelAdmin[HealthCheck]
     _FlipAdmin = admin.ModelAdmin[Flip]
-    _HealthCheckInline = admin.TabularInline[HealthCheck, Server]
-    _FlipInline = admin.TabularInline[Flip, Server]
 else:
     _HealthCheckAdmin = _FlipAdmin = admin.ModelAdmin
-    _HealthCheckInline = _FlipInline = admin.TabularInline
 
 # How much history a server's page shows; the full history is on the HealthCheck and Flip lists.
 RECENT = 20
+HISTORY = ("recent_flips", "recent_checks")
 
 
-def _object_id(request: HttpRequest) -> int | None:
-    match = request.resolver_match
-    raw = match.kwargs.get("object_id") if match else None
-    return int(raw) if isinstance(raw, str) and raw.isdigit() else None
-
-
-class _RecentHistoryInline:
-    """A read-only inline listing the newest `RECENT` rows of the server being viewed."""
-
-    extra = 0
-    max_num: int | None = 0
-    can_delete = False
-    show_change_link = False
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def recent(self, queryset: QuerySet[Any], request: HttpRequest) -> QuerySet[Any]:
-        server_id = _object_id(request)
-        ids = list(queryset.filter(server_id=server_id).values_list("pk", flat=True)[:RECENT])
-        return queryset.filter(pk__in=ids)
-
-
-class FlipInline(_RecentHistoryInline, _FlipInline):
-    model = Flip
-    fields = readonly_fields = ("at", "old", "new", "source", "reason")
-    verbose_name_plural = f"health changes (latest {RECENT})"
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Flip]:
-        return self.recent(super().get_queryset(request), request)
-
-
-class HealthCheckInline(_RecentHistoryInline, _HealthCheckInline):
-    model = HealthCheck
-    fields = readonly_fields = ("at", "ok", "latency_ms", "era", "tools_count", "error")
-    verbose_name_plural = f"health checks (latest {RECENT})"
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[HealthCheck]:
-        return self.recent(super().get_queryset(request), request)
+def _table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> SafeString:
+    """A small read-only table for a change page (escaped cell by cell)."""
+    head = format_html_join("", "<th>{}</th>", ((h,) for h in headers))
+    body = format_html_join(
+        "",
+        "<tr>{}</tr>",
+        ((format_html_join("", "<td>{}</td>", ((c,) for c in row)),) for row in rows),
+    )
+    return format_html("<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>", head, body)
 
 
 def report(request: HttpRequest, done: list[HealthCheck]) -> None:
@@ -117,10 +82,46 @@ admin.site.unregister(Server)
 
 @admin.register(Server)
 class ServerHealthAdmin(ServerAdmin):
-    """The server admin, plus "check now" and the server's recent health history."""
+    """The server admin, plus "check now" and the server's recent health history.
 
-    def get_inlines(self, request: HttpRequest, obj: Server | None) -> list[type[Any]]:
-        return [*super().get_inlines(request, obj), FlipInline, HealthCheckInline]
+    The history is shown as read-only fields, not inlines: an inline adds a formset whose
+    management form every POST of the server form would then have to carry.
+    """
+
+    def get_fieldsets(self, request: HttpRequest, obj: Server | None = None) -> Any:
+        fieldsets = list(super().get_fieldsets(request, obj))
+        if obj is None:
+            return fieldsets
+        return [*fieldsets, (f"Health history (latest {RECENT})", {"fields": HISTORY})]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Server | None = None) -> Any:
+        return (*super().get_readonly_fields(request, obj), *HISTORY)
+
+    @admin.display(description="health changes")
+    def recent_flips(self, server: Server) -> SafeString | str:
+        flips = Flip.objects.filter(server=server)[:RECENT]
+        rows = [(f.at, f.old, f.new, f.get_source_display(), f.reason) for f in flips]
+        return _table(("at", "from", "to", "by", "why"), rows) if rows else "none yet"
+
+    @admin.display(description="health checks")
+    def recent_checks(self, server: Server) -> SafeString | str:
+        done = HealthCheck.objects.filter(server=server)[:RECENT]
+        rows = [
+            (
+                c.at,
+                "ok" if c.ok else "failed",
+                f"{c.latency_ms:.1f} ms" if c.latency_ms is not None else "–",
+                c.era or "–",
+                c.tools_count if c.tools_count is not None else "–",
+                Truncator(c.error).chars(120),
+            )
+            for c in done
+        ]
+        return (
+            _table(("at", "result", "latency", "era", "tools", "error"), rows)
+            if rows
+            else "none yet"
+        )
 
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:
         return with_check_now(self, request, super().get_actions(request))

@@ -83,7 +83,7 @@ def test_admin_server_page_shows_recent_flips_and_checks(operator: Client) -> No
 
     page = response.content.decode()
     assert response.status_code == 200
-    assert "Health changes (latest 20)" in page and "3 failed" in page
+    assert "Health history (latest 20)" in page and "3 failed" in page
     assert "refused #24" in page and "refused #4" not in page  # only the latest 20
 
 
