@@ -82,6 +82,7 @@ class ApiError(Exception):
         message: str,
         *,
         headers: tuple[tuple[bytes, bytes], ...] = (),
+        rpc: int | None = None,
         **details: Any,
     ) -> None:
         super().__init__(message)
@@ -91,6 +92,7 @@ class ApiError(Exception):
         self.message = message
         self.headers = headers
         self.details = details
+        self._rpc = rpc  # a JSON-RPC code more precise than the code's default
 
     @property
     def status(self) -> int:
@@ -98,7 +100,7 @@ class ApiError(Exception):
 
     @property
     def rpc_code(self) -> int:
-        return CODES[self.code].rpc
+        return self._rpc if self._rpc is not None else CODES[self.code].rpc
 
     def body(self) -> bytes:
         """The REST body: `{"error": {"code", "message", ...details}}`."""

@@ -26,6 +26,7 @@ from balancing import adapter
 from balancing.engine.config import ServerConfig
 from balancing.engine.outlier import Ejected, OutlierEvent
 from balancing.engine.runtime import Runtime
+from balancing.engine.sticky import SessionTable, close_sessions
 from balancing.keys import KeyCache, KeyRecord
 from balancing.ratelimit import RateLimiter, build_rate_limiter
 
@@ -48,6 +49,8 @@ class RuntimeHost:
         # config (creating or revoking a key bumps the version), so it is never staler than it.
         self.keys = KeyCache(lookup=self._find_key)
         self.limiter: RateLimiter = build_rate_limiter(settings.REDIS_URL)
+        # The MCP endpoint's client sessions (sticky ones own upstream sessions: closed on stop).
+        self.client_sessions = SessionTable(clock=self.runtime.clock)
 
     async def _find_key(self, prefix: str) -> KeyRecord | None:
         return await self._db(adapter.find_api_key, prefix)
@@ -94,6 +97,7 @@ class RuntimeHost:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        await close_sessions(self.client_sessions.drain())
         await self.runtime.close(grace=settings.MCPPOOL_SHUTDOWN_GRACE_SECONDS)
         with contextlib.suppress(Exception):
             await self.limiter.close()

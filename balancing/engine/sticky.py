@@ -1,0 +1,154 @@
+"""Client sessions of the MCP endpoint (handshake era): ids, idle expiry, sticky bindings.
+
+A client that speaks the handshake era gets a session id from the gateway on `initialize`. In a
+`shared` pool the session is only bookkeeping (protocol version, log level, who owns it); its
+calls ride the pool's multiplexed upstream sessions. In a `sticky` pool the session is bound to
+one server and owns one upstream session of its own, so whatever is stateful upstream (log level,
+subscriptions, sampling and elicitation mid-call) belongs to exactly one client.
+
+Ids are `<random>.<server>.<mac>`: 192 random bits (unguessable; never the upstream's id), the
+bound server's id, and an HMAC over both with the deployment's secret. Another web process can
+thus tell one of ours from a forged one and name the server it was bound to, though the session
+itself lives in the process that created it: a load balancer in front of several processes must
+route by `Mcp-Session-Id`, and a client whose process is gone re-initializes on the 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+MAC_BYTES = 12
+
+
+class UpstreamLike(Protocol):
+    @property
+    def alive(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(slots=True, eq=False)
+class ClientSession:
+    id: str
+    pool: str
+    key_id: int
+    protocol_version: str
+    created_at: float
+    last_used: float
+    server_id: int = 0  # sticky: the bound server
+    upstream: Any = None  # sticky: the session's own `UpstreamSession`
+    log_level: str = ""  # set by logging/setLevel; forwarded with each call in shared pools
+    client_capabilities: dict[str, Any] = field(default_factory=dict)
+    # server→client requests relayed to the client, waiting for its answer (gateway id → future)
+    pending: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
+    next_relay_id: int = 0
+    in_flight: int = 0
+    # the endpoint's handles: calls running (client request id → task), the emitter of the
+    # call running now (stdio upstreams tie no message to a call), the GET stream's queue
+    calls: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
+    active_emit: Any = None
+    events: asyncio.Queue[dict[str, Any]] | None = None
+
+    @property
+    def sticky(self) -> bool:
+        return self.upstream is not None
+
+    def relay_id(self) -> str:
+        self.next_relay_id += 1
+        return f"mcppool-{self.next_relay_id}"
+
+
+class SessionIds:
+    """Mints and verifies session ids with an HMAC under the deployment's secret."""
+
+    def __init__(self, secret: str | bytes) -> None:
+        self._secret = secret.encode() if isinstance(secret, str) else secret
+
+    def _mac(self, nonce: str, server_id: int) -> str:
+        digest = hmac.new(self._secret, f"{nonce}.{server_id}".encode(), hashlib.sha256)
+        return digest.hexdigest()[: MAC_BYTES * 2]
+
+    def mint(self, server_id: int = 0) -> str:
+        nonce = secrets.token_urlsafe(24)
+        return f"{nonce}.{server_id}.{self._mac(nonce, server_id)}"
+
+    def verify(self, session_id: str) -> int | None:
+        """The bound server id of a genuine id (0 = none), None for anything forged."""
+        parts = session_id.split(".")
+        if len(parts) != 3 or not parts[1].isdigit():
+            return None
+        nonce, server, mac = parts
+        if not hmac.compare_digest(mac, self._mac(nonce, int(server))):
+            return None
+        return int(server)
+
+
+class SessionTable:
+    """The process's client sessions; expired ones are swept as new ones are made."""
+
+    def __init__(
+        self, *, idle_timeout: float = 600.0, clock: Callable[[], float], sweep_every: float = 30.0
+    ) -> None:
+        self.idle_timeout = idle_timeout
+        self._clock = clock
+        self._sessions: dict[str, ClientSession] = {}
+        self._sweep_every = sweep_every
+        self._last_sweep = clock()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __iter__(self) -> Any:
+        return iter(list(self._sessions.values()))
+
+    def add(self, session: ClientSession) -> list[ClientSession]:
+        """Register `session`; returns the expired sessions swept out (the caller closes them)."""
+        self._sessions[session.id] = session
+        now = self._clock()
+        if now - self._last_sweep < self._sweep_every:
+            return []
+        self._last_sweep = now
+        return self.expired(now)
+
+    def get(self, session_id: str) -> ClientSession | None:
+        session = self._sessions.get(session_id)
+        if session is not None:
+            session.last_used = self._clock()
+        return session
+
+    def remove(self, session_id: str) -> ClientSession | None:
+        return self._sessions.pop(session_id, None)
+
+    def expired(self, now: float) -> list[ClientSession]:
+        """Remove and return sessions idle past the timeout (never one with a call running)."""
+        gone = [
+            s
+            for s in self._sessions.values()
+            if s.in_flight == 0 and now - s.last_used > self.idle_timeout
+        ]
+        for session in gone:
+            del self._sessions[session.id]
+        return gone
+
+    def drain(self) -> list[ClientSession]:
+        sessions = list(self._sessions.values())
+        self._sessions.clear()
+        return sessions
+
+
+async def close_sessions(sessions: list[ClientSession]) -> None:
+    """Close the upstream sessions of sticky client sessions; fail their waiting relays."""
+    for session in sessions:
+        for future in session.pending.values():
+            if not future.done():
+                future.cancel()
+        session.pending.clear()
+    await asyncio.gather(
+        *(s.upstream.close() for s in sessions if s.upstream is not None), return_exceptions=True
+    )

@@ -1,0 +1,1 @@
+"""The MCP endpoint (`/mcp/<pool>/`): Streamable HTTP, both protocol eras, on raw ASGI."""

@@ -1,0 +1,58 @@
+"""Fixtures for the MCP endpoint tests: the REST tests' upstreams, plus sticky pools."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import httpx2
+import pytest
+from asgiref.sync import sync_to_async
+from mcp.client.streamable_http import streamable_http_client
+
+from tests.api.conftest import everything_http, faulty_json, faulty_sse  # noqa: F401
+from tests.api.gateway import Gateway, add_key, add_pool, serve_gateway
+from tests.upstreams import procs
+
+
+def _setup(json_url: str, sse_url: str, everything_url: str | None) -> dict[str, str]:
+    add_pool("echo", [("a", json_url)], call_timeout=2.0)
+    add_pool("stream", [("sse", sse_url)])
+    add_pool("sticky", [("s1", sse_url)], session_mode="sticky")
+    add_pool("other", [("a", json_url)])
+    pools = ["echo", "stream", "sticky"]
+    if everything_url:
+        add_pool("everything", [("ev", everything_url)])
+        add_pool("ev-sticky", [("ev", everything_url)], session_mode="sticky")
+        pools += ["everything", "ev-sticky"]
+    return {
+        "app": add_key("app", pools),
+        "limited": add_key("limited", ["echo"], rate_limit_per_minute=1),
+    }
+
+
+@pytest.fixture
+async def gateway(
+    faulty_json: procs.UpstreamProcess,  # noqa: F811
+    faulty_sse: procs.UpstreamProcess,  # noqa: F811
+    everything_http: procs.UpstreamProcess | None,  # noqa: F811
+) -> AsyncIterator[Gateway]:
+    ev = everything_http.url if everything_http else None
+    keys = await sync_to_async(_setup)(faulty_json.url, faulty_sse.url, ev)
+    async with serve_gateway() as gw:
+        gw.keys.update(keys)
+        yield gw
+
+
+def transport(
+    gw: Gateway, pool: str, key: str = "app", **headers: str
+) -> AbstractAsyncContextManager[Any]:
+    """The SDK's Streamable HTTP transport to a pool's endpoint, authenticated."""
+    client = httpx2.AsyncClient(headers={**gw.auth(key), **headers}, timeout=30.0)
+    return streamable_http_client(f"{gw.url}/mcp/{pool}/", http_client=client)
+
+
+def needs_everything(gw: Gateway) -> None:
+    if "everything" not in gw.host.runtime.pools:
+        pytest.skip("server-everything is not installed (make node)")

@@ -1,0 +1,203 @@
+"""The MCP endpoint with the official SDK client: both eras, shared and sticky pools."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx2
+import mcp_types as types
+import orjson
+import pytest
+from mcp import Client, ClientSession
+
+from tests.api.gateway import Gateway
+from tests.mcp.conftest import transport
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.upstream]
+
+
+def _text(result: Any) -> str:
+    return "".join(c.text for c in result.content if isinstance(c, types.TextContent))
+
+
+async def test_handshake_client_lists_and_calls_tools_on_shared_pool(gateway: Gateway) -> None:
+    async with transport(gateway, "echo") as (read, write), ClientSession(read, write) as session:
+        init = await session.initialize()
+        assert init.server_info.name == "mcppool/echo"
+        tools = {t.name: t for t in (await session.list_tools()).tools}
+        assert tools["echo"].annotations is not None and tools["echo"].annotations.read_only_hint
+        result = await session.call_tool("echo", {"text": "hello"})
+        assert _text(result) == "hello" and not result.is_error
+        failed = await session.call_tool("fail", {})
+        assert failed.is_error
+    assert await gateway.sessions_idle()
+    assert len(gateway.host.client_sessions) == 0  # the client's DELETE ended its session
+
+
+async def test_modern_client_discovers_and_calls_tools_on_shared_pool(gateway: Gateway) -> None:
+    async with Client(transport(gateway, "echo")) as client:
+        assert client.protocol_version == "2026-07-28"
+        names = {t.name for t in (await client.list_tools()).tools}
+        assert {"echo", "add"} <= names
+        result = await client.call_tool("add", {"a": 2, "b": 3})
+        assert result.structured_content == {"result": 5.0}
+    assert len(gateway.host.client_sessions) == 0  # the modern era keeps no session
+
+
+async def test_legacy_mode_client_gets_gateway_session_id(gateway: Gateway) -> None:
+    async with Client(transport(gateway, "echo"), mode="legacy") as client:
+        assert client.protocol_version == "2025-11-25"
+        assert _text(await client.call_tool("echo", {"text": "x"})) == "x"
+        (session,) = list(gateway.host.client_sessions)
+        assert len(session.id) > 40 and session.id.count(".") == 2
+
+
+async def test_progress_notifications_reach_the_client_on_shared_pool(gateway: Gateway) -> None:
+    seen: list[float] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append(progress)
+
+    async with Client(transport(gateway, "stream"), mode="legacy") as client:
+        result = await client.call_tool("progress", {"steps": 3}, progress_callback=on_progress)
+    assert _text(result) == "done 3"
+    assert seen == [1, 2, 3]
+    assert await gateway.sessions_idle()
+
+
+async def test_sticky_pool_relays_progress_and_logging(gateway: Gateway) -> None:
+    progress: list[float] = []
+    logs: list[Any] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append(value)
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        logs.append(params.data)
+
+    async with Client(transport(gateway, "sticky"), mode="legacy", logging_callback=on_log) as c:
+        (session,) = list(gateway.host.client_sessions)
+        assert session.sticky
+        result = await c.call_tool("progress", {"steps": 2}, progress_callback=on_progress)
+        assert _text(result) == "done 2"
+        # the upstream session is this client's own: not the gateway's session id
+        assert session.upstream.alive
+    assert progress == [1, 2]
+    assert any("progress done" in str(d) for d in logs)
+    assert not session.upstream.alive  # DELETE closed the client's upstream session
+
+
+async def test_sticky_pool_relays_sampling_to_the_client(gateway: Gateway) -> None:
+    async def sample(
+        context: Any, params: types.CreateMessageRequestParams
+    ) -> types.CreateMessageResult:
+        prompt = params.messages[0].content
+        text = prompt.text if isinstance(prompt, types.TextContent) else ""
+        return types.CreateMessageResult(
+            role="assistant", content=types.TextContent(type="text", text=f"sampled:{text}"),
+            model="test", stop_reason="endTurn",
+        )  # fmt: skip
+
+    async with Client(transport(gateway, "sticky"), mode="legacy", sampling_callback=sample) as c:
+        result = await c.call_tool("sample", {"prompt": "hi"})
+    assert _text(result) == "sampled:hi"
+
+
+async def test_sticky_sessions_get_their_own_upstream_sessions(gateway: Gateway) -> None:
+    async with (
+        Client(transport(gateway, "sticky"), mode="legacy") as one,
+        Client(transport(gateway, "sticky"), mode="legacy") as two,
+    ):
+        await one.call_tool("echo", {"text": "1"})
+        await two.call_tool("echo", {"text": "2"})
+        sessions = list(gateway.host.client_sessions)
+        assert len(sessions) == 2
+        assert sessions[0].upstream is not sessions[1].upstream
+        assert sessions[0].id != sessions[1].id
+
+
+async def _post(gw: Gateway, pool: str, body: Any, **headers: str) -> httpx2.Response:
+    async with httpx2.AsyncClient() as http:
+        return await http.post(
+            f"{gw.url}/mcp/{pool}/",
+            content=orjson.dumps(body),
+            headers={"Accept": "application/json, text/event-stream",
+                     "Content-Type": "application/json", **headers},
+        )  # fmt: skip
+
+
+_INIT = {
+    "jsonrpc": "2.0", "id": 1, "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+               "clientInfo": {"name": "raw", "version": "1"}},
+}  # fmt: skip
+
+
+async def test_unknown_session_is_404_and_delete_ends_a_session(gateway: Gateway) -> None:
+    auth = gateway.auth()
+    answer = await _post(gateway, "echo", _INIT, **auth)
+    assert answer.status_code == 200
+    assert answer.json()["result"]["protocolVersion"] == "2025-06-18"
+    sid = answer.headers["mcp-session-id"]
+    ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+    assert (
+        await _post(gateway, "echo", ping, **auth, **{"Mcp-Session-Id": sid})
+    ).status_code == 200
+    forged = sid[:-4] + "0000"
+    assert (
+        await _post(gateway, "echo", ping, **auth, **{"Mcp-Session-Id": forged})
+    ).status_code == 404
+    async with httpx2.AsyncClient() as http:
+        deleted = await http.delete(
+            f"{gateway.url}/mcp/echo/", headers={**auth, "Mcp-Session-Id": sid}
+        )
+    assert deleted.status_code == 200
+    assert (
+        await _post(gateway, "echo", ping, **auth, **{"Mcp-Session-Id": sid})
+    ).status_code == 404
+
+
+async def test_session_of_another_key_is_404(gateway: Gateway) -> None:
+    sid = (await _post(gateway, "echo", _INIT, **gateway.auth())).headers["mcp-session-id"]
+    ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+    other = await _post(gateway, "echo", ping, **gateway.auth("limited"), **{"Mcp-Session-Id": sid})
+    assert other.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "code"),
+    [
+        ({}, 401, "missing_api_key"),
+        ({"Origin": "http://evil.example"}, 403, "origin_forbidden"),
+        ({"Host": "evil.example"}, 403, "origin_forbidden"),
+    ],
+)
+async def test_endpoint_refusals(
+    gateway: Gateway, headers: dict[str, str], status: int, code: str
+) -> None:
+    auth = gateway.auth() if headers else {}
+    answer = await _post(gateway, "echo", _INIT, **auth, **headers)
+    assert answer.status_code == status
+    assert answer.json()["error"]["data"]["code"] == code
+    assert len(gateway.host.client_sessions) == 0
+
+
+async def test_endpoint_forbidden_pool_is_403(gateway: Gateway) -> None:
+    answer = await _post(gateway, "other", _INIT, **gateway.auth())
+    assert answer.status_code == 403
+
+
+async def test_endpoint_bad_json_is_400_parse_error(gateway: Gateway) -> None:
+    async with httpx2.AsyncClient() as http:
+        answer = await http.post(f"{gateway.url}/mcp/echo/", content=b"{", headers=gateway.auth())
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == -32700
+
+
+async def test_endpoint_upstream_timeout_is_a_jsonrpc_error(
+    gateway: Gateway, settings: Any
+) -> None:
+    async with Client(transport(gateway, "echo"), mode="legacy") as client:
+        with pytest.raises(Exception) as caught:
+            await client.call_tool("slow", {"seconds": 5}, read_timeout_seconds=30)
+    assert "no answer" in str(caught.value) or "timeout" in str(caught.value).lower()
