@@ -1,0 +1,209 @@
+"""The real thing: Celery beat + worker (Redis broker, PostgreSQL) check servers on schedule, and
+the runtime applies what they find. A server stopped mid-run is marked down after `fall` checks and
+stops receiving calls; started again, it is up after `rise` checks and takes calls again."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import connection, connections
+
+from balancing.engine.config import Health
+from balancing.host import RuntimeHost
+from servers.models import Flip, Server
+from tests.monitoring.conftest import Restartable, add_http, make_pool
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.upstream]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def database_url() -> str:
+    """The URL of the database this test is using (pytest-django's `test_<name>` database)."""
+    db = settings.DATABASES["default"]
+    auth = quote(db["USER"] or "") + (f":{quote(db['PASSWORD'])}" if db.get("PASSWORD") else "")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+@pytest.fixture
+def isolation() -> dict[str, str]:
+    """A queue and a channel prefix of this test's own on the shared Redis."""
+    tag = uuid.uuid4().hex[:10]
+    return {"queue": f"mcppool-test-{tag}", "prefix": f"mcppool-test-{tag}"}
+
+
+@pytest.fixture
+def worker(
+    transactional_db: Any, redis_url: str, isolation: dict[str, str]
+) -> Iterator[subprocess.Popen[bytes]]:
+    if connection.vendor != "postgresql":
+        pytest.skip("the worker shares the test database: PostgreSQL only")
+    with tempfile.TemporaryDirectory() as var, tempfile.TemporaryFile() as log:
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.monitoring.worker_settings",
+            "DATABASE_URL": database_url(),
+            "REDIS_URL": redis_url,
+            "MCPPOOL_TEST_QUEUE": isolation["queue"],
+            "MCPPOOL_CHANNEL_PREFIX": isolation["prefix"],
+            "MCPPOOL_VAR_DIR": var,
+            "SECRET_KEY": "tests-only",
+        }
+        env.pop("MCPPOOL_WORKER_METRICS_PORT", None)
+        command = [
+            sys.executable, "-m", "celery", "-A", "mcppool", "worker", "--beat",
+            "--loglevel", "INFO", "--concurrency", "2", "-Q", isolation["queue"],
+            "--without-gossip", "--without-mingle", "--without-heartbeat",
+            "--schedule", str(Path(var) / "celerybeat-schedule"),
+        ]  # fmt: skip
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        try:
+            yield process
+        finally:
+            _stop(process)
+            log.seek(0)
+            output = log.read().decode(errors="replace")
+            if "Traceback" in output:
+                print(output[-6000:])  # shown when the test fails
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(20)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # prefork children and stdio probes too
+    process.wait(5)
+
+
+@pytest.fixture
+async def host(settings: Any, redis_url: str, isolation: dict[str, str]) -> AsyncIterator[Any]:
+    """A runtime that hears health only through Redis events (the poll is an hour)."""
+    settings.REDIS_URL = redis_url
+    settings.MCPPOOL_CONFIG_POLL_SECONDS = 3600
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [redis_url], "prefix": isolation["prefix"]},
+        }
+    }
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    h = RuntimeHost()
+    yield h
+    await h.stop()
+    channel_layers.backends.clear()
+    await sync_to_async(connections.close_all)()
+
+
+async def until(predicate: Callable[[], Any], seconds: float) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while loop.time() < deadline:
+        value = predicate()
+        if await value if asyncio.iscoroutine(value) else value:
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+@sync_to_async
+def health_of(server: Server) -> str:
+    return Server.objects.values_list("health", flat=True).get(pk=server.pk)
+
+
+async def is_health(server: Server, wanted: Health) -> bool:
+    return await health_of(server) == wanted
+
+
+async def who_answers(host: RuntimeHost, calls: int) -> Counter[str]:
+    answers: Counter[str] = Counter()
+    for _ in range(calls):
+        result = await host.runtime.call_tool("web", "whoami", {})
+        answers[json.loads(result["content"][0]["text"])["name"]] += 1
+    return answers
+
+
+def endpoint_health(host: RuntimeHost, name: str) -> Health:
+    live = host.runtime.pool("web")
+    return next(e.config.health for e in live.endpoints.values() if e.config.name == name)
+
+
+async def test_worker_marks_a_stopped_server_down_and_a_restarted_one_up(
+    worker: subprocess.Popen[bytes],
+    host: RuntimeHost,
+    restartable: Callable[[str], Restartable],
+) -> None:
+    # given two replicas in a pool checked every second (down after 2 failures, up after 2 passes)
+    a, b = restartable("a"), restartable("b")
+
+    @sync_to_async
+    def setup() -> tuple[Server, Server]:
+        pool = make_pool("web", check_interval=1.0, check_timeout=0.5, fall=2, rise=2)
+        return add_http(pool, "a", a.url), add_http(pool, "b", b.url)
+
+    server_a, server_b = await setup()
+    assert await until(lambda: is_health(server_a, Health.UP), 60), "beat + worker never checked"
+    assert await until(lambda: is_health(server_b, Health.UP), 10)
+    await host.start()
+    assert set(await who_answers(host, 10)) == {"a", "b"}
+
+    # when b stops mid-run
+    b.stop()
+
+    # then the scheduled checks mark it down, the runtime hears it, and b takes no more calls
+    assert await until(lambda: is_health(server_b, Health.DOWN), 30)
+    assert await until(lambda: endpoint_health(host, "b") is Health.DOWN, 5)
+    assert await who_answers(host, 20) == Counter({"a": 20})
+
+    # when b is started again
+    b.start()
+
+    # then it is up after `rise` checks and takes calls again
+    assert await until(lambda: is_health(server_b, Health.UP), 30)
+    assert await until(lambda: endpoint_health(host, "b") is Health.UP, 5)
+    assert await until(lambda: _answered_by(host, "b"), 15)
+    flips = await sync_to_async(
+        lambda: list(
+            Flip.objects.filter(server=server_b).order_by("at", "id").values_list("new", "source")
+        )
+    )()
+    assert flips == [("up", "check"), ("down", "check"), ("up", "check")]
+    assert worker.poll() is None  # the worker never died along the way
+
+
+async def _answered_by(host: RuntimeHost, name: str) -> bool:
+    return name in await who_answers(host, 10)
+
+
+def test_worker_settings_module_is_the_service_settings_with_a_private_queue() -> None:
+    env = {**os.environ, "MCPPOOL_TEST_QUEUE": "q-1", "SECRET_KEY": "x"}
+    code = (
+        "import tests.monitoring.worker_settings as s; "
+        "print(s.CELERY_TASK_DEFAULT_QUEUE, s.CELERY_TASK_ALWAYS_EAGER)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, timeout=60
+    )
+    assert out.stdout.decode().split() == ["q-1", "False"], out.stderr.decode()[-2000:]
