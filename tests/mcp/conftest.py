@@ -12,7 +12,7 @@ from asgiref.sync import sync_to_async
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.api.conftest import everything_http, faulty_json, faulty_sse  # noqa: F401
-from tests.api.gateway import Gateway, add_key, add_pool, serve_gateway
+from tests.api.gateway import Gateway, add_key, add_pool, add_stdio_server, serve_gateway
 from tests.upstreams import procs
 
 
@@ -25,7 +25,9 @@ def _setup(json_url: str, sse_url: str, everything_url: str | None) -> dict[str,
     if everything_url:
         add_pool("everything", [("ev", everything_url)])
         add_pool("ev-sticky", [("ev", everything_url)], session_mode="sticky")
-        pools += ["everything", "ev-sticky"]
+        stdio = add_pool("ev-stdio", [], session_mode="sticky")
+        add_stdio_server(stdio, "ev", procs.everything_stdio_config())
+        pools += ["everything", "ev-sticky", "ev-stdio"]
     return {
         "app": add_key("app", pools),
         "limited": add_key("limited", ["echo"], rate_limit_per_minute=1),
