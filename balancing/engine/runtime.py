@@ -332,6 +332,7 @@ class Runtime:
                 pin, hash_key = decision.pin, decision.hash_key
         exclude: set[int] = set()
         retrying = False
+        first_failure: UpstreamError | None = None
         budget = live.budget
         budget.call_started()
         try:
@@ -346,6 +347,9 @@ class Runtime:
                     pin=pin,
                 )
                 if pick is None:
+                    if first_failure is not None:
+                        # No other server to retry on: the first failure says why, not "none".
+                        raise first_failure
                     self.metrics.calls[(slug, "", "no_server")] += 1
                     raise NoHealthyServer(
                         f"pool {slug!r} has no healthy server"
@@ -362,6 +366,7 @@ class Runtime:
                     if retrying or not self._should_retry(live, exc, tool):
                         raise  # one retry per call, on another server
                     retrying = True
+                    first_failure = exc
                     exclude.add(endpoint.id)
                     self.metrics.retries[slug] += 1
         finally:

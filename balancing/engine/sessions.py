@@ -334,10 +334,13 @@ class SessionPool:
             self._next_open_at = self.clock() + self._backoff.next_delay()
             log.warning("%s: could not open a session: %s", self.server.name, exc)
             if not any(s.usable for s in self._slots):
-                raise (
-                    exc
-                    if isinstance(exc, UpstreamError)
-                    else ConnectFailed(str(exc), server=self.server.name)
+                if isinstance(exc, ConnectFailed):
+                    raise
+                # However the opening failed (a handshake that timed out, a process that died
+                # during it), the caller's call never left: it may be retried elsewhere.
+                reason = Exception.__str__(exc) if isinstance(exc, UpstreamError) else str(exc)
+                raise ConnectFailed(
+                    f"could not open a session: {reason}", server=self.server.name
                 ) from exc
             return
         finally:

@@ -3,7 +3,8 @@
 The child gets only the configured environment plus a short allowlist from ours (never our
 secrets), runs in its own process group (so ``npx``-style launchers and their children stop
 together), and is always reaped. One reader task matches responses to waiting calls by id; stderr
-is logged line by line with bounded lines.
+is logged line by line with bounded lines, at a bounded rate. When the process dies, the error
+says how: its exit code and the last line it wrote to stderr.
 """
 
 from __future__ import annotations
@@ -43,6 +44,16 @@ INHERITED_ENV: Final = (
 # Largest stdout line (one message) we read; a longer one is dropped with a warning.
 MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
 MAX_STDERR_LINE: Final = 2000
+# stderr lines logged per server: a burst, then a steady rate; the rest are counted, not logged.
+# A server printing a million short lines a second must not turn our event loop into its logger.
+STDERR_LOG_BURST: Final = 200
+STDERR_LOG_RATE: Final = 20.0  # lines per second
+# The last stderr line is kept (this long at most) to explain a process that died.
+LAST_WORDS_CHARS: Final = 300
+# After the process exits, how long its stderr gets to deliver its last line for the error; and
+# after stdout closes, how long the process gets to exit so its exit code explains the loss.
+LAST_WORDS_GRACE: Final = 0.2
+STDOUT_EOF_GRACE: Final = 0.5
 # Stop logging garbage lines after this many (then only every 1000th): a server printing its
 # logs to stdout must not flood ours.
 GARBAGE_LOG_LIMIT: Final = 20
@@ -72,6 +83,10 @@ class StdioTransport:
         self._drain_lock = asyncio.Lock()
         self._alive = False
         self._garbage = 0
+        self._stderr_tokens = float(STDERR_LOG_BURST)
+        self._stderr_refilled_at = 0.0
+        self._stderr_dropped = 0
+        self._last_words = ""
 
     @property
     def alive(self) -> bool:
@@ -108,10 +123,12 @@ class StdioTransport:
             ) from exc
         self._alive = True
         loop = asyncio.get_running_loop()
+        self._stderr_refilled_at = loop.time()
+        stderr_task = loop.create_task(self._read_stderr())
         self._tasks = [
             loop.create_task(self._read_messages()),
-            loop.create_task(self._read_stderr()),
-            loop.create_task(self._watch_exit()),
+            stderr_task,
+            loop.create_task(self._watch_exit(stderr_task)),
         ]
 
     # ---------------------------------------------------------------- sending
@@ -160,8 +177,13 @@ class StdioTransport:
                     )
                     continue
                 if not line:
+                    # Usually the process is exiting: let its exit (code, last words) explain.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            asyncio.shield(self._process.wait()), STDOUT_EOF_GRACE
+                        )
                     return
-                message = jsonrpc.decode(line)
+                message = jsonrpc.decode(line) if _looks_like_object(line) else None
                 if message is None:
                     self._garbage_line(line)
                     continue
@@ -199,18 +221,44 @@ class StdioTransport:
             lines = (partial + chunk).split(b"\n")
             partial = lines.pop()[:MAX_STDERR_LINE]
             for line in lines:
-                if line.strip():
-                    stderr_logger.info(
-                        "%s: %s", self._name, line[:MAX_STDERR_LINE].decode(errors="replace")
-                    )
-        if partial.strip():
-            stderr_logger.info("%s: %s", self._name, partial.decode(errors="replace"))
+                self._stderr_line(line)
+        self._stderr_line(partial)
+        if self._stderr_dropped:
+            stderr_logger.warning(
+                "%s: %d stderr lines were not logged (rate limit)", self._name, self._stderr_dropped
+            )
 
-    async def _watch_exit(self) -> None:
+    def _stderr_line(self, line: bytes) -> None:
+        if not line.strip():
+            return
+        text = line[:MAX_STDERR_LINE].decode(errors="replace").rstrip()
+        self._last_words = text[:LAST_WORDS_CHARS]
+        now = asyncio.get_running_loop().time()
+        self._stderr_tokens = min(
+            float(STDERR_LOG_BURST),
+            self._stderr_tokens + (now - self._stderr_refilled_at) * STDERR_LOG_RATE,
+        )
+        self._stderr_refilled_at = now
+        if self._stderr_tokens < 1.0:
+            self._stderr_dropped += 1
+            return
+        self._stderr_tokens -= 1.0
+        if self._stderr_dropped:
+            stderr_logger.warning(
+                "%s: %d stderr lines were not logged (rate limit)", self._name, self._stderr_dropped
+            )
+            self._stderr_dropped = 0
+        stderr_logger.info("%s: %s", self._name, text)
+
+    async def _watch_exit(self, stderr_task: asyncio.Task[None]) -> None:
         # A grandchild may hold stdout open after the server itself died; the exit decides.
         assert self._process is not None
         code = await self._process.wait()
-        self._lost(f"the server process exited with code {code}")
+        if self._alive:
+            # Its last stderr line usually says why (a bad option, a missing variable).
+            await asyncio.wait({stderr_task}, timeout=LAST_WORDS_GRACE)
+        reason = f"the server process exited with code {code}"
+        self._lost(f"{reason}: {self._last_words}" if self._last_words else reason)
 
     def _lost(self, reason: str) -> None:
         """The process is gone: fail every waiting call (it may have run) and refuse new ones."""
@@ -246,6 +294,14 @@ class StdioTransport:
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _looks_like_object(line: bytes) -> bool:
+    """Cheap first test of a stdout line: a JSON-RPC message is an object, `{…}`. Log lines and
+    binary junk fail it without a parse, which matters: orjson's error for an invalid document
+    briefly takes about 15 times the document's size in memory."""
+    body = line.strip()
+    return body[:1] == b"{" and body[-1:] == b"}"
 
 
 async def _exited(process: asyncio.subprocess.Process, grace: float) -> bool:
