@@ -6,8 +6,9 @@
 * `sdk-proxy` (`bench/sdk_proxy.py`, mcp 2.x from this project's virtualenv): the SDK's own
   server in front of the SDK's own client, one kept session; `sdk-proxy-per-call` opens a session
   per call. HTTP and stdio upstreams.
-* `fastmcp-proxy` (PyPI `fastmcp`, `FastMCP.as_proxy`): HTTP upstreams, when its virtualenv
-  installs (it is optional: a failed install is reported, not fatal).
+
+(PyPI `fastmcp`'s proxy was tried too: its current release does not install on Python 3.11 from
+the registry here, so it is not part of the run.)
 
 Virtualenvs live under `bench/.venvs/` (gitignored) and are created from PyPI on first use.
 """
@@ -26,7 +27,6 @@ from tests.upstreams.procs import ROOT, UpstreamProcess
 VENVS = ROOT / "bench" / ".venvs"
 # Pinned so two runs of the benchmark measure the same code; bump deliberately.
 MCP_PROXY_REQUIREMENT = "mcp-proxy==0.13.0"
-FASTMCP_REQUIREMENT = "fastmcp==4.1.6"
 STDIO_UPSTREAM = (sys.executable, "-m", "tests.upstreams.faulty", "--transport", "stdio")
 
 
@@ -92,21 +92,6 @@ def _sdk_proxy(per_call: bool) -> Callable[[int, Upstream], list[str]]:
     return command
 
 
-_FASTMCP_SCRIPT = """
-import sys
-from fastmcp import FastMCP
-from fastmcp.server import create_proxy
-proxy = create_proxy(sys.argv[2], name="fastmcp-proxy")
-proxy.run(transport="http", host="127.0.0.1", port=int(sys.argv[1]), json_response=True,
-          show_banner=False, log_level="WARNING")
-"""
-
-
-def _fastmcp_proxy(port: int, upstream: Upstream) -> list[str]:
-    python = str(VENVS / "fastmcp" / "bin" / "python")
-    return [python, "-c", _FASTMCP_SCRIPT, str(port), upstream.url]
-
-
 MCP_PROXY = Proxy(
     "mcp-proxy",
     "PyPI mcp-proxy: Streamable HTTP (JSON) in front of a stdio server, one kept session",
@@ -130,16 +115,7 @@ SDK_PROXY_PER_CALL = Proxy(
     serves_stdio=False,  # a stdio session per call spawns a process per call (~1 s)
     command=_sdk_proxy(per_call=True),
 )
-FASTMCP_PROXY = Proxy(
-    "fastmcp-proxy",
-    "PyPI fastmcp: `create_proxy(url)` served over Streamable HTTP (JSON)",
-    serves_http=True,
-    serves_stdio=False,
-    command=_fastmcp_proxy,
-    venv="fastmcp",
-    requirements=(FASTMCP_REQUIREMENT,),
-)
-ALL = (MCP_PROXY, SDK_PROXY, SDK_PROXY_PER_CALL, FASTMCP_PROXY)
+ALL = (MCP_PROXY, SDK_PROXY, SDK_PROXY_PER_CALL)
 
 
 def ensure_venv(proxy: Proxy, log: Callable[[str], None] = print) -> bool:
