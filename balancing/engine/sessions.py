@@ -149,6 +149,9 @@ class SessionPool:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._borrows: set[Borrow] = set()
         self._opening = 0
+        # Counted apart from the slots: a session that dies under several calls leaves the pool
+        # at once (so its replacement can open), but its calls are in flight until they return.
+        self._in_flight = 0
         self._open_failures = 0
         self._next_open_at = 0.0
         self._last_open_error: BaseException | None = None
@@ -196,7 +199,7 @@ class SessionPool:
 
     @property
     def in_flight(self) -> int:
-        return sum(s.borrowed for s in self._slots)
+        return self._in_flight
 
     @property
     def waiting(self) -> int:
@@ -229,7 +232,7 @@ class SessionPool:
         if not self._waiters:
             slot = self._free_slot()
             if slot is not None:
-                slot.borrowed += 1
+                self._take(slot)
                 return await self._validated(slot, self.pool.acquire_timeout)
         deadline = self.clock() + (self.pool.acquire_timeout if timeout is None else timeout)
         served = False  # woken from the queue (or opened a session): our turn, skip the queue
@@ -239,7 +242,7 @@ class SessionPool:
             if served or not self._waiters:
                 slot = self._free_slot()
                 if slot is not None:
-                    slot.borrowed += 1
+                    self._take(slot)
                     return await self._validated(slot, deadline - self.clock())
             if len(self._slots) + self._opening < self.pool.sessions_per_server:
                 if self.clock() >= self._next_open_at:
@@ -308,8 +311,13 @@ class SessionPool:
             )
             return await self._acquire(remaining)
 
+    def _take(self, slot: Slot) -> None:
+        slot.borrowed += 1
+        self._in_flight += 1
+
     def _release(self, slot: Slot, *, discard: bool = False) -> None:
         slot.borrowed -= 1
+        self._in_flight -= 1
         slot.last_used = self.clock()
         if discard or not slot.session.alive or (slot.retiring and slot.borrowed == 0):
             self._drop(slot)
@@ -396,7 +404,7 @@ class SessionPool:
             if s.borrowed == 0 and s.usable and now - s.last_used >= self.pool.keepalive_interval
         ]
         for slot in idle:
-            slot.borrowed += 1  # hold it so nobody else takes it mid-ping
+            self._take(slot)  # hold it so nobody else takes it mid-ping
             try:
                 await slot.session.ping(self.pool.check_timeout)
             except Exception as exc:
