@@ -15,6 +15,10 @@ from typing import Any
 
 from bench.stats import fmt
 
+INTRO = (
+    "# Benchmarks\n\nEverything between the `bench:run` markers is written by `make bench` "
+    "(`python -m bench.run`); the rest of this page is kept as it is.\n\n"
+)
 START = "<!-- bench:run:start -->"
 END = "<!-- bench:run:end -->"
 
@@ -128,7 +132,12 @@ def _package_path(path: str) -> str:
 
 
 AREAS = (
-    ("idle (event loop waiting)", ("select (selectors.py", "run_forever", "_run_once (asyncio")),
+    # With uvloop the loop runs in C: py-spy sees only its Python caller, so socket I/O, epoll
+    # (waiting included) and the loop's own bookkeeping all land on `Runner.run`.
+    (
+        "event loop in C (uvloop: epoll, socket I/O; waiting included)",
+        ("Runner.run (", "run_until_complete (", "run_forever (", "select (selectors.py"),
+    ),
     ("balancing.engine (runtime, sessions, balancer)", ("balancing/engine/",)),
     (
         "balancing hot path (REST / MCP endpoint, router)",
@@ -143,6 +152,9 @@ AREAS = (
 
 def _area(frames: Sequence[str]) -> str:
     """The innermost frame that belongs to a known area names the sample's area."""
+    leaf = frames[-1]
+    if any(n in leaf for n in AREAS[0][1]):
+        return AREAS[0][0]
     for frame in reversed(frames):
         for area, needles in AREAS:
             if any(n in frame for n in needles):
@@ -163,13 +175,11 @@ def write_docs(path: Path, results: dict[str, Any], extras: Sequence[dict[str, A
             after = rest.split(END, 1)[1]
             path.write_text(before + block + after)
             return
-        path.write_text(text.rstrip() + "\n\n" + block + "\n")
+        # Others' sections stay below the generated part.
+        path.write_text(INTRO + block + "\n\n" + text.strip() + "\n")
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        "# Benchmarks\n\nEverything between the `bench:run` markers is written by `make bench` "
-        "(`python -m bench.run`); do not edit it by hand.\n\n" + block + "\n"
-    )
+    path.write_text(INTRO + block + "\n")
 
 
 def render(results: dict[str, Any], extras: Sequence[dict[str, Any]]) -> str:

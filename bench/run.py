@@ -54,7 +54,7 @@ KINDS = ("http-json", "http-sse", "stdio")
 EXTRA_SCRIPTS: tuple[tuple[str, list[str], float], ...] = (
     ("simulate_balancing", ["--json", "{json}"], 180),
     ("failure_detection", ["--json", "{json}"], 240),
-    ("api_overhead", ["--json", "{json}"], 240),
+    ("api_overhead", ["--duration", "1.5"], 240),  # writes its own docs section
     ("metrics_cost", [], 120),
 )
 
@@ -582,13 +582,14 @@ def main(argv: list[str] | None = None) -> int:
             memory_rows = runner.run(idle_memory(bench, var_dir, token, upstreams, steps))
     finally:
         bench.stop_all()
-    quick = ["--rounds", "1", "--duration", "0.5"] if args.quick else ["--rounds", str(args.rounds)]
+    rounds = ["--rounds", "1"] if args.quick else ["--rounds", str(args.rounds)]
+    quick = [*rounds, "--duration", "0.5" if args.quick else "1"]
     runtime = own_script(
         "runtime_bench", [*quick, *(["--sessions", "10", "100"] if args.quick else [])], 300, bench
     )
     balancing = own_script(
         "live_balancing",
-        ["--rounds", "1", "--duration", "1"] if args.quick else ["--rounds", str(args.rounds)],
+        [*rounds, "--duration", "1" if args.quick else "3"],
         300,
         bench,
     )
