@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from balancing import adapter
 from balancing.engine.config import Health, PoolConfig
-from monitoring import health, probes
+from monitoring import health, metrics, probes
 from monitoring.models import HealthCheck
 from monitoring.probes import Prober, ProbeResult
 from servers import services
@@ -100,6 +100,8 @@ def _check(
         return results
 
     results = runner(probe_all, timeout=jitter + config.check_timeout + ROUND_SLACK)
+    for server, result in zip(servers, results, strict=True):
+        metrics.record_health_check(pool.slug, server.name, result.ok, result.seconds)
     checks = [c for s, r in zip(servers, results, strict=True) if (c := record(s.pk, r, config))]
     if any(r.tools_count is not None for r in results):
         refresh_tools_differ(pool.pk)

@@ -32,7 +32,7 @@ import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import aiohttp
@@ -64,6 +64,7 @@ class ProbeResult:
     protocol_version: str = ""
     tools_count: int | None = None  # None: tools were not read by this probe
     tools_hash: str = ""
+    seconds: float = 0.0  # the whole probe, opening a session included
 
 
 def tools_hash(tools: Iterable[JsonObject]) -> str:
@@ -119,16 +120,18 @@ class Prober:
         lock = self._locks.setdefault(server.id, asyncio.Lock())
         self._pool_of[server.id] = pool.id
         async with lock:  # one probe per server at a time: they would share the session
+            started = self._clock()
             try:
-                return await self._probe(pool, server, list_tools)
+                result = await self._probe(pool, server, list_tools)
             except Exception as exc:  # whatever went wrong, it is this server's failed probe
                 if not isinstance(exc, (UpstreamError, OSError, TimeoutError)):
                     log.warning("probe of %s failed unexpectedly", server.name, exc_info=True)
                 await self._drop(server.id)
-                return ProbeResult(ok=False, error=_describe(exc, pool.check_timeout))
+                result = ProbeResult(ok=False, error=_describe(exc, pool.check_timeout))
             finally:
                 if not self.keep_sessions:
                     await self._drop(server.id)
+            return replace(result, seconds=self._clock() - started)
 
     async def probe_pool(
         self,

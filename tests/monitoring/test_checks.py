@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
+from prometheus_client import REGISTRY
 
 from monitoring import checks, tasks
 from monitoring.models import HealthCheck
@@ -16,6 +17,7 @@ from tests.monitoring.conftest import Restartable, add_http, add_stdio, make_poo
 from tests.upstreams import procs
 
 pytestmark = [pytest.mark.django_db, pytest.mark.upstream]
+CHECKS_OK = "mcppool_health_checks_total"
 
 
 def check(pool_id: int, rounds: int = 1) -> None:
@@ -36,6 +38,8 @@ def test_run_health_checks_new_server_is_up_after_one_check(
     pool = make_pool()
     server = add_http(pool, "a", replica.url)
 
+    counted = REGISTRY.get_sample_value(CHECKS_OK, {"pool": "web", "server": "a", "outcome": "ok"})
+
     # when one round of checks runs
     check(pool.pk)
 
@@ -48,6 +52,8 @@ def test_run_health_checks_new_server_is_up_after_one_check(
     assert row.ok and row.latency_ms is not None and row.tools_hash == server.tools_hash
     flip = Flip.objects.get(server=server)
     assert (flip.old, flip.new, flip.source) == ("unknown", "up", "check")
+    labels = {"pool": "web", "server": "a", "outcome": "ok"}
+    assert REGISTRY.get_sample_value(CHECKS_OK, labels) == (counted or 0) + 1  # on /metrics
 
 
 def test_run_health_checks_stopped_server_is_down_after_fall_checks(
