@@ -182,10 +182,26 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TIMEZONE = TIME_ZONE
 
+# Security with DEBUG off. Cookies are Secure unless the embedded default serves plain HTTP on
+# 127.0.0.1. TLS itself usually ends at a proxy in front: HSTS and the HTTPS redirect are the
+# operator's call (HSTS is hard to take back), so they are off until set; `manage.py check
+# --deploy` names them. The hot path (MCP endpoint, REST tool calls) is served before Django's
+# middleware, so the redirect covers the admin, dashboard and the rest of the API only.
 if not DEBUG:
     SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", default=not EMBEDDED)
     CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", default=not EMBEDDED)
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+    SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", default=False)
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", default=False)
+    # Prometheus scrapes over plain HTTP inside the deployment.
+    SECURE_REDIRECT_EXEMPT = env_list("SECURE_REDIRECT_EXEMPT", [r"^metrics$"])
+# Opt in only behind a proxy that sets X-Forwarded-Proto itself (and drops a client's own):
+# otherwise any client could claim to be on HTTPS.
+if env_bool("MCPPOOL_TRUST_X_FORWARDED_PROTO", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 12 * 3600, minimum=60)  # an operator's day
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 
