@@ -205,5 +205,9 @@ def test_browser_stopped_upstream_turns_down_without_reload(
         page.wait_for_selector('#servers tr[data-server="r1"][data-health="down"]')
         page.wait_for_selector("#flips li:has-text('failed check')")
         _shot(page, "3-pool-r1-down")
+    except Exception:
+        _shot(page, "failure")
+        print(f"service log (tail):\n{service.log.read_text()[-6000:]}")  # shown by pytest
+        raise
     finally:
         page.close()
