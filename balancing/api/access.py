@@ -39,7 +39,8 @@ def require_admin(key: KeyRecord) -> None:
 async def charge(host: RuntimeHost, key: KeyRecord, live: LivePool) -> None:
     """Take one token from the key's and the pool's buckets (only those that have a limit)."""
     if key.rate_limit_per_minute:
-        wait = await host.limiter.take("key", str(key.id), key.rate_limit_per_minute)
+        # by prefix, not id: ids can be reused (a restored database), prefixes are random
+        wait = await host.limiter.take("key", key.prefix, key.rate_limit_per_minute)
         if wait > 0:
             host.runtime.metrics.rate_limited[live.config.slug] += 1
             raise rate_limited(wait, "API key")
