@@ -267,3 +267,32 @@ async def test_stdio_control_server_echoes(start_bad: StartBad, deadline: None) 
     spawned = server.pids()
     await server.runtime.close(grace=1)
     assert len(spawned) == 1 and await wait_gone(spawned) == {}
+
+
+async def test_stdio_arguments_reach_the_program_verbatim_never_a_shell(
+    deadline: None, tmp_path: Path
+) -> None:
+    # given an argument full of shell syntax (the spawn log's file name), run in a directory where
+    # a shell, had one run it, would leave a file named shell-ran
+    name = "log $(touch shell-ran); touch shell-ran `touch shell-ran` | & > * ~"
+    server = ServerConfig(
+        id=1,
+        name="verbatim",
+        transport=Transport.STDIO,
+        command=sys.executable,
+        args=(str(ROOT / "tests" / "upstreams" / "bad_stdio.py"), "ok", "--spawn-log", name),
+        cwd=str(tmp_path),
+    )
+    runtime = Runtime()
+    await runtime.start(Snapshot(1, (PoolConfig(id=1, slug="p", servers=(server,)),)))
+
+    # when the server is started and called
+    try:
+        result = await runtime.call_tool("p", "echo", {"text": "fine"})
+    finally:
+        await runtime.close(grace=1)
+
+    # then the program got the argument as one literal string, and no shell ever ran it
+    assert result["content"][0]["text"] == "fine"
+    assert (tmp_path / name).exists()
+    assert not (tmp_path / "shell-ran").exists()
