@@ -88,3 +88,22 @@ def test_settings_forwarded_proto_trusted_only_when_asked(tmp_path: Path) -> Non
         tmp_path, "s.SECURE_PROXY_SSL_HEADER", **PRODUCTION, MCPPOOL_TRUST_X_FORWARDED_PROTO="1"
     )
     assert trusted == "('HTTP_X_FORWARDED_PROTO', 'https')"
+
+
+def test_settings_var_dir_created_private(tmp_path: Path) -> None:
+    var_dir = tmp_path / "var"
+    code = "import django; django.setup()"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "MCPPOOL_VAR_DIR": str(var_dir),
+            "DJANGO_SETTINGS_MODULE": "mcppool.settings",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert var_dir.stat().st_mode & 0o777 == 0o700

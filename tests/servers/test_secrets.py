@@ -262,6 +262,14 @@ async def test_http_upstream_receives_secret_header_and_logs_never_show_it(
     assert "sk-live" not in str(info.value) and "sk-live" not in caplog.text
 
 
+def test_rest_representation_of_a_server_carries_no_secret(secret_stdio: Server) -> None:
+    for server in Server.objects.all():
+        shown = repr(adapter.server_dict(server))
+        assert "sk-live" not in shown and DB_PASSWORD not in shown
+        for token in (*server.secret_headers.values(), *server.secret_env.values()):
+            assert token not in shown
+
+
 # ---- the operator sees masks ------------------------------------------------------------------
 
 
