@@ -43,8 +43,8 @@ from balancing.api.http import (
 )
 from balancing.engine import protocol
 from balancing.engine.affinity import RequestContext, match_rules
-from balancing.engine.config import Era, SessionMode
-from balancing.engine.errors import UpstreamError
+from balancing.engine.config import AdminState, Era, Health, SessionMode
+from balancing.engine.errors import ConnectFailed, SessionGone, UpstreamClosed, UpstreamError
 from balancing.engine.runtime import LivePool
 from balancing.engine.sticky import ClientSession, SessionIds, close_sessions
 from balancing.errors_http import (
@@ -242,14 +242,32 @@ async def _post(
 
 
 def _session(host: RuntimeHost, key: KeyRecord, slug: str, raw: bytes) -> ClientSession:
-    session = host.client_sessions.get(raw.decode("latin-1"))
+    session_id = raw.decode("latin-1")
+    session = host.client_sessions.get(session_id)
     if session is None or session.key_id != key.id or session.pool != slug:
-        # Unknown here: expired, ended, made by another process, or not this client's.
-        raise ApiError("unknown_session", "Session not found: initialize a new session")
-    if session.sticky and not session.upstream.alive:
+        # Expired, ended, not this client's — or minted by another web process (the id's MAC
+        # says so), whose sessions live there: the client re-initializes here.
+        where = (
+            "another web process" if session is None and session_ids().verify(session_id) else ""
+        )
+        detail = f" (made by {where}: route by Mcp-Session-Id)" if where else ""
+        raise ApiError("unknown_session", f"Session not found{detail}: initialize a new session")
+    if session.sticky and not _bound_server_serves(host, session):
         _end(host, session)
         raise ApiError("unknown_session", "the session's server went away: initialize again")
     return session
+
+
+def _bound_server_serves(host: RuntimeHost, session: ClientSession) -> bool:
+    """A sticky session's server is still in the pool, not down, and its session is alive."""
+    live = host.runtime.pools.get(session.pool)
+    endpoint = live.endpoints.get(session.server_id) if live is not None else None
+    return (
+        endpoint is not None
+        and endpoint.config.state is not AdminState.DISABLED
+        and endpoint.config.health is not Health.DOWN
+        and session.upstream.alive
+    )
 
 
 def _end(host: RuntimeHost, session: ClientSession) -> None:
@@ -530,6 +548,14 @@ async def _forward_sticky(
         return result
     except UpstreamError as exc:
         label, failed = "upstream_error", exc.server_failure
+        if isinstance(exc, ConnectFailed | SessionGone | UpstreamClosed):
+            # The bound server (or our session on it) is gone; whatever state the client had
+            # there is lost, so the client must start over — on a healthy server.
+            _end(host, session)
+            if not exc.delivered:
+                raise ApiError(
+                    "unknown_session", f"the session's server went away: {exc}"
+                ) from None
         raise from_upstream(exc) from None
     finally:
         session.in_flight -= 1

@@ -7,6 +7,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import httpx2
+import orjson
 import pytest
 from asgiref.sync import sync_to_async
 from mcp.client.streamable_http import streamable_http_client
@@ -53,6 +54,24 @@ def transport(
     """The SDK's Streamable HTTP transport to a pool's endpoint, authenticated."""
     client = httpx2.AsyncClient(headers={**gw.auth(key), **headers}, timeout=30.0)
     return streamable_http_client(f"{gw.url}/mcp/{pool}/", http_client=client)
+
+
+INIT: dict[str, Any] = {
+    "jsonrpc": "2.0", "id": 1, "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+               "clientInfo": {"name": "raw", "version": "1"}},
+}  # fmt: skip
+
+
+async def post_rpc(gw: Gateway, pool: str, body: Any, **headers: str) -> httpx2.Response:
+    """One raw JSON-RPC POST to a pool's endpoint (headers as given: add the auth yourself)."""
+    async with httpx2.AsyncClient(timeout=30.0) as http:
+        return await http.post(
+            f"{gw.url}/mcp/{pool}/",
+            content=orjson.dumps(body),
+            headers={"Accept": "application/json, text/event-stream",
+                     "Content-Type": "application/json", **headers},
+        )  # fmt: skip
 
 
 def needs_everything(gw: Gateway) -> None:

@@ -6,12 +6,11 @@ from typing import Any
 
 import httpx2
 import mcp_types as types
-import orjson
 import pytest
 from mcp import Client, ClientSession
 
 from tests.api.gateway import Gateway
-from tests.mcp.conftest import transport
+from tests.mcp.conftest import INIT, post_rpc, transport
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.upstream]
 
@@ -116,36 +115,19 @@ async def test_sticky_sessions_get_their_own_upstream_sessions(gateway: Gateway)
         assert sessions[0].id != sessions[1].id
 
 
-async def _post(gw: Gateway, pool: str, body: Any, **headers: str) -> httpx2.Response:
-    async with httpx2.AsyncClient() as http:
-        return await http.post(
-            f"{gw.url}/mcp/{pool}/",
-            content=orjson.dumps(body),
-            headers={"Accept": "application/json, text/event-stream",
-                     "Content-Type": "application/json", **headers},
-        )  # fmt: skip
-
-
-_INIT = {
-    "jsonrpc": "2.0", "id": 1, "method": "initialize",
-    "params": {"protocolVersion": "2025-06-18", "capabilities": {},
-               "clientInfo": {"name": "raw", "version": "1"}},
-}  # fmt: skip
-
-
 async def test_unknown_session_is_404_and_delete_ends_a_session(gateway: Gateway) -> None:
     auth = gateway.auth()
-    answer = await _post(gateway, "echo", _INIT, **auth)
+    answer = await post_rpc(gateway, "echo", INIT, **auth)
     assert answer.status_code == 200
     assert answer.json()["result"]["protocolVersion"] == "2025-06-18"
     sid = answer.headers["mcp-session-id"]
     ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
     assert (
-        await _post(gateway, "echo", ping, **auth, **{"Mcp-Session-Id": sid})
+        await post_rpc(gateway, "echo", ping, **auth, **{"Mcp-Session-Id": sid})
     ).status_code == 200
     forged = sid[:-4] + "0000"
     assert (
-        await _post(gateway, "echo", ping, **auth, **{"Mcp-Session-Id": forged})
+        await post_rpc(gateway, "echo", ping, **auth, **{"Mcp-Session-Id": forged})
     ).status_code == 404
     async with httpx2.AsyncClient() as http:
         deleted = await http.delete(
@@ -153,14 +135,16 @@ async def test_unknown_session_is_404_and_delete_ends_a_session(gateway: Gateway
         )
     assert deleted.status_code == 200
     assert (
-        await _post(gateway, "echo", ping, **auth, **{"Mcp-Session-Id": sid})
+        await post_rpc(gateway, "echo", ping, **auth, **{"Mcp-Session-Id": sid})
     ).status_code == 404
 
 
 async def test_session_of_another_key_is_404(gateway: Gateway) -> None:
-    sid = (await _post(gateway, "echo", _INIT, **gateway.auth())).headers["mcp-session-id"]
+    sid = (await post_rpc(gateway, "echo", INIT, **gateway.auth())).headers["mcp-session-id"]
     ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
-    other = await _post(gateway, "echo", ping, **gateway.auth("limited"), **{"Mcp-Session-Id": sid})
+    other = await post_rpc(
+        gateway, "echo", ping, **gateway.auth("limited"), **{"Mcp-Session-Id": sid}
+    )
     assert other.status_code == 404
 
 
@@ -176,14 +160,14 @@ async def test_endpoint_refusals(
     gateway: Gateway, headers: dict[str, str], status: int, code: str
 ) -> None:
     auth = gateway.auth() if headers else {}
-    answer = await _post(gateway, "echo", _INIT, **auth, **headers)
+    answer = await post_rpc(gateway, "echo", INIT, **auth, **headers)
     assert answer.status_code == status
     assert answer.json()["error"]["data"]["code"] == code
     assert len(gateway.host.client_sessions) == 0
 
 
 async def test_endpoint_forbidden_pool_is_403(gateway: Gateway) -> None:
-    answer = await _post(gateway, "other", _INIT, **gateway.auth())
+    answer = await post_rpc(gateway, "other", INIT, **gateway.auth())
     assert answer.status_code == 403
 
 
