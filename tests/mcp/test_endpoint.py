@@ -185,3 +185,55 @@ async def test_endpoint_upstream_timeout_is_a_jsonrpc_error(
         with pytest.raises(Exception) as caught:
             await client.call_tool("slow", {"seconds": 5}, read_timeout_seconds=30)
     assert "no answer" in str(caught.value) or "timeout" in str(caught.value).lower()
+
+
+def _modern_call(tool: str, arguments: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+            "io.modelcontextprotocol/clientCapabilities": {}}  # fmt: skip
+    body = {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": tool, "arguments": arguments, "_meta": meta}}  # fmt: skip
+    headers = {"MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": tool}
+    return body, headers
+
+
+async def test_endpoint_upstream_timeout_carries_the_rest_code(gateway: Gateway) -> None:
+    body, headers = _modern_call("slow", {"seconds": 5})
+    answer = await post_rpc(gateway, "echo", body, **gateway.auth(), **headers)
+    assert answer.status_code == 200
+    error = answer.json()["error"]
+    assert (error["code"], error["data"]["code"]) == (-32002, "upstream_timeout")
+    assert await gateway.sessions_idle()
+
+
+async def test_endpoint_unknown_tool_is_invalid_params(gateway: Gateway) -> None:
+    await gateway.host.runtime.list_tools("echo")
+    body, headers = _modern_call("no-such-tool", {})
+    answer = await post_rpc(gateway, "echo", body, **gateway.auth(), **headers)
+    assert answer.json()["error"]["code"] == -32602
+
+
+async def test_endpoint_rate_limit_is_429_with_retry_after(gateway: Gateway) -> None:
+    body, headers = _modern_call("echo", {"text": "x"})
+    first = await post_rpc(gateway, "echo", body, **gateway.auth("limited"), **headers)
+    assert first.status_code == 200
+    second = await post_rpc(gateway, "echo", body, **gateway.auth("limited"), **headers)
+    assert second.status_code == 429
+    assert int(second.headers["retry-after"]) >= 1
+    assert second.json()["error"]["data"]["code"] == "rate_limited"
+
+
+async def test_endpoint_body_over_limit_is_413(gateway: Gateway, settings: Any) -> None:
+    settings.MCPPOOL_MAX_BODY_BYTES = 1024
+    body, headers = _modern_call("echo", {"text": "x" * 4000})
+    answer = await post_rpc(gateway, "echo", body, **gateway.auth(), **headers)
+    assert answer.status_code == 413
+    assert await gateway.sessions_idle()
+
+
+async def test_endpoint_header_body_mismatch_is_refused(gateway: Gateway) -> None:
+    body, headers = _modern_call("echo", {"text": "x"})
+    headers["Mcp-Method"] = "tools/list"
+    answer = await post_rpc(gateway, "echo", body, **gateway.auth(), **headers)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == -32020
