@@ -428,16 +428,11 @@ def _extras_section(extras: Sequence[dict[str, Any]]) -> list[str]:
     lines: list[str] = []
     for e in extras:
         status = "" if e["exit"] == 0 else f" — **exit {e['exit']}**"
-        lines += [
-            f"## `{e['command']}`{status}",
-            "",
-            f"{e['seconds']:.0f} s.",
-            "",
-            "```text",
-            e["output"].strip()[-6000:],
-            "```",
-            "",
-        ]
+        lines += [f"## `{e['command']}`{status}", "", f"Ran in {e['seconds']:.0f} s."]
+        if e["output"].strip():
+            lines += ["", "```text", e["output"].strip()[-6000:], "```", ""]
+        else:
+            lines += ["It writes its own section of this page.", ""]
     return lines
 
 
