@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import re
 from pathlib import Path
@@ -45,7 +46,13 @@ def targets(upstream: procs.UpstreamProcess, gateway: gw.Gateway) -> list[Target
     ]  # fmt: skip
 
 
-async def measure(duration: float) -> dict[str, Any]:
+def median_run(results: list[RunResult]) -> RunResult:
+    """The round with the median gateway CPU per call."""
+    ordered = sorted(results, key=lambda r: r.cpu_ms_per_call["gateway"])
+    return ordered[len(ordered) // 2]
+
+
+async def measure(duration: float, rounds: int) -> dict[str, Any]:
     upstream = procs.start_faulty_http(name="bench-upstream", json_response=True)
     gateway = None
     try:
@@ -56,16 +63,32 @@ async def measure(duration: float) -> dict[str, Any]:
         watch = {"gateway": gateway.pid, "upstream": upstream.pid}
         rows: list[RunResult] = []
         for concurrency in (1, 16):
-            for target in targets(upstream, gateway):
-                result = await run(target, concurrency=concurrency, duration=duration, watch=watch)
+            # Rounds interleave the targets, so a burst of other work on the machine lands on
+            # all of them alike; each row reports its median round.
+            runs: dict[str, list[RunResult]] = {}
+            for _ in range(rounds):
+                for target in targets(upstream, gateway):
+                    result = await run(
+                        target, concurrency=concurrency, duration=duration, watch=watch
+                    )
+                    runs.setdefault(target.name, []).append(result)
+            for results in runs.values():
+                result = median_run(results)
                 rows.append(result)
                 print(f"{result.target:28} c={concurrency:<3} {result.calls_per_s:8.0f}/s  "
                       f"p50 {result.p50_ms:6.3f} ms  p99 {result.p99_ms:6.3f} ms  gateway CPU "
                       f"{result.cpu_ms_per_call['gateway']:.3f} ms/call  errors {result.errors}",
                       flush=True)  # fmt: skip
         return {
-            "machine": {"cpu": procfs.cpu_model(), "python": platform.python_version()},
+            "machine": {
+                "cpu": procfs.cpu_model(),
+                "cores": os.cpu_count(),
+                "python": platform.python_version(),
+                # other work on the machine inflates CPU per call (cache, scheduler): say so
+                "load_average_1m": round(os.getloadavg()[0], 2),
+            },
             "duration_s": duration,
+            "rounds": rounds,
             "rows": [r.as_dict() for r in rows],
         }
     finally:
@@ -111,7 +134,10 @@ def write_docs(report: dict[str, Any]) -> None:
         "",
         "One faulty upstream answering `application/json` over HTTP; mcppool under uvicorn",
         "(embedded default: SQLite, no Redis); the lean keep-alive load generator; "
-        f"{report['duration_s']:g} s per row on {report['machine']['cpu']}. Gateway CPU is the",
+        f"the median of {report['rounds']} interleaved rounds of {report['duration_s']:g} s "
+        f"per row on {report['machine']['cpu']} "
+        f"({report['machine']['cores']} cores, load average "
+        f"{report['machine']['load_average_1m']} at the end). Gateway CPU is the",
         "mcppool process's utime+stime per call over the measured window (the whole request:",
         "auth from the in-memory key cache, rate check, balancer pick, forward on a pooled",
         "session, metrics). *Added p50* is against calling the upstream directly.",
@@ -131,12 +157,13 @@ def write_docs(report: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--duration", type=float, default=2.0, help="seconds per round")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args()
     loop = new_event_loop()
     try:
-        report = loop.run_until_complete(measure(args.duration))
+        report = loop.run_until_complete(measure(args.duration, args.rounds))
     finally:
         loop.close()
     print()
