@@ -81,10 +81,11 @@ class ServerConfig:
     name: str
     transport: Transport
     url: str = ""
-    headers: tuple[tuple[str, str], ...] = ()
+    # May hold decrypted secrets: kept out of repr() so a logged config never shows them.
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     command: str = ""
     args: tuple[str, ...] = ()
-    env: tuple[tuple[str, str], ...] = ()
+    env: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     cwd: str = ""
     weight: int = 1
     priority: int = 0
