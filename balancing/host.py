@@ -120,8 +120,9 @@ class RuntimeHost:
             snapshot = await self._db(adapter.load_snapshot)
             if snapshot.version == self.runtime.version and if_newer_than is not None:
                 return False
+            keys = await self._db(adapter.load_api_keys)  # both read before either applies
             await self.runtime.apply(snapshot)
-            self.keys.replace(await self._db(adapter.load_api_keys))
+            self.keys.replace(keys)
             log.info("config v%d applied", snapshot.version)
             return True
 

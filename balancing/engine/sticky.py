@@ -110,6 +110,10 @@ class SessionTable:
     def add(self, session: ClientSession) -> list[ClientSession]:
         """Register `session`; returns the expired sessions swept out (the caller closes them)."""
         self._sessions[session.id] = session
+        return self.sweep_due()
+
+    def sweep_due(self) -> list[ClientSession]:
+        """Every `sweep_every` seconds: remove and return the expired sessions."""
         now = self._clock()
         if now - self._last_sweep < self._sweep_every:
             return []

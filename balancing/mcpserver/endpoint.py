@@ -243,6 +243,8 @@ async def _post(
 
 def _session(host: RuntimeHost, key: KeyRecord, slug: str, raw: bytes) -> ClientSession:
     session_id = raw.decode("latin-1")
+    for expired in host.client_sessions.sweep_due():
+        _end(host, expired)
     session = host.client_sessions.get(session_id)
     if session is None or session.key_id != key.id or session.pool != slug:
         # Expired, ended, not this client's — or minted by another web process (the id's MAC
