@@ -36,6 +36,7 @@ def prepare() -> None:
     call_command("migrate", interactive=False, verbosity=0)
     if _has_command("setup_schedules"):  # the health-check schedules, once monitoring has them
         call_command("setup_schedules", verbosity=0)
+    declare_queues()
     user_model = get_user_model()
     password_file = Path(settings.VAR_DIR) / "admin-password"
     if not user_model.objects.filter(is_superuser=True).exists():
@@ -53,6 +54,19 @@ def prepare() -> None:
         f"  metrics:   http://{HOST}:{PORT}/metrics\n",
         flush=True,
     )
+
+
+def declare_queues() -> None:
+    """Create the broker's queues before the worker and its embedded beat start.
+
+    On the embedded SQLite broker both would otherwise race to insert the `celery` queue row;
+    the loser's SQLAlchemy session stays rolled back and beat then fails every scheduled check.
+    """
+    from mcppool.celery import app
+
+    with app.connection_for_write() as connection:
+        for queue in app.amqp.queues.values():
+            queue.bind(connection.default_channel).declare()
 
 
 def _has_command(name: str) -> bool:

@@ -76,16 +76,6 @@ pools:
 """
 
 
-DECLARE_QUEUES = """
-import django
-django.setup()
-from mcppool.celery import app
-with app.connection_for_write() as connection:
-    for queue in app.amqp.queues.values():
-        queue.bind(connection.default_channel).declare()
-"""
-
-
 def _wait_for(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
@@ -131,11 +121,6 @@ def service(
     manage = [sys.executable, "manage.py"]
     for command in (["migrate", "--noinput", "-v", "0"], ["mcppool", "apply", str(pools)]):
         subprocess.run(manage + command, env=env, cwd=procs.ROOT, check=True, timeout=120)
-    # Work around a start-up race of the embedded broker: the worker and its embedded beat both
-    # create the `celery` queue row in the SQLite broker; the loser's SQLAlchemy session stays
-    # rolled back and beat then fails every scheduled check. Creating the queue first avoids it.
-    declare = [sys.executable, "-c", DECLARE_QUEUES]
-    subprocess.run(declare, env=env, cwd=procs.ROOT, check=True, timeout=60)
     log = var / "service.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
