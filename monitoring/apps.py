@@ -8,4 +8,4 @@ class MonitoringConfig(AppConfig):
     def ready(self) -> None:
         from monitoring import schedules
 
-        schedules.connect()  # a pool's health-check schedule follows every save of the pool
+        schedules.connect(self)  # a pool's health-check schedule follows every save of the pool

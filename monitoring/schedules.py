@@ -10,8 +10,9 @@ the pool rewrites it; the `enabled` tick box is the operator's and is left alone
 Why signals: every pool write (admin, REST, `mcppool apply`) saves through the ORM in `servers`,
 which may not import `monitoring`. `post_save` / `post_delete` on `Pool`, connected in
 `MonitoringConfig.ready`, catch all of them and run in the same transaction as the pool's save, so
-a rolled-back change never leaves a schedule behind. `setup_schedules` repairs anything else
-(schedules made before this module existed, tasks deleted by hand).
+a rolled-back change never leaves a schedule behind. After every `migrate` (and by hand,
+`setup_schedules`) the whole set is repaired: the daily prune, pools saved before this module
+existed, tasks deleted by hand.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.db import transaction
-from django.db.models.signals import post_delete, post_save
+from django.apps import AppConfig
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.db.models.signals import post_delete, post_migrate, post_save
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from servers.models import Pool
@@ -116,7 +118,17 @@ def _pool_deleted(sender: type[Pool], instance: Pool, **_: Any) -> None:
     remove_pool(instance.pk)
 
 
-def connect() -> None:
-    """Keep schedules in step with pool writes (called from `MonitoringConfig.ready`)."""
+def _migrated(sender: AppConfig, using: str = DEFAULT_DB_ALIAS, **_: Any) -> None:
+    # After every `migrate` (docker-compose's migrate service, `make run`), so a database set up
+    # without `setup_schedules` still gets the prune and a schedule for every pool.
+    tables = connections[using].introspection.table_names()
+    if PeriodicTask._meta.db_table in tables and Pool._meta.db_table in tables:
+        with transaction.atomic(using=using):
+            sync_all()
+
+
+def connect(app: AppConfig) -> None:
+    """Keep schedules in step with pool writes and migrations (from `MonitoringConfig.ready`)."""
     post_save.connect(_pool_saved, sender=Pool, dispatch_uid="mcppool-schedule-pool-saved")
     post_delete.connect(_pool_deleted, sender=Pool, dispatch_uid="mcppool-schedule-pool-deleted")
+    post_migrate.connect(_migrated, sender=app, dispatch_uid="mcppool-schedule-migrated")

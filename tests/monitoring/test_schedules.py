@@ -7,6 +7,7 @@ from io import StringIO
 
 import pytest
 from django.core.management import call_command
+from django.core.management.sql import emit_post_migrate_signal
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from monitoring import schedules
@@ -91,3 +92,16 @@ def test_setup_schedules_repairs_missing_drops_stale_and_adds_the_prune() -> Non
     prune = PeriodicTask.objects.get(name=schedules.PRUNE_NAME)
     assert (prune.task, prune.interval.period) == ("monitoring.tasks.prune_history", "days")
     assert "1 pool schedule(s) in place, 1 stale removed" in out.getvalue()
+
+
+def test_migrate_schedules_the_daily_prune_and_every_pool() -> None:
+    # given a pool whose schedule went missing (e.g. saved before monitoring existed)
+    pool = make_pool("web")
+    PeriodicTask.objects.all().delete()
+
+    # when the database is migrated (docker-compose's migrate service, `make run`)
+    emit_post_migrate_signal(verbosity=0, interactive=False, db="default")
+
+    # then the prune and the pool's checks are scheduled
+    assert PeriodicTask.objects.filter(name=schedules.PRUNE_NAME).count() == 1
+    assert task_of(pool).name == "mcppool: check web"
