@@ -187,7 +187,7 @@ def render(results: dict[str, Any], extras: Sequence[dict[str, Any]]) -> str:
     m = results["machine"]
     settings = results["settings"]
     packages = ", ".join(f"{k} {v}" for k, v in m["packages"].items())
-    others = ", ".join(f"{v}" for v in results.get("versions", {}).values()) or "—"
+    others = "; ".join(f"{k}: {v}" for k, v in results.get("versions", {}).items()) or "—"
     out += [
         "## The run",
         "",

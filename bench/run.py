@@ -622,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
             "idle_sessions": memory_rows,
             "runtime": runtime,
             "balancing": balancing,
-            "extras": [{k: v for k, v in e.items() if k != "output"} for e in extra],
+            "extras": extra,
             "runs": rows,
         }
     )
