@@ -268,3 +268,20 @@ async def test_docs_page_loads_its_assets_from_this_server(gateway: Gateway) -> 
             assert len(await response.read()) > 100
     async with gateway.http.get(f"{gateway.url}/api/v1/docs/assets/..%2Fsecret") as response:
         assert response.status == 404
+
+
+async def test_resource_templates_list(gateway: Gateway) -> None:
+    _needs_everything(gateway)
+    status, body = await _get(gateway, "/pools/everything/resources/templates")
+    assert status == 200
+    assert body["resourceTemplates"] and "uriTemplate" in body["resourceTemplates"][0]
+
+
+async def test_admin_reads_stored_servers_and_rules(gateway: Gateway) -> None:
+    status, servers = await _get(gateway, "/pools/echo/config/servers", key="admin")
+    assert status == 200 and [s["name"] for s in servers] == ["one"]
+    assert servers[0]["transport"] == "streamable_http"
+    status, rules = await _get(gateway, "/pools/echo/rules", key="admin")
+    assert (status, rules) == (200, [])
+    status, body = await _get(gateway, "/pools/echo/rules", key="app")
+    assert (status, error_of(body)) == (403, "admin_required")

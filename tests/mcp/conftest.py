@@ -22,7 +22,9 @@ def _setup(json_url: str, sse_url: str, everything_url: str | None) -> dict[str,
     add_pool("stream", [("sse", sse_url)])
     add_pool("sticky", [("s1", sse_url)], session_mode="sticky")
     add_pool("other", [("a", json_url)])
-    pools = ["echo", "stream", "sticky"]
+    time = add_pool("time", [])
+    add_stdio_server(time, "time-1", procs.time_stdio_config())
+    pools = ["echo", "stream", "sticky", "time"]
     if everything_url:
         add_pool("everything", [("ev", everything_url)])
         add_pool("ev-sticky", [("ev", everything_url)], session_mode="sticky")

@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.upstream]
 INSPECTOR_CLI = procs.NODE_DIR / "node_modules/@modelcontextprotocol/inspector-cli/build/index.js"
 
 
-async def _inspect(gw: Gateway, pool: str, *args: str) -> Any:
+async def inspect(gw: Gateway, pool: str, *args: str) -> Any:
     if not INSPECTOR_CLI.exists():
         pytest.skip("inspector-cli is not installed (make node)")
     process = await asyncio.create_subprocess_exec(
@@ -37,13 +37,13 @@ async def _inspect(gw: Gateway, pool: str, *args: str) -> Any:
 
 
 async def test_inspector_cli_lists_tools_through_the_gateway(gateway: Gateway) -> None:
-    listing = await _inspect(gateway, "echo", "--method", "tools/list")
+    listing = await inspect(gateway, "echo", "--method", "tools/list")
     names = {t["name"] for t in listing["tools"]}
     assert {"echo", "add", "progress"} <= names
 
 
 async def test_inspector_cli_calls_a_tool_through_the_gateway(gateway: Gateway) -> None:
-    result = await _inspect(
+    result = await inspect(
         gateway, "echo", "--method", "tools/call", "--tool-name", "echo", "--tool-arg", "text=hi"
     )
     assert result["content"] == [{"type": "text", "text": "hi"}]
