@@ -98,7 +98,10 @@ def start_faulty_http(
     json_response: bool = False,
     stateless: bool = False,
     delay_ms: float = 0.0,
+    port: int | None = None,
 ) -> UpstreamProcess:
+    """`port` = start on that port (a replica restarted where its pool expects it)."""
+
     def command(port: int) -> list[str]:
         flags = ["--transport", "http", "--port", str(port), "--name", name]
         flags += ["--delay-ms", str(delay_ms)]
@@ -106,7 +109,7 @@ def start_faulty_http(
         flags += ["--stateless"] if stateless else []
         return list(faulty_command(*flags))
 
-    return _start_http(name, command, env={})
+    return _start_http(name, command, env={}, port=port)
 
 
 def faulty_stdio_config(
@@ -172,11 +175,14 @@ def _start_http(
     env: dict[str, str] | None = None,
     env_for_port: Callable[[int], dict[str, str]] | None = None,
     attempts: int = 3,
+    port: int | None = None,
 ) -> UpstreamProcess:
-    """Start on a free port; another process may grab the port first, so try a few times."""
+    """Start on a free port (another process may grab it first, so try a few times), or on
+    `port` when given (once)."""
     last_output = ""
-    for _ in range(attempts):
-        port = free_port()
+    fixed = port
+    for _ in range(1 if fixed is not None else attempts):
+        port = fixed if fixed is not None else free_port()
         child_env = {**os.environ, **(env or {})}
         if env_for_port is not None:
             child_env.update(env_for_port(port))
