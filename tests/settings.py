@@ -11,3 +11,9 @@ from mcppool.settings import *  # noqa: F403
 
 CELERY_TASK_ALWAYS_EAGER = True
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast logins in tests
+
+_DB = DATABASES["default"]  # noqa: F405
+if _DB["ENGINE"] == "django.db.backends.sqlite3":
+    # A file, not the shared-cache in-memory database: the runtime host and Celery work from
+    # other threads, and shared-cache SQLite answers them "table is locked" instead of waiting.
+    _DB["TEST"] = {"NAME": os.path.join(os.environ["MCPPOOL_VAR_DIR"], "test.sqlite3")}

@@ -332,6 +332,7 @@ class Runtime:
                 pin, hash_key = decision.pin, decision.hash_key
         exclude: set[int] = set()
         retrying = False
+        budgeted = False  # the retry holds a slot of the retry budget
         first_failure: UpstreamError | None = None
         budget = live.budget
         budget.call_started()
@@ -365,13 +366,13 @@ class Runtime:
                 except UpstreamError as exc:
                     if retrying or not self._should_retry(live, exc, tool):
                         raise  # one retry per call, on another server
-                    retrying = True
+                    retrying, budgeted = True, exc.delivered
                     first_failure = exc
                     exclude.add(endpoint.id)
                     self.metrics.retries[slug] += 1
         finally:
             budget.call_finished()
-            if retrying:
+            if budgeted:
                 budget.retry_finished()
 
     def _should_retry(self, live: LivePool, exc: UpstreamError, tool: str | None) -> bool:
@@ -380,6 +381,11 @@ class Runtime:
             return False
         if isinstance(exc, CallRejected) and not exc.server_failure:
             return False  # the server answered; another would answer the same
+        if not exc.delivered:
+            # No upstream did any work for it, so sending it elsewhere adds no load: the budget,
+            # which exists to stop retries from multiplying work, does not apply. This keeps a
+            # killed replica from failing calls that never reached it.
+            return True
         if not live.budget.try_retry():
             self.metrics.retries_refused[live.config.slug] += 1
             return False

@@ -209,3 +209,20 @@ def _is_child_zombie(pid: int) -> bool:
             return stat.read().split()[2] == "Z"
     except FileNotFoundError:
         return False
+
+
+async def test_runtime_undelivered_retries_do_not_spend_the_retry_budget(
+    runtime: Runtime, replicas: list[procs.UpstreamProcess]
+) -> None:
+    # given a pool whose retry budget allows no retries at all, and a replica that refuses
+    dead = replace(http_servers(replicas, 1)[0], id=9, name="dead",
+                   url=f"http://127.0.0.1:{procs.free_port()}/mcp")  # fmt: skip
+    pool = pool_of([dead, *http_servers(replicas, 1)], retry_budget_percent=0, retry_budget_min=0)
+    await runtime.start(Snapshot(1, (pool,)))
+    # when many calls run at once, some picking the refusing replica
+    results = await asyncio.gather(
+        *(runtime.call_tool("p", "echo", {"text": str(i)}) for i in range(40))
+    )
+    # then every call succeeds: a call that reached no server is always sent elsewhere
+    assert [text_of(r) for r in results] == [str(i) for i in range(40)]
+    assert runtime.metrics.retries["p"] >= 1 and runtime.metrics.retries_refused["p"] == 0
