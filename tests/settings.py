@@ -16,4 +16,5 @@ _DB = DATABASES["default"]  # noqa: F405
 if _DB["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not the shared-cache in-memory database: the runtime host and Celery work from
     # other threads, and shared-cache SQLite answers them "table is locked" instead of waiting.
-    _DB["TEST"] = {"NAME": os.path.join(os.environ["MCPPOOL_VAR_DIR"], "test.sqlite3")}
+    # One file per test run, so runs side by side never drop each other's tables.
+    _DB["TEST"] = {"NAME": os.path.join(os.environ["MCPPOOL_VAR_DIR"], f"test-{os.getpid()}.db")}
