@@ -8,11 +8,12 @@ file server, so the page and its three assets come from here.
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import ninja
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.utils.html import escape
 from ninja.openapi.docs import DocsBase
 
@@ -54,11 +55,17 @@ class LocalSwagger(DocsBase):
         return HttpResponse(page)
 
 
-def asset(request: HttpRequest, name: str) -> FileResponse:
-    """One of the Swagger UI files (a fixed list: no path from the request reaches the disk)."""
+@lru_cache(maxsize=len(ASSETS))
+def _asset_bytes(name: str) -> bytes:
+    return (ASSETS_DIR / name).read_bytes()
+
+
+def asset(request: HttpRequest, name: str) -> HttpResponse:
+    """One of the Swagger UI files (a fixed list: no path from the request reaches the disk).
+    Kept in memory once read: a file iterator would be consumed synchronously under ASGI."""
     content_type = ASSETS.get(name)
     if content_type is None:
         raise Http404(name)
-    response = FileResponse((ASSETS_DIR / name).open("rb"), content_type=content_type)
+    response = HttpResponse(_asset_bytes(name), content_type=content_type)
     response["Cache-Control"] = "public, max-age=86400"
     return response
