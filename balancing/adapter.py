@@ -102,7 +102,7 @@ def pool_config(row: Pool, servers: list[Server], rules: list[AffinityRule]) -> 
         servers=tuple(server_config(s) for s in servers),
         rules=tuple(rule_config(r, names) for r in sorted(rules, key=lambda r: (r.order, r.pk))),
         # Read defensively: the model field may not exist yet (per-pool limit off until then).
-        rate_limit_per_minute=int(getattr(row, "rate_limit_per_minute", 0) or 0),
+        rate_limit_per_minute=row.rate_limit_per_minute,
         **{knob: getattr(row, knob) for knob in _POOL_KNOBS},
     )
 
@@ -192,6 +192,11 @@ def _check_fields(fields: Mapping[str, Any], allowed: Iterable[str]) -> None:
     unknown = sorted(set(fields) - set(allowed))
     if unknown:
         raise ApiError("invalid_request", f"unknown fields: {', '.join(unknown)}", fields=unknown)
+    # No config column is nullable (an explicit null used to reach the model and crash `str()`);
+    # `pin_server: null` is the one null with a meaning: no pinned server.
+    nulls = sorted(name for name, value in fields.items() if value is None and name != "pin_server")
+    if nulls:
+        raise ApiError("invalid_request", f"may not be null: {', '.join(nulls)}", fields=nulls)
 
 
 def _saved(obj: ConfigRow) -> None:
