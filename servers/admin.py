@@ -211,6 +211,7 @@ class PoolAdmin(_PoolAdmin):
             },
         ),
         ("Balancing", {"fields": ("strategy", "panic_threshold", "slow_start_window")}),
+        ("Admission", {"fields": ("rate_limit_per_minute",)}),
     )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Pool]:

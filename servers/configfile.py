@@ -53,6 +53,7 @@ POOL_FIELDS = (
     "max_ejection_percent",
     "panic_threshold",
     "slow_start_window",
+    "rate_limit_per_minute",
 )
 SERVER_FIELDS = (
     "name",

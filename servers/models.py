@@ -67,6 +67,8 @@ class Pool(models.Model):
     slow_start_window = models.FloatField(
         default=30.0, validators=[MinValueValidator(0), MaxValueValidator(3600)]
     )
+    # Admission: calls per minute for the whole pool, over every key (0 = unlimited).
+    rate_limit_per_minute = models.PositiveIntegerField(default=0, help_text="0 = unlimited")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -112,8 +112,9 @@ def _setup(
     add_pool("other", [("one", faulty_url)])
     add_pool("dead", [("gone", f"http://127.0.0.1:{procs.free_port()}/mcp")], acquire_timeout=1.0)
     add_pool("garbage", [("junk", garbage_url)])
+    add_pool("capped", [("one", faulty_url)], rate_limit_per_minute=2)
     keys = {
-        "app": add_key("app", ["echo", "stream", "dead", "garbage", "everything"]),
+        "app": add_key("app", ["echo", "stream", "dead", "garbage", "everything", "capped"]),
         "admin": add_key("admin", all_pools=True, is_admin=True),
         "limited": add_key("limited", ["echo"], rate_limit_per_minute=2),
         "expired": add_key("expired", ["echo"], expires_at=timezone.now() - timedelta(minutes=1)),

@@ -227,6 +227,21 @@ async def test_call_tool_over_the_key_rate_is_429_with_retry_after(gateway: Gate
     assert (await _call(gateway, "echo", "echo", body))[0] == 200
 
 
+async def test_call_tool_over_the_pool_rate_is_429_for_every_key(gateway: Gateway) -> None:
+    # given a pool limited to 2 calls a minute, whoever calls
+    body = {"arguments": {"text": "x"}}
+    assert (await _call(gateway, "capped", "echo", body))[0] == 200
+    assert (await _call(gateway, "capped", "echo", body, key="admin"))[0] == 200
+    # when a third call comes, from either key
+    status, answer, headers = await _call(gateway, "capped", "echo", body)
+    # then it is refused: the bucket is the pool's, shared by all keys
+    assert (status, error_of(answer)) == (429, "rate_limited")
+    assert int(headers["Retry-After"]) >= 1
+    assert gateway.host.runtime.metrics.rate_limited["capped"] == 1
+    # and other pools are not limited by it
+    assert (await _call(gateway, "echo", "echo", body))[0] == 200
+
+
 async def test_call_tool_when_upstream_is_down_is_503(gateway: Gateway) -> None:
     await _refused(gateway, 503, "no_healthy_server", "dead", "anything",
                    {"arguments": {}})  # fmt: skip
