@@ -33,26 +33,7 @@ from balancing.errors_http import ApiError
 from balancing.keys import KeyRecord
 from servers import configfile, secrets, services
 from servers.choices import ServerState
-from servers.models import AffinityRule, ApiKey, Pool, Server
-
-_POOL_KNOBS = (
-    "sessions_per_server",
-    "calls_per_session",
-    "acquire_timeout",
-    "call_timeout",
-    "retry_budget_percent",
-    "retry_budget_min",
-    "check_interval",
-    "check_timeout",
-    "fall",
-    "rise",
-    "consecutive_failures",
-    "ejection_base",
-    "ejection_cap",
-    "max_ejection_percent",
-    "panic_threshold",
-    "slow_start_window",
-)
+from servers.models import POOL_TUNING, AffinityRule, ApiKey, Pool, Server
 
 
 def server_config(row: Server) -> ServerConfig:
@@ -101,9 +82,7 @@ def pool_config(row: Pool, servers: list[Server], rules: list[AffinityRule]) -> 
         retry_policy=RetryPolicy(row.retry_policy),
         servers=tuple(server_config(s) for s in servers),
         rules=tuple(rule_config(r, names) for r in sorted(rules, key=lambda r: (r.order, r.pk))),
-        # Read defensively: the model field may not exist yet (per-pool limit off until then).
-        rate_limit_per_minute=row.rate_limit_per_minute,
-        **{knob: getattr(row, knob) for knob in _POOL_KNOBS},
+        **{knob: getattr(row, knob) for knob in POOL_TUNING},
     )
 
 

@@ -25,7 +25,7 @@ from django.db.models import Prefetch
 
 from servers import secrets, services
 from servers.choices import AffinityAction
-from servers.models import AffinityRule, Pool, Server
+from servers.models import POOL_TUNING, AffinityRule, Pool, Server
 
 # Every operator field, in the order an export writes them. Fields the runtime and the health
 # checks record (health, negotiated era, tools…) are left out: the file says what the operator
@@ -36,24 +36,8 @@ POOL_FIELDS = (
     "description",
     "strategy",
     "session_mode",
-    "sessions_per_server",
-    "calls_per_session",
-    "acquire_timeout",
-    "call_timeout",
     "retry_policy",
-    "retry_budget_percent",
-    "retry_budget_min",
-    "check_interval",
-    "check_timeout",
-    "fall",
-    "rise",
-    "consecutive_failures",
-    "ejection_base",
-    "ejection_cap",
-    "max_ejection_percent",
-    "panic_threshold",
-    "slow_start_window",
-    "rate_limit_per_minute",
+    *POOL_TUNING,
 )
 SERVER_FIELDS = (
     "name",

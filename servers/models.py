@@ -26,6 +26,29 @@ _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+# The pool's numeric knobs, named alike on the model, in config files and in the engine's
+# PoolConfig: config files and the runtime adapter both list them from here.
+POOL_TUNING = (
+    "sessions_per_server",
+    "calls_per_session",
+    "acquire_timeout",
+    "call_timeout",
+    "retry_budget_percent",
+    "retry_budget_min",
+    "check_interval",
+    "check_timeout",
+    "fall",
+    "rise",
+    "consecutive_failures",
+    "ejection_base",
+    "ejection_cap",
+    "max_ejection_percent",
+    "panic_threshold",
+    "slow_start_window",
+    "rate_limit_per_minute",
+)
+
+
 class Pool(models.Model):
     name = models.CharField(max_length=100, unique=True)
     slug = models.SlugField(max_length=50, unique=True, help_text="Used in URLs: /mcp/<slug>/")
