@@ -1,0 +1,135 @@
+"""Real mcppool web processes on the test's own database (and a Redis of the test's choosing),
+for the reliability tests that stop a service under them or run two of them side by side.
+
+They serve `mcppool.asgi:application` under uvicorn with the service's settings, as
+docker-compose runs them; the database is pytest-django's test database, so these tests are
+`transaction=True` (the processes must see committed rows) and PostgreSQL only.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+from django.db import connection
+
+from bench.gateway import command
+from tests.monitoring.test_worker import database_url
+from tests.upstreams.procs import ROOT, UpstreamProcess, free_port
+
+START_TIMEOUT = 60.0
+
+
+def web_env(
+    var_dir: Path, *, redis_url: str = "", db_url: str = "", **extra: str
+) -> dict[str, str]:
+    """The environment of a web process on the test database (`db_url` to reach it otherwise)."""
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "mcppool.settings",
+        "DATABASE_URL": db_url or database_url(),
+        "MCPPOOL_VAR_DIR": str(var_dir),
+        "SECRET_KEY": "tests-only",
+        "DEBUG": "0",
+        **extra,
+    }
+    env.pop("REDIS_URL", None)
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    return env
+
+
+def start_web(env: dict[str, str], name: str = "web") -> UpstreamProcess:
+    """Serve the app on a free port; returns once it answers (the runtime starts with it)."""
+    port = free_port()
+    log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by UpstreamProcess.stop
+    process = subprocess.Popen(
+        command("uvicorn", port), cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
+        stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    web = UpstreamProcess(name, process, port, log)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/login/", timeout=5):
+                return web
+        except (OSError, urllib.error.HTTPError):
+            time.sleep(0.2)
+    output = web.output()
+    web.stop()
+    raise RuntimeError(f"{name} did not come up:\n{output}")
+
+
+def manage(env: dict[str, str], code: str) -> str:
+    """Run Python in `manage.py shell` with a web process's settings (a second service
+    process, as an operator's command would be); its output."""
+    done = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code], cwd=ROOT, env=env,
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"manage.py shell failed:\n{done.stdout}\n{done.stderr}")
+    return done.stdout
+
+
+def call(port: int, key: str, pool: str, tool: str = "echo", timeout: float = 10.0) -> int:
+    """One REST tool call; its HTTP status."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/v1/pools/{pool}/tools/{tool}/call",
+        data=b'{"arguments": {"text": "hi"}}',
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+def until(predicate: Callable[[], Any], seconds: float, every: float = 0.1) -> bool:
+    """Whether `predicate` became true within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(every)
+    return bool(predicate())
+
+
+@pytest.fixture
+def postgres(transactional_db: Any) -> None:
+    """The test database, committed rows visible to other processes (PostgreSQL only)."""
+    if connection.vendor != "postgresql":
+        pytest.skip("other processes share the test database: PostgreSQL only")
+
+
+@pytest.fixture
+def var_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="mcppool-rel-") as path:
+        yield Path(path)
+
+
+@pytest.fixture
+def channel_prefix() -> str:
+    """Channel-layer names of this test's own on a shared Redis."""
+    return f"mcppool-test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def webs(postgres: None) -> Iterator[list[UpstreamProcess]]:
+    """Web processes a test starts (append them): stopped at the end, before the test database
+    is flushed."""
+    started: list[UpstreamProcess] = []
+    yield started
+    for web in started:
+        web.stop()
