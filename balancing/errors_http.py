@@ -69,6 +69,7 @@ CODES: Final[dict[str, Code]] = {
     "upstream_rejected": Code(502, GATEWAY_UPSTREAM),
     "no_healthy_server": Code(503, GATEWAY_UNAVAILABLE),
     "pool_busy": Code(503, GATEWAY_UNAVAILABLE),
+    "database_unavailable": Code(503, GATEWAY_UNAVAILABLE),  # config/admin routes only
     "upstream_timeout": Code(504, GATEWAY_TIMEOUT),
 }
 

@@ -101,6 +101,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Near the end: process_exception hooks are asked bottom-up, so this one answers first (the
+    # Prometheus one after it only counts). A lost database is a 503 page, not a 500.
+    "mcppool.middleware.DatabaseUnavailableMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 

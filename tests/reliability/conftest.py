@@ -8,14 +8,17 @@ docker-compose runs them; the database is pytest-django's test database, so thes
 
 from __future__ import annotations
 
+import http.client
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -28,6 +31,7 @@ from tests.monitoring.test_worker import database_url
 from tests.upstreams.procs import ROOT, UpstreamProcess, free_port
 
 START_TIMEOUT = 60.0
+BODY = b'{"arguments": {"text": "hi"}}'
 
 
 def web_env(
@@ -94,6 +98,50 @@ def call(port: int, key: str, pool: str, tool: str = "echo", timeout: float = 10
             return int(answer.status)
     except urllib.error.HTTPError as error:
         return int(error.code)
+
+
+class Load:
+    """REST clients in threads, each on a keep-alive connection, until stopped."""
+
+    def __init__(self, port: int, key: str, pool: str = "echo", clients: int = 4) -> None:
+        self.port = port
+        self.path = f"/api/v1/pools/{pool}/tools/echo/call"
+        self.headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        self.outcomes: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self.client) for _ in range(clients)]
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(30)
+
+    def client(self) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            while not self.stopping.is_set():
+                try:
+                    connection.request("POST", self.path, body=BODY, headers=self.headers)
+                    answer = connection.getresponse()
+                    answer.read()
+                    outcome = str(answer.status)
+                except (OSError, http.client.HTTPException) as exc:
+                    outcome = type(exc).__name__
+                    connection.close()
+                with self.lock:
+                    self.outcomes[outcome] += 1
+        finally:
+            connection.close()
+
+    def snapshot(self) -> Counter[str]:
+        with self.lock:
+            return self.outcomes.copy()
 
 
 def until(predicate: Callable[[], Any], seconds: float, every: float = 0.1) -> bool:

@@ -13,16 +13,13 @@ its own; a health check sent after the restart writes its row.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,15 +28,12 @@ import pytest
 from monitoring.models import HealthCheck
 from servers import services
 from servers.models import Pool, Server
-from tests.reliability.conftest import call, manage, start_web, until, web_env
+from tests.reliability.conftest import Load, call, manage, start_web, until, web_env
 from tests.upstreams import procs
 from tests.upstreams.procs import UpstreamProcess
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.upstream]
 
-CLIENTS = 4
-CALL_PATH = "/api/v1/pools/echo/tools/echo/call"
-BODY = b'{"arguments": {"text": "hi"}}'
 DOWN_SECONDS = 3.0  # load runs this long with Redis gone
 SEND_CHECK = (
     "from monitoring.tasks import run_health_checks; from servers.models import Pool; "
@@ -131,49 +125,6 @@ def replica() -> Iterator[UpstreamProcess]:
     upstream = procs.start_faulty_http(name="r1", json_response=True)
     yield upstream
     upstream.stop()
-
-
-class Load:
-    """REST clients in threads, each on a keep-alive connection, until stopped."""
-
-    def __init__(self, port: int, key: str) -> None:
-        self.port = port
-        self.headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-        self.outcomes: Counter[str] = Counter()
-        self.lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.threads = [threading.Thread(target=self.client) for _ in range(CLIENTS)]
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stopping.set()
-        for thread in self.threads:
-            thread.join(30)
-
-    def client(self) -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            while not self.stopping.is_set():
-                try:
-                    connection.request("POST", CALL_PATH, body=BODY, headers=self.headers)
-                    answer = connection.getresponse()
-                    answer.read()
-                    outcome = str(answer.status)
-                except (OSError, http.client.HTTPException) as exc:
-                    outcome = type(exc).__name__
-                    connection.close()
-                with self.lock:
-                    self.outcomes[outcome] += 1
-        finally:
-            connection.close()
-
-    def snapshot(self) -> Counter[str]:
-        with self.lock:
-            return self.outcomes.copy()
 
 
 def setup(url: str) -> str:
