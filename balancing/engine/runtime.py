@@ -274,8 +274,12 @@ class Runtime:
         *,
         capabilities: JsonObject | None = None,
         on_event: MessageHandler | None = None,
+        listen: bool = False,
     ) -> UpstreamSession:
-        """Open and negotiate one upstream session (also used by sticky client sessions)."""
+        """Open and negotiate one upstream session (also used by sticky client sessions).
+
+        ``listen``: hold the server's GET stream open for messages outside any call (HTTP,
+        handshake era) — for a session with one owner; pooled sessions have nobody to tell."""
         return await UpstreamSession.open(
             local_command(server),
             http=self._http,
@@ -283,6 +287,7 @@ class Runtime:
             capabilities=SHARED_CAPABILITIES if capabilities is None else capabilities,
             on_event=on_event,
             timeout=max(pool.acquire_timeout, 10.0),
+            listen=listen,
         )
 
     # ---- calls -------------------------------------------------------------------------

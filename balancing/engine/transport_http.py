@@ -5,15 +5,22 @@ stream that may carry the call's notifications and server→client requests befo
 The SSE parser works on raw chunks and only splits lines, so a plain JSON answer costs one
 ``orjson.loads``.
 
-Not implemented (yet): the optional GET stream for server-initiated messages outside any call, and
-resuming a broken SSE stream with ``Last-Event-ID`` (a broken stream fails the call with
-``UpstreamClosed``; the runtime may retry it when that is safe).
+In the handshake era a session may also hold the server's standalone GET stream open (`listen`),
+where the server sends what belongs to no call: list-changed and logging notifications and its own
+requests (roots, sampling, elicitation). Only sessions with one owner ask for it (sticky client
+sessions): in a shared pool no single client could receive those messages.
+
+Not implemented: resuming a broken *call* stream with ``Last-Event-ID`` (a broken stream fails the
+call with ``UpstreamClosed``; the runtime may retry it when that is safe). The GET stream does
+resume with it when the server numbers its events.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Literal
 
 import aiohttp
 import orjson
@@ -25,6 +32,7 @@ from balancing.engine.errors import (
     ProtocolError,
     SessionGone,
     UpstreamClosed,
+    UpstreamError,
 )
 from balancing.engine.jsonrpc import JsonObject
 
@@ -43,6 +51,11 @@ CONNECT_TIMEOUT: Final = 5.0
 # 5-minute total would cut long tool calls, so only the connect phase gets its own bound here.
 _REQUEST_TIMEOUT: Final = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT)
 _SHORT_TIMEOUT: Final = aiohttp.ClientTimeout(total=2.0)
+# Reconnecting a broken GET stream: doubling from the first delay up to the last, like the SDK
+# client's 1 s default but quicker to come back after a blip (a lost stream loses messages).
+LISTEN_BACKOFF_FIRST: Final = 0.25
+LISTEN_BACKOFF_MAX: Final = 8.0
+LAST_EVENT_ID_HEADER: Final = "last-event-id"
 
 _JSON: Final = "application/json"
 _SSE: Final = "text/event-stream"
@@ -51,7 +64,7 @@ _SSE: Final = "text/event-stream"
 class SseParser:
     """Incremental ``text/event-stream`` parser yielding the data of each ``message`` event."""
 
-    __slots__ = ("_buffer", "_data", "_event", "_limit", "_size")
+    __slots__ = ("_buffer", "_data", "_event", "_limit", "_size", "last_id")
 
     def __init__(self, limit: int = MAX_MESSAGE_BYTES) -> None:
         self._buffer = bytearray()
@@ -59,6 +72,7 @@ class SseParser:
         self._event = b""
         self._size = 0
         self._limit = limit
+        self.last_id = ""  # the latest event `id` seen: what a reconnect sends as Last-Event-ID
 
     def feed(self, chunk: bytes) -> list[bytes]:
         buffer = self._buffer
@@ -90,7 +104,9 @@ class SseParser:
                 self._data.append(value)
             elif field == b"event":
                 self._event = value
-            # `id` and `retry` only matter for resuming, which we do not do.
+            elif field == b"id" and b"\0" not in value:  # the spec ignores ids with NUL
+                self.last_id = value.decode("utf-8", "replace")
+            # `retry` is the server's reconnect hint; our backoff is our own.
         del buffer[:start]
         if len(buffer) > self._limit:
             raise ProtocolError(f"an SSE line exceeds {self._limit} bytes")
@@ -278,6 +294,80 @@ class HttpTransport:
                 )
         finally:
             response.release()
+
+    # ---------------------------------------------------------------- the GET stream
+
+    async def listen(self, opened: asyncio.Event) -> None:
+        """Hold the handshake-era GET stream open while the session lives; what arrives on it
+        goes to the session as belonging to no call (requests are answered by POST, there).
+
+        ``opened`` is set once the first GET has its answer (or failed): the session sends
+        ``notifications/initialized`` after that, because servers send their first session-level
+        message right after it (server-everything asks for roots) and drop whatever finds no
+        stream open. 405: the server offers no stream, stop. 404 (or 400 naming the session): the
+        session is gone. Anything else: reconnect after a doubling delay, with ``Last-Event-ID``
+        when the server numbers its events (then it may replay what we missed).
+        """
+        delay = LISTEN_BACKOFF_FIRST
+        last_id = ""
+        try:
+            while not self._gone and self._session_id is not None:
+                parser = SseParser()
+                try:
+                    outcome = await self._listen_once(parser, last_id, opened)
+                except (aiohttp.ClientError, UpstreamError, TimeoutError) as exc:
+                    logger.debug("%s: GET stream broke: %r", self._name, exc)
+                    outcome = "idle"
+                opened.set()
+                if outcome == "stop":
+                    return
+                last_id = parser.last_id or last_id
+                if outcome == "progress":
+                    delay = LISTEN_BACKOFF_FIRST
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, LISTEN_BACKOFF_MAX)
+        finally:
+            opened.set()
+
+    async def _listen_once(
+        self, parser: SseParser, last_id: str, opened: asyncio.Event
+    ) -> Literal["stop", "progress", "idle"]:
+        """One GET stream until it ends: ``stop`` listening for good, or reconnect (``progress``:
+        the stream carried something, so reconnect soon)."""
+        headers = {k: v for k, v in self._headers.items() if k != "content-type"}
+        headers["accept"] = _SSE
+        if last_id:
+            headers[LAST_EVENT_ID_HEADER] = last_id
+        async with self._http.get(self._url, headers=headers, timeout=_REQUEST_TIMEOUT) as response:
+            opened.set()
+            status = response.status
+            if status == 405:
+                logger.debug("%s: the server offers no GET stream", self._name)
+                return "stop"
+            if status >= 300:
+                raw = b""
+                with contextlib.suppress(ProtocolError):
+                    raw = await self._read_body(response, MAX_ERROR_BODY_BYTES)
+                message = jsonrpc.decode(raw) if raw else None
+                if _session_gone(status, message.get("error") if message is not None else None):
+                    logger.info("%s: HTTP %d on the GET stream: session gone", self._name, status)
+                    self._gone = True
+                    return "stop"
+                logger.debug("%s: GET stream refused with HTTP %d", self._name, status)
+                return "idle"  # 409 (a stream still open upstream), 5xx: try again later
+            if response.content_type != _SSE:
+                logger.debug("%s: GET answered %r, not a stream", self._name, response.content_type)
+                return "stop"
+            progress = False
+            async for chunk in response.content.iter_any():
+                progress = True
+                for data in parser.feed(chunk):
+                    message = jsonrpc.decode(data)
+                    if message is None:
+                        logger.warning("%s: invalid JSON on the GET stream", self._name)
+                        continue
+                    await self._deliver(message, None)
+            return "progress" if progress else "idle"
 
     async def close(self) -> None:
         """End a handshake-era session with DELETE (405 = the server keeps no sessions)."""

@@ -11,7 +11,9 @@ What arrives from the server besides the answer is routed by ownership:
   response stream; over stdio the progress notifications carrying the call's progress token;
 * to the session (``on_event`` of ``open``): everything else — list-changed notifications,
   logging outside a call (and, over stdio, all logging and server→client requests, since stdio
-  carries no marker tying them to a call).
+  carries no marker tying them to a call). Over HTTP those travel on the server's GET stream,
+  which a session only opens when asked to (``listen``): a session with one owner wants them, a
+  pooled session shared by many clients has nobody to give them to.
 
 A server→client request (sampling, elicitation, roots) is answered with whatever the handler
 returns; the session sends it back upstream under the server's own id. A ``ping`` from the server
@@ -22,6 +24,7 @@ is answered here. Handlers for notifications run inline on the receive path, so 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -51,6 +54,10 @@ INTERNAL_ERROR: Final = -32603
 
 # How long close() waits for a handshake-era DELETE before giving up on it.
 CLOSE_TIMEOUT: Final = 2.0
+# How long opening waits for the GET stream's answer before `notifications/initialized` (servers
+# send their first session-level messages right after it). Servers answer a GET at once; this
+# only bounds one that holds back its headers.
+LISTEN_OPEN_WAIT: Final = 2.0
 
 
 class Call:
@@ -122,6 +129,8 @@ class UpstreamSession:
         self._closed = False
         self._envelope: JsonObject | None = None  # modern era: the `_meta` every request carries
         self._transport: UpstreamTransport
+        # HTTP with `listen`: holds the GET stream open (handshake era only; see `_initialize`)
+        self._listener: Callable[[asyncio.Event], Awaitable[None]] | None = None
         self.era = Era.AUTO
         self.protocol_version = ""
         self.server_info: JsonObject = {}
@@ -143,11 +152,14 @@ class UpstreamSession:
         on_event: MessageHandler | None = None,
         timeout: float,
         clock: Clock = time.monotonic,
+        listen: bool = False,
     ) -> UpstreamSession:
         """Connect (HTTP) or spawn (stdio), then negotiate the era ``server.era`` asks for.
 
         ``http`` is the owner's shared aiohttp session (one keep-alive connector for every
-        upstream); it is required for HTTP servers and ignored for stdio.
+        upstream); it is required for HTTP servers and ignored for stdio. ``listen``: over HTTP
+        in the handshake era, also hold the server's GET stream open for messages outside any
+        call (to ``on_event``) while the session lives; stdio sessions always receive them.
         """
         session = cls(
             server,
@@ -165,7 +177,10 @@ class UpstreamSession:
                 raise ValueError(f"{server.name}: an HTTP server needs the shared aiohttp session")
             from balancing.engine.transport_http import HttpTransport
 
-            session._transport = HttpTransport(server, http, session._deliver)
+            transport = HttpTransport(server, http, session._deliver)
+            session._transport = transport
+            if listen:
+                session._listener = transport.listen
         try:
             async with asyncio.timeout(timeout):
                 await session._transport.start()
@@ -258,7 +273,17 @@ class UpstreamSession:
         self.server_capabilities = _dict(result.get("capabilities"))
         self.server_info = _dict(result.get("serverInfo"))
         self.instructions = str(result.get("instructions") or "")
+        if self._listener is not None:
+            await self._open_listener(self._listener)
         await self.notify("notifications/initialized", None)
+
+    async def _open_listener(self, listener: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+        """Start the GET stream and wait (briefly) for its answer; close() stops it."""
+        opened = asyncio.Event()
+        self._spawn(listener, opened)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LISTEN_OPEN_WAIT):
+                await opened.wait()
 
     # ---------------------------------------------------------------- state
 

@@ -368,22 +368,32 @@ async def _bind(
     session.id = session_ids().mint(server.id)
     events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(_EVENTS_QUEUE)
     session.events = events
+    relay_timeout = live.config.call_timeout
 
     async def on_event(event: dict[str, Any]) -> dict[str, Any] | None:
         """Upstream messages outside any call's stream: to a call of this client if one is
-        running (stdio carries no call marker), else to the client's GET stream."""
+        running (stdio carries no call marker), else to the client's GET stream — requests
+        too (roots/list), answered by the client's POST within the pool's call timeout."""
         emit: Emit | None = session.active_emit
         if emit is not None:
             return await emit(event)
         if "id" in event:
-            return None  # a request with no stream to relay it on: "not supported"
+            return await _relay_request(session, event, enqueue, relay_timeout)
         with contextlib.suppress(asyncio.QueueFull):
             events.put_nowait(event)
         return None
 
+    async def enqueue(message: dict[str, Any]) -> None:
+        events.put_nowait(message)  # QueueFull: the upstream is told the handler failed
+
     try:
+        # `listen`: over HTTP, the upstream's GET stream carries exactly these messages.
         upstream = await runtime.open_upstream(
-            live.config, server, capabilities=session.client_capabilities, on_event=on_event
+            live.config,
+            server,
+            capabilities=session.client_capabilities,
+            on_event=on_event,
+            listen=True,
         )
     except UpstreamError as exc:
         raise from_upstream(exc) from None
@@ -695,6 +705,30 @@ async def _get(
         watcher.cancel()
 
 
+async def _relay_request(
+    session: ClientSession,
+    message: dict[str, Any],
+    send_out: Callable[[dict[str, Any]], Awaitable[None]],
+    timeout: float | None,
+) -> dict[str, Any]:
+    """Relay a server→client request (sampling, elicitation, roots) to the client under a gateway
+    id and return the result of its answer, which arrives as a POST (`_client_response`).
+    Raises when the client refuses or does not answer in time: the upstream gets an error."""
+    relay_id = session.relay_id()
+    future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+    session.pending[relay_id] = future
+    try:
+        await send_out({**message, "id": relay_id})
+        async with asyncio.timeout(timeout):
+            answer = await future
+    finally:
+        session.pending.pop(relay_id, None)
+    if "error" in answer:
+        raise RuntimeError(f"the client refused {message.get('method')}: {answer['error']}")
+    result = answer.get("result")
+    return result if isinstance(result, dict) else {}
+
+
 # ---- answers ----------------------------------------------------------------------------------
 
 
@@ -759,28 +793,17 @@ class Reply:
         if not self._sse_ok:
             return None
         if "id" not in message:
-            await self._start()
-            await self._send(
-                {"type": "http.response.body", "body": _sse(message), "more_body": True}
-            )
+            await self._send_event(message)
             return None
         session = self.session
         if session is None or not session.sticky:
             return None  # shared pools declare no sampling or elicitation upstream
-        relay_id = session.relay_id()
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        session.pending[relay_id] = future
-        relayed = {**message, "id": relay_id}
+        # No timeout of its own: the call's deadline bounds it.
+        return await _relay_request(session, message, self._send_event, None)
+
+    async def _send_event(self, message: dict[str, Any]) -> None:
         await self._start()
-        await self._send({"type": "http.response.body", "body": _sse(relayed), "more_body": True})
-        try:
-            answer = await future
-        finally:
-            session.pending.pop(relay_id, None)
-        if "error" in answer:
-            raise RuntimeError(f"the client refused {message.get('method')}: {answer['error']}")
-        result = answer.get("result")
-        return result if isinstance(result, dict) else {}
+        await self._send({"type": "http.response.body", "body": _sse(message), "more_body": True})
 
     async def result(
         self, request_id: Any, result: dict[str, Any], modern: bool, method: str = ""

@@ -80,8 +80,8 @@ def _direct(everything_http: procs.UpstreamProcess | None, over: str) -> Any:
     return StdioServerParameters(command=config.command, args=list(config.args))
 
 
-# The sticky case runs over stdio: server-everything asks for the client's roots outside any
-# call, which over HTTP travels on the upstream's GET stream (not opened by the gateway yet).
+# The sticky case runs over stdio; over HTTP the roots request outside any call travels on the
+# upstream's GET stream (test_everything_on_sticky_http_pool_relays_session_roots_and_logging).
 @pytest.mark.parametrize(
     ("pool", "over", "full"), [("ev-stdio", "stdio", True), ("everything", "http", False)]
 )
@@ -138,3 +138,29 @@ async def test_everything_on_sticky_stdio_pool_relays_session_logging(gateway: G
         await c.call_tool("toggle-simulated-logging", {})
     assert first.level in ("debug", "info", "notice", "warning", "error", "critical", "alert",
                            "emergency")  # fmt: skip
+
+
+async def test_everything_on_sticky_http_pool_relays_session_roots_and_logging(
+    gateway: Gateway,
+) -> None:
+    needs_everything(gateway)
+    asked = asyncio.Event()
+    logs: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def roots(context: Any) -> types.ListRootsResult:
+        asked.set()
+        return await _roots(context)
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        await logs.put(params)
+
+    # given a client with roots on a sticky pool whose server-everything is reached over HTTP
+    async with Client(transport(gateway, "ev-sticky"), mode="legacy", list_roots_callback=roots,
+                      logging_callback=on_log):  # fmt: skip
+        async with asyncio.timeout(20):
+            # when the server asks for roots right after initialize, outside any call (on its
+            # GET stream to the gateway), then the client is asked and answers
+            await asked.wait()
+            # and the server's session-level log of what it got reaches the client too
+            while "Roots updated: 1 root" not in str((await logs.get()).data):
+                pass

@@ -8,10 +8,10 @@ It serves both protocol eras (the SDK's server does). Tools: ``echo``, ``add``, 
 (a tool error: ``isError: true``), ``crash`` (the process dies at once), ``hang`` (never answers),
 ``progress`` (progress notifications and a log message during the call), ``sample`` (asks the
 client for a sampling completion mid-call), ``announce`` (a session-level tools/list_changed
-notification), ``garble`` (stdio: a non-JSON line on stdout before the answer), ``whoami``
-(which replica answered) and ``forget_sessions`` (HTTP: every session
-open so far now gets 404, as after a restart). ``--delay-ms`` delays every tool call, to make a
-slow replica.
+notification; with ``ask_roots`` also a session-level roots/list request), ``garble`` (stdio: a
+non-JSON line on stdout before the answer), ``whoami`` (which replica answered) and
+``forget_sessions`` (HTTP: every session open so far now gets 404, as after a restart).
+``--delay-ms`` delays every tool call, to make a slow replica.
 """
 
 from __future__ import annotations
@@ -113,10 +113,16 @@ async def sample(prompt: str, ctx: Context) -> str:
 
 
 @mcp.tool()
-async def announce(ctx: Context) -> str:
-    """Send a session-level notifications/tools/list_changed (handshake era)."""
+async def announce(ctx: Context, ask_roots: bool = False) -> str:
+    """Send a session-level notifications/tools/list_changed (handshake era); with `ask_roots`,
+    then ask the client for its roots the same way and answer their URIs."""
+    # An argument rather than a tool of its own: monitoring tests count this server's tools.
     await ctx.session.send_tool_list_changed()
-    return "announced"
+    if not ask_roots:
+        return "announced"
+    # No related request id: over HTTP the SDK sends both on the session's GET stream.
+    result = await ctx.session.list_roots()
+    return " ".join(str(root.uri) for root in result.roots)
 
 
 @mcp.tool()
