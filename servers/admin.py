@@ -22,7 +22,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.text import Truncator
 
-from servers import secrets, services
+from servers import configfile, secrets, services
 from servers.choices import Health, ServerState
 from servers.models import AffinityRule, ApiKey, Pool, Server
 
@@ -134,6 +134,20 @@ class ServerForm(_ServerForm):
             raise ValidationError(str(exc)) from None
 
 
+class ThroughServices:
+    """Admin saves and deletes go through the service functions: validation, one version bump
+    and the config.changed event, exactly as the REST API and YAML apply do."""
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        services.save(obj)
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        services.delete(obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        services.delete_all(queryset)
+
+
 class ServerInline(_ServerInline):
     model = Server
     fields = ("name", "transport", "url", "command", "weight", "priority", "state", "health_badge")
@@ -149,17 +163,7 @@ class ServerInline(_ServerInline):
 
 class AffinityRuleInline(_AffinityRuleInline):
     model = AffinityRule
-    fields = (
-        "order",
-        "match_on",
-        "header",
-        "match_type",
-        "pattern",
-        "action",
-        "pin_server",
-        "enabled",
-        "description",
-    )
+    fields = configfile.RULE_FIELDS
     extra = 0
 
     def formfield_for_foreignkey(
@@ -248,7 +252,7 @@ class PoolAdmin(_PoolAdmin):
 
 
 @admin.register(Server)
-class ServerAdmin(_ServerAdmin):
+class ServerAdmin(ThroughServices, _ServerAdmin):
     list_display = (
         "pool",
         "name",
@@ -328,18 +332,9 @@ class ServerAdmin(_ServerAdmin):
             messages.SUCCESS,
         )
 
-    def save_model(self, request: HttpRequest, obj: Server, form: Any, change: bool) -> None:
-        services.save(obj)
-
-    def delete_model(self, request: HttpRequest, obj: Server) -> None:
-        services.delete(obj)
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Server]) -> None:
-        services.delete_all(queryset)
-
 
 @admin.register(AffinityRule)
-class AffinityRuleAdmin(_AffinityRuleAdmin):
+class AffinityRuleAdmin(ThroughServices, _AffinityRuleAdmin):
     list_display = (
         "pool",
         "order",
@@ -368,15 +363,6 @@ class AffinityRuleAdmin(_AffinityRuleAdmin):
         if db_field.name == "pin_server":  # labelled pool/server: one query, not one per option
             kwargs["queryset"] = Server.objects.select_related("pool")
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
-
-    def save_model(self, request: HttpRequest, obj: AffinityRule, form: Any, change: bool) -> None:
-        services.save(obj)
-
-    def delete_model(self, request: HttpRequest, obj: AffinityRule) -> None:
-        services.delete(obj)
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[AffinityRule]) -> None:
-        services.delete_all(queryset)
 
 
 @admin.register(ApiKey)
