@@ -28,6 +28,7 @@ from django.db import connection
 
 from bench.gateway import command
 from tests.monitoring.test_worker import database_url
+from tests.upstreams import procs
 from tests.upstreams.procs import ROOT, UpstreamProcess, free_port
 
 START_TIMEOUT = 60.0
@@ -181,3 +182,23 @@ def webs(postgres: None) -> Iterator[list[UpstreamProcess]]:
     yield started
     for web in started:
         web.stop()
+
+
+@pytest.fixture
+def replica() -> Iterator[UpstreamProcess]:
+    """One faulty HTTP upstream answering JSON, named r1."""
+    upstream = procs.start_faulty_http(name="r1", json_response=True)
+    yield upstream
+    upstream.stop()
+
+
+def echo_pool_with_key(url: str, *, all_pools: bool = False) -> str:
+    """Pool `echo` with the one server `r1` at `url`, and an API key `app` for it; its secret."""
+    from servers import services
+    from servers.models import Pool, Server
+
+    pool = services.save(Pool(name="Echo", slug="echo"))
+    services.save(Server(pool=pool, name="r1", transport="streamable_http", url=url))
+    pools = [] if all_pools else [pool]
+    _, secret = services.create_api_key("app", pools=pools, all_pools=all_pools)
+    return secret

@@ -26,9 +26,15 @@ from pathlib import Path
 import pytest
 
 from monitoring.models import HealthCheck
-from servers import services
-from servers.models import Pool, Server
-from tests.reliability.conftest import Load, call, manage, start_web, until, web_env
+from tests.reliability.conftest import (
+    Load,
+    call,
+    echo_pool_with_key,
+    manage,
+    start_web,
+    until,
+    web_env,
+)
 from tests.upstreams import procs
 from tests.upstreams.procs import UpstreamProcess
 
@@ -120,20 +126,6 @@ def checks_written() -> int:
     return HealthCheck.objects.count()
 
 
-@pytest.fixture
-def replica() -> Iterator[UpstreamProcess]:
-    upstream = procs.start_faulty_http(name="r1", json_response=True)
-    yield upstream
-    upstream.stop()
-
-
-def setup(url: str) -> str:
-    pool = services.save(Pool(name="Echo", slug="echo"))
-    services.save(Server(pool=pool, name="r1", transport="streamable_http", url=url))
-    _, secret = services.create_api_key("app", all_pools=True)
-    return secret
-
-
 def test_redis_killed_under_load_calls_flow_and_events_and_tasks_resume_after_restart(
     webs: list[UpstreamProcess],
     replica: UpstreamProcess,
@@ -144,7 +136,7 @@ def test_redis_killed_under_load_calls_flow_and_events_and_tasks_resume_after_re
 ) -> None:
     # given a web process and a Celery worker whose Redis is our own; the web process polls the
     # database once an hour; the worker takes tasks
-    key = setup(replica.url)
+    key = echo_pool_with_key(replica.url, all_pools=True)
     manage(worker, SEND_CHECK)
     assert until(lambda: checks_written() > 0, 60, every=0.5), "the worker never ran the check"
     env = web_env(var_dir, redis_url=redis_server.url, MCPPOOL_CHANNEL_PREFIX=channel_prefix,

@@ -9,15 +9,11 @@ The processes poll the database only once an hour here, so what delivers the rev
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from servers import services
-from servers.models import Pool, Server
-from tests.reliability.conftest import call, manage, start_web, until, web_env
-from tests.upstreams import procs
+from tests.reliability.conftest import call, echo_pool_with_key, manage, start_web, until, web_env
 from tests.upstreams.procs import UpstreamProcess
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.upstream]
@@ -28,20 +24,6 @@ REVOKE = (
 )
 
 
-@pytest.fixture
-def replica() -> Iterator[UpstreamProcess]:
-    upstream = procs.start_faulty_http(name="r1", json_response=True)
-    yield upstream
-    upstream.stop()
-
-
-def setup(url: str) -> str:
-    pool = services.save(Pool(name="Echo", slug="echo"))
-    services.save(Server(pool=pool, name="r1", transport="streamable_http", url=url))
-    _, secret = services.create_api_key("app", pools=[pool])
-    return secret
-
-
 def test_revoked_key_is_refused_by_every_web_process_within_seconds(
     webs: list[UpstreamProcess],
     replica: UpstreamProcess,
@@ -50,7 +32,7 @@ def test_revoked_key_is_refused_by_every_web_process_within_seconds(
     var_dir: Path,
 ) -> None:
     # given two web processes on the same database and Redis, and a key both accept
-    key = setup(replica.url)
+    key = echo_pool_with_key(replica.url)
     env = web_env(var_dir, redis_url=redis_url, MCPPOOL_CHANNEL_PREFIX=channel_prefix,
                   MCPPOOL_CONFIG_POLL_SECONDS="3600")  # fmt: skip
     for name in ("web-1", "web-2"):
