@@ -80,6 +80,24 @@ def make(pool: PoolConfig = POOL, clock: Any = None) -> tuple[SessionPool, Opene
     return sp, opener
 
 
+async def hold(sp: SessionPool, gate: asyncio.Event) -> None:
+    """Keep one call slot until `gate` opens."""
+    async with sp.borrow():
+        await gate.wait()
+
+
+async def borrow_once(sp: SessionPool) -> None:
+    async with sp.borrow():
+        pass
+
+
+async def started(coro: Any) -> asyncio.Task[Any]:
+    """A task that has had a moment to run up to its first wait."""
+    task = asyncio.create_task(coro)
+    await asyncio.sleep(0.01)
+    return task
+
+
 async def test_borrow_many_concurrent_calls_stay_within_k_sessions_and_m_calls() -> None:
     sp, opener = make()
 
@@ -108,20 +126,8 @@ async def test_borrow_all_slots_busy_times_out_naming_the_pool() -> None:
 async def test_borrow_cancelled_while_waiting_leaves_no_waiter_and_no_slot() -> None:
     sp, _ = make(replace(POOL, sessions_per_server=1, calls_per_session=1))
     holder_release = asyncio.Event()
-
-    async def holder() -> None:
-        async with sp.borrow():
-            await holder_release.wait()
-
-    h = asyncio.create_task(holder())
-    await asyncio.sleep(0.01)
-
-    async def waiter() -> None:
-        async with sp.borrow():
-            pass
-
-    w = asyncio.create_task(waiter())
-    await asyncio.sleep(0.01)
+    h = await started(hold(sp, holder_release))
+    w = await started(borrow_once(sp))
     assert sp.waiting == 1
     w.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -156,17 +162,12 @@ async def test_borrow_waiters_are_served_first_come_first_served() -> None:
     order: list[int] = []
     gate = asyncio.Event()
 
-    async def holder() -> None:
-        async with sp.borrow():
-            await gate.wait()
-
     async def waiter(i: int) -> None:
         async with sp.borrow():
             order.append(i)
             await asyncio.sleep(0)
 
-    h = asyncio.create_task(holder())
-    await asyncio.sleep(0.01)
+    h = await started(hold(sp, gate))
     waiters = []
     for i in range(5):
         waiters.append(asyncio.create_task(waiter(i)))
@@ -200,13 +201,7 @@ async def test_maintain_retires_at_max_lifetime_replacement_first_never_while_bu
     await sp.maintain()
     first = opener.sessions[0]
     gate = asyncio.Event()
-
-    async def busy() -> None:
-        async with sp.borrow():
-            await gate.wait()
-
-    task = asyncio.create_task(busy())
-    await asyncio.sleep(0.01)
+    task = await started(hold(sp, gate))
     clock.now += 101
     await sp.maintain()
     assert len(opener.sessions) == 2  # the replacement is open
@@ -293,20 +288,8 @@ async def test_maintain_reports_leaked_borrow_with_where_it_was_taken(
 async def test_close_fails_waiters_and_closes_sessions() -> None:
     sp, opener = make(replace(POOL, sessions_per_server=1, calls_per_session=1))
     gate = asyncio.Event()
-
-    async def holder() -> None:
-        async with sp.borrow():
-            await gate.wait()
-
-    h = asyncio.create_task(holder())
-    await asyncio.sleep(0.01)
-
-    async def waiter() -> None:
-        async with sp.borrow():
-            pass
-
-    w = asyncio.create_task(waiter())
-    await asyncio.sleep(0.01)
+    h = await started(hold(sp, gate))
+    w = await started(borrow_once(sp))
     closing = asyncio.create_task(sp.close(grace=5))
     await asyncio.sleep(0.01)
     with pytest.raises(PoolClosed):
