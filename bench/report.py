@@ -73,6 +73,18 @@ TARGETS: tuple[tuple[str, str, str, Any], ...] = (
         lambda v: v < 100,
     ),
     ("added_p50_ms_c1", "p50 added by mcppool at c=1 (REST vs direct)", "—", None),
+    (
+        "cli_cpu_ms_help",
+        "CPU to run `mcppool --help` (start-up of every command)",
+        "< 1000 ms",
+        lambda v: v < 1000,
+    ),
+    (
+        "cli_cpu_ms_export",
+        "CPU to run `mcppool export` (empty SQLite database)",
+        "< 1000 ms",
+        lambda v: v < 1000,
+    ),
 )
 
 LEG_NAMES = {

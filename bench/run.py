@@ -15,7 +15,8 @@ One run, on this machine, everything side by side:
 3. A py-spy profile of the gateway during the concurrency-16 REST run.
 4. RSS with 0, 100 and 1000 idle MCP sessions: mcppool and the other proxies.
 5. Subprocesses: the runtime in-process (`bench.runtime_bench`), live balancing
-   (`bench.live_balancing`), and the other engineers' scripts when present
+   (`bench.live_balancing`), the `mcppool` command's start-up CPU (`bench.cli_startup`), and
+   the other engineers' scripts when present
    (`simulate_balancing`, `failure_detection`, `api_overhead`, `metrics_cost`).
 """
 
@@ -603,9 +604,11 @@ def main(argv: list[str] | None = None) -> int:
         300,
         bench,
     )
+    cli = own_script("cli_startup", ["--runs", "3" if args.quick else "5"], 300, bench)
     extra = [] if args.no_extras or args.quick else extras(bench)
     table = medians(rows, ("kind", "leg", "concurrency"))
     results.update(headline(table, servers, memory_rows, balancing))
+    results.update({k: v for k, v in cli.items() if k.startswith("cli_cpu_ms_")})
     results.update(
         {
             "seconds": time.monotonic() - bench.started,
@@ -622,6 +625,7 @@ def main(argv: list[str] | None = None) -> int:
             "idle_sessions": memory_rows,
             "runtime": runtime,
             "balancing": balancing,
+            "cli_startup": cli,
             "extras": extra,
             "runs": rows,
         }

@@ -11,6 +11,7 @@ import base64
 import contextlib
 import os
 import secrets
+import sys
 from pathlib import Path
 
 import dj_database_url
@@ -75,7 +76,9 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 
 INSTALLED_APPS = [
-    "daphne",
+    # daphne's app only swaps in its ASGI `runserver`; importing it (Twisted) costs every other
+    # process ~0.3 s of CPU at start-up, so only `runserver` loads it (tests/test_cli.py).
+    *(["daphne"] if "runserver" in sys.argv else []),
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",

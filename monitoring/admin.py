@@ -20,7 +20,6 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.text import Truncator
 
-from monitoring import checks
 from monitoring.models import HealthCheck
 from servers.admin import PoolAdmin, ServerAdmin
 from servers.choices import Health, ServerState
@@ -46,6 +45,16 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> SafeStri
         ((format_html_join("", "<td>{}</td>", ((c,) for c in row)),) for row in rows),
     )
     return format_html("<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>", head, body)
+
+
+def check_and_report(request: HttpRequest, servers: QuerySet[Server]) -> None:
+    """Probe the servers now and say how each one did."""
+    # Imported here, not at the top: the checks pull in the engine's transports and the mcp SDK
+    # (over a second of CPU), and every process that loads the admin — each `mcppool` command —
+    # would pay for it at start-up (tests/test_cli.py).
+    from monitoring import checks
+
+    report(request, checks.check_servers(servers))
 
 
 def report(request: HttpRequest, done: list[HealthCheck]) -> None:
@@ -129,7 +138,7 @@ class ServerHealthAdmin(ServerAdmin):
     @admin.action(description="Check selected servers now")
     def check_now(self, request: HttpRequest, queryset: QuerySet[Server]) -> None:
         servers = queryset.exclude(state=ServerState.DISABLED).select_related("pool")
-        report(request, checks.check_servers(servers))
+        check_and_report(request, servers)
 
 
 admin.site.unregister(Pool)
@@ -161,7 +170,7 @@ class PoolHealthAdmin(PoolAdmin):
     @admin.action(description="Check every server of the selected pools now")
     def check_now(self, request: HttpRequest, queryset: QuerySet[Pool]) -> None:
         servers = Server.objects.filter(pool__in=queryset).exclude(state=ServerState.DISABLED)
-        report(request, checks.check_servers(servers.select_related("pool")))
+        check_and_report(request, servers.select_related("pool"))
 
 
 @admin.register(HealthCheck)

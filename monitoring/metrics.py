@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client import REGISTRY, Counter
 from prometheus_client import Histogram as PromHistogram
@@ -30,7 +30,9 @@ from prometheus_client.registry import Collector
 
 from balancing.engine.config import AdminState, Health
 from balancing.engine.metrics import BUCKETS, Histogram
-from balancing.engine.runtime import Runtime
+
+if TYPE_CHECKING:  # the runtime pulls in the transports and the mcp SDK: not for `mcppool` commands
+    from balancing.engine.runtime import Runtime
 
 PREFIX = "mcppool_"
 HEALTH_STATES = tuple(h.value for h in Health)
