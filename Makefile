@@ -3,14 +3,23 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# pipefail: a failed pip must fail the target even though its output goes through a filter.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 NODE_STAMP := tests/upstreams/node/node_modules/.installed
 
 .PHONY: run test test-sqlite lint typecheck check bench soak clean install node
 
+# pip's own output is ~300 lines; this shows one line that counts packages as pip resolves and
+# installs them, then the total (errors still print in full).
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@echo "Installing mcppool and its dependencies into $(VENV) (a few minutes the first time)"
+	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@$(BIN)/python -m pip install --progress-bar off -e '.[dev]' | awk \
+	  '/^(Collecting|Requirement already satisfied)/{ n++; printf "\r  %d packages checked", n; fflush() } \
+	   /^Successfully installed /{ printf "\r  %d packages checked, %d installed\n", n, NF - 2; done = 1 } \
+	   END { if (n && !done) printf "\n" }'
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -1,0 +1,25 @@
+"""`make install` builds the project's own metadata: it must build without warnings."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_project_metadata_builds_without_deprecation_warnings(tmp_path: Path) -> None:
+    # The build runs in pip's isolated environment with the setuptools `build-system` asks for;
+    # the `project.license` table used to print ~30 lines of SetuptoolsDeprecationWarning there.
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]
+    warnings = re.findall(r"\w+Warning: .*", build.stdout + build.stderr)
+    assert warnings == []
+    assert list(tmp_path.glob("mcppool-*.whl"))
