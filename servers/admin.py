@@ -40,6 +40,11 @@ else:
     _ServerInline = _AffinityRuleInline = admin.TabularInline
     _ServerForm = ModelForm
 
+# The product's name on every admin page, not Django's.
+admin.site.site_header = "mcppool administration"
+admin.site.site_title = "mcppool admin"
+admin.site.index_title = "Pools, servers and API keys"
+
 HEALTH_COLOURS = {
     Health.UP: "#1b7f3b",
     Health.DOWN: "#c62828",
