@@ -257,7 +257,7 @@ def _server_numbers(
         server.weight,
         server.priority,
         in_flight=stats.in_flight,
-        latency_ms=round(stats.latency(now) * 1000.0, 2) if stats.sampled else None,
+        latency_ms=round(stats.latency(now) * 1000.0, 2) if stats.measured(now) else None,
         ejections=runtime.metrics.ejections.get((slug, server.name), 0),
     )
     sessions = live.sessions.get(server.id) if live is not None else None

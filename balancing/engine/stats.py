@@ -82,6 +82,11 @@ class ServerStats:
         """Peak-EWMA latency estimate in seconds."""
         return self._latency * self._idle_factor(now)
 
+    def measured(self, now: float) -> bool:
+        """Whether `latency(now)` is a measurement: a call has ended, and the estimate has not
+        started to decay for idleness. Pages show "—" otherwise, not a made-up "0.0 ms"."""
+        return self.sampled and self._idle_factor(now) == 1.0
+
     def error_rate(self, now: float) -> float:
         """Recent share of calls the server failed, 0..1."""
         return self._errors * self._idle_factor(now)

@@ -15,6 +15,7 @@ from balancing.engine.config import Health, PoolConfig, Snapshot, Strategy
 from balancing.engine.errors import UpstreamTimeout
 from balancing.engine.runtime import Runtime
 from monitoring import live, views
+from monitoring.templatetags.dashboard import ms
 from monitoring.models import HealthCheck
 from servers import services
 from servers.models import AffinityRule, Flip, Pool, Server
@@ -73,6 +74,23 @@ async def test_pool_numbers_without_history_show_no_rates(clocked: tuple[Runtime
     runtime, _ = clocked
     [pool] = live.all_numbers(live.runtime_configs(runtime), runtime, live.Sampler())
     assert pool.calls_per_s is None and pool.error_rate is None and pool.p99_ms is None
+
+
+async def test_server_latency_is_a_dash_until_it_served_a_call_and_once_idle(
+    clocked: tuple[Runtime, Clock],
+) -> None:
+    # given a round-robin pool where one call went to one server
+    runtime, clock = clocked
+    await runtime.call_tool("p", "echo", {})
+    [pool] = live.all_numbers(live.runtime_configs(runtime), runtime, live.Sampler())
+    served, never = sorted(pool.servers[:2], key=lambda s: s.latency_ms is None)
+    # then the server that served it has a latency and the other shows none ("—"), not 0.0 ms
+    assert served.latency_ms is not None
+    assert never.latency_ms is None and ms(never.latency_ms) == "—"
+    # and once idle for a minute, its decayed estimate is not shown as a latency either
+    clock.now += 60.0
+    [pool] = live.all_numbers(live.runtime_configs(runtime), runtime, live.Sampler())
+    assert [s.latency_ms for s in pool.servers] == [None, None, None]
 
 
 def test_p99_ms_is_the_bucket_holding_the_99th_percentile() -> None:
