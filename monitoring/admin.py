@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from django.apps import apps
 from django.contrib import admin, messages
 from django.contrib.admin.options import IS_POPUP_VAR
 from django.db.models import Prefetch, QuerySet
@@ -221,3 +222,36 @@ if not admin.site.is_registered(Flip):
 
         def has_delete_permission(self, request: HttpRequest, obj: Flip | None = None) -> bool:
             return False
+
+
+def _superuser_only(model_admin: type[admin.ModelAdmin[Any]]) -> type[admin.ModelAdmin[Any]]:
+    """The same admin, off the app list, and open to superusers only."""
+
+    def allowed(self: admin.ModelAdmin[Any], request: HttpRequest, *args: Any) -> bool:
+        return bool(request.user.is_active and request.user.is_superuser)
+
+    def hidden(self: admin.ModelAdmin[Any], request: HttpRequest) -> bool:
+        return False
+
+    return type(
+        model_admin.__name__,
+        (model_admin,),
+        {
+            "has_module_permission": hidden,
+            "has_view_permission": allowed,
+            "has_add_permission": allowed,
+            "has_change_permission": allowed,
+            "has_delete_permission": allowed,
+        },
+    )
+
+
+# django-celery-beat's models (Clocked, Crontabs, Intervals, Periodic tasks, Solar events) are how
+# the pools' check schedules are stored (monitoring/schedules.py keeps them in step with each
+# pool); an operator changes a pool, not these. Off the app list; superusers reach them from the
+# "Advanced" link on the admin index (templates/admin/index.html).
+for _model in apps.get_app_config("django_celery_beat").get_models():
+    if admin.site.is_registered(_model):
+        _beat_admin = type(admin.site.get_model_admin(_model))
+        admin.site.unregister(_model)
+        admin.site.register(_model, _superuser_only(_beat_admin))

@@ -296,6 +296,7 @@ class ApiKey(models.Model):
 
     class Meta:
         ordering = ["name"]
+        verbose_name = "API key"  # not Django's "Api key"
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
