@@ -15,8 +15,8 @@ from balancing.engine.config import Health, PoolConfig, Snapshot, Strategy
 from balancing.engine.errors import UpstreamTimeout
 from balancing.engine.runtime import Runtime
 from monitoring import live, views
-from monitoring.templatetags.dashboard import ms
 from monitoring.models import HealthCheck
+from monitoring.templatetags.dashboard import ms
 from servers import services
 from servers.models import AffinityRule, Flip, Pool, Server
 from tests.monitoring.fakes import Clock, fake_runtime, server
