@@ -19,6 +19,8 @@ from pathlib import Path
 
 HOST = os.environ.get("MCPPOOL_HOST", "127.0.0.1")
 PORT = os.environ.get("MCPPOOL_PORT", "8000")
+# The worker's own /metrics (health checks run there: monitoring/worker_metrics.py); 0 = none.
+WORKER_METRICS_PORT = os.environ.get("MCPPOOL_WORKER_METRICS_PORT", "9808")
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pools.yaml"
 
 
@@ -51,7 +53,9 @@ def prepare() -> None:
         f"\n  mcppool is starting on http://{HOST}:{PORT}/\n"
         f"  admin:     http://{HOST}:{PORT}/admin/   user admin, password {login}\n"
         f"  dashboard: http://{HOST}:{PORT}/dashboard/\n"
-        f"  metrics:   http://{HOST}:{PORT}/metrics\n",
+        f"  metrics:   http://{HOST}:{PORT}/metrics"
+        + (f" (worker: http://{HOST}:{WORKER_METRICS_PORT}/metrics)" if _worker_metrics() else "")
+        + "\n",
         flush=True,
     )
 
@@ -67,6 +71,10 @@ def declare_queues() -> None:
     with app.connection_for_write() as connection:
         for queue in app.amqp.queues.values():
             queue.bind(connection.default_channel).declare()
+
+
+def _worker_metrics() -> bool:
+    return WORKER_METRICS_PORT not in ("", "0")
 
 
 def _has_command(name: str) -> bool:
@@ -101,6 +109,7 @@ def wait_until_up(deadline: float) -> bool:
 
 def main() -> int:
     prepare()
+    os.environ["MCPPOOL_WORKER_METRICS_PORT"] = WORKER_METRICS_PORT  # the worker reads it
     procs = [subprocess.Popen(cmd) for cmd in children()]
     stopping = False
 

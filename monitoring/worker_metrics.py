@@ -1,7 +1,8 @@
 """The Celery worker's own `/metrics` (health checks run there), for Prometheus to scrape.
 
-Set `MCPPOOL_WORKER_METRICS_PORT` (docker-compose: 9808) and the worker serves
-`http://<worker>:<port>/metrics`; unset, it serves nothing.
+Set `MCPPOOL_WORKER_METRICS_PORT` (docker-compose and `make run`: 9808) and the worker serves
+`http://<worker>:<port>/metrics`; unset or 0, it serves nothing. A port already in use is logged
+as an error and the worker runs on without metrics.
 
 Why prometheus_client's multiprocess mode: Celery's default pool forks child processes and the
 checks run in them, each with its own memory. A scrape must see the sum over every child, dead
@@ -56,7 +57,11 @@ def prepare_directory(default: Path) -> Path:
 def serve(port: int, directory: Path) -> None:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
-    start_http_server(port, registry=registry)
+    try:
+        start_http_server(port, registry=registry)
+    except OSError as exc:  # a busy port costs the metrics, not the health checks
+        log.error("worker metrics not served: port %d: %s", port, exc)
+        return
     log.info("worker metrics on :%d/metrics (multiprocess dir %s)", port, directory)
 
 
