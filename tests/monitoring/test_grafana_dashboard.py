@@ -1,4 +1,5 @@
-"""The provisioned Grafana dashboard asks only for metrics the service really exports."""
+"""The provisioned Grafana dashboard and alert rules ask only for metrics the service really
+exports and documents, and show 0 rather than "No data" when there is no traffic."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -106,12 +108,10 @@ def test_grafana_dashboard_covers_what_on_call_needs(dashboard: dict[str, Any]) 
     ):
         assert family in text, family
     kinds = {p["type"] for p in dashboard["panels"]}
-    assert {"table", "state-timeline", "bargauge", "timeseries"} <= kinds
+    assert {"stat", "table", "state-timeline", "bargauge", "timeseries"} <= kinds
 
 
 def test_grafana_dashboard_uses_the_provisioned_datasource(dashboard: dict[str, Any]) -> None:
-    import yaml
-
     provisioned = yaml.safe_load(
         (
             ROOT / "deploy" / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
@@ -122,3 +122,86 @@ def test_grafana_dashboard_uses_the_provisioned_datasource(dashboard: dict[str, 
         if panel["type"] != "row":
             assert panel["datasource"]["uid"] == uid, panel["title"]
     assert dashboard["uid"] == "mcppool" and not dashboard["editable"]
+
+
+# ---- alert rules, annotations, headline stats ---------------------------------------------------
+ALERTS = ROOT / "deploy" / "grafana" / "provisioning" / "alerting" / "mcppool.yml"
+DATASOURCES = ROOT / "deploy" / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+DOCUMENTED = set(
+    re.findall(r"^\| `(mcppool_\w+)`", (ROOT / "docs" / "metrics.md").read_text(), re.M)
+)
+# mcppool_pool_panic is exported by the h15health branch (monitoring/metrics.py, "Panic is
+# visible"); until it is merged this branch's exporter lacks it. Empty this set after the merge.
+PENDING = {"mcppool_pool_panic"}
+SUFFIX = re.compile(r"_(bucket|sum|count)$")
+
+
+@pytest.fixture(scope="module")
+def rules() -> list[dict[str, Any]]:
+    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def _rule_expr(rule: dict[str, Any]) -> str:
+    query = next(d for d in rule["data"] if d["datasourceUid"] != "__expr__")
+    expr: str = query["model"]["expr"]
+    return expr
+
+
+def test_alert_rules_cover_panic_down_errors_p99_and_ejections(rules: list[dict[str, Any]]) -> None:
+    by_metric = {name: rule["title"] for rule in rules for name in METRIC.findall(_rule_expr(rule))}
+    for metric in (
+        "mcppool_pool_panic",
+        "mcppool_server_up",
+        "mcppool_calls_total",
+        "mcppool_call_duration_seconds_bucket",
+        "mcppool_ejections_total",
+    ):
+        assert metric in by_metric, metric
+
+
+def test_alert_rules_are_well_formed(rules: list[dict[str, Any]]) -> None:
+    uid = yaml.safe_load(DATASOURCES.read_text())["datasources"][0]["uid"]
+    assert len({rule["uid"] for rule in rules}) == len(rules)
+    for rule in rules:
+        refs = {d["refId"]: d for d in rule["data"]}
+        condition = refs[rule["condition"]]["model"]
+        assert condition["type"] == "threshold", rule["title"]
+        assert condition["expression"] in refs, rule["title"]
+        query = refs[condition["expression"]]
+        assert query["datasourceUid"] == uid and query["model"]["instant"], rule["title"]
+        assert rule["annotations"]["summary"] and rule["labels"]["severity"], rule["title"]
+
+
+def test_alert_and_annotation_queries_name_documented_exported_metrics(
+    rules: list[dict[str, Any]], dashboard: dict[str, Any], exported: set[str]
+) -> None:
+    annotations = dashboard["annotations"]["list"]
+    exprs = [_rule_expr(rule) for rule in rules] + [a["expr"] for a in annotations]
+    for expr in exprs:
+        names = METRIC.findall(expr)
+        assert names, expr
+        for name in names:
+            assert SUFFIX.sub("", name) in DOCUMENTED, name
+            assert name in exported or name in PENDING, name
+
+
+def test_dashboard_annotates_health_flips_and_config_changes(dashboard: dict[str, Any]) -> None:
+    annotations = {a["name"]: a["expr"] for a in dashboard["annotations"]["list"]}
+    assert "mcppool_server_up" in annotations["Health flips"]
+    assert "mcppool_config_version" in annotations["Config changes"]
+
+
+def test_dashboard_headline_shows_servers_down_as_a_number(dashboard: dict[str, Any]) -> None:
+    [down] = [p for p in dashboard["panels"] if p["title"] == "Servers down"]
+    assert down["type"] == "stat" and down["gridPos"]["y"] <= 1  # first thing on the page
+    assert down["targets"][0]["expr"].endswith("or vector(0)")  # 0, not "No data", when all up
+
+
+def test_dashboard_shows_zero_not_no_data_without_traffic(dashboard: dict[str, Any]) -> None:
+    for panel in dashboard["panels"]:
+        if panel["type"] in ("stat", "timeseries", "bargauge"):
+            assert panel["fieldConfig"]["defaults"].get("noValue") == "0", panel["title"]
+    for title, expr in queries(dashboard):
+        if "outcome!~" in expr and "/" in expr:  # an error ratio: 0/0 would be NaN
+            assert "clamp_min(" in expr, title
