@@ -11,7 +11,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator, RegexVa
 from django.db import models
 from django.utils import timezone
 
-from servers import choices
+from servers import choices, secrets
 
 
 def _positive(maximum: float) -> list[Any]:
@@ -175,6 +175,17 @@ class Server(models.Model):
 
     def __str__(self) -> str:
         return f"{self.pool.slug}/{self.name}" if self.pool_id else self.name
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # Every write path (admin, REST, YAML apply, services) ends here: secrets follow their
+        # target. A save limited to some fields writes the dropped secrets too.
+        update_fields = kwargs.get("update_fields")
+        if secrets.drop_on_new_target(self, update_fields) and update_fields is not None:
+            kwargs["update_fields"] = {*update_fields, *secrets.SECRET_FIELDS}
+        super().save(*args, **kwargs)
+        # What this write supplied counts for this write only.
+        for field in secrets.SECRET_FIELDS:
+            setattr(self, field, dict(getattr(self, field) or {}))
 
     def clean(self) -> None:
         errors: dict[str, str] = {}
