@@ -222,8 +222,25 @@ class Server(models.Model):
             plain_names = {fold(k) for k in plain} if isinstance(plain, dict) else set()
             if both := sorted(k for k in tokens if fold(k) in plain_names):
                 errors[field] = f"{', '.join(both)}: set both as plain and as secret; keep one."
+        if not errors:
+            self._check_policy(errors)
         if errors:
             raise ValidationError(errors)
+
+    def _check_policy(self, errors: dict[str, str]) -> None:
+        """The operator's upstream policy (settings.MCPPOOL_UPSTREAM_POLICY, from the environment):
+        which programs may run, where requests may go. Its refusals are ValueErrors naming the
+        field (`balancing.engine.policy.PolicyRefused`); the engine checks again at spawn and at
+        connect time."""
+        policy = settings.MCPPOOL_UPSTREAM_POLICY
+        try:
+            if self.transport == choices.Transport.STREAMABLE_HTTP:
+                policy.outbound.check_url(self.url)
+            elif self.transport == choices.Transport.STDIO:
+                names = {**self.env, **self.secret_env}
+                policy.commands.check(self.command, self.args, names, self.cwd)
+        except ValueError as refused:
+            errors[getattr(refused, "field", "command")] = str(refused)
 
 
 def _is_str_map(value: object) -> bool:
