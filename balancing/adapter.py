@@ -180,7 +180,9 @@ def _check_fields(fields: Mapping[str, Any], allowed: Iterable[str]) -> None:
 
 def _saved(obj: ConfigRow) -> None:
     try:
-        services.save(obj)
+        services.save(obj, via_api=True)
+    except services.ApiWriteRefused as exc:
+        raise ApiError("stdio_forbidden", str(exc)) from None
     except ValidationError as exc:
         errors = exc.message_dict if hasattr(exc, "error_dict") else {"__all__": exc.messages}
         raise ApiError("invalid_request", "the config is not valid", errors=errors) from None

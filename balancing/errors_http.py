@@ -50,6 +50,7 @@ CODES: Final[dict[str, Code]] = {
     "api_key_expired": Code(401, GATEWAY_REFUSED),
     "pool_forbidden": Code(403, GATEWAY_REFUSED),
     "admin_required": Code(403, GATEWAY_REFUSED),
+    "stdio_forbidden": Code(403, GATEWAY_REFUSED),
     "origin_forbidden": Code(403, GATEWAY_REFUSED),
     "unknown_pool": Code(404, INVALID_PARAMS),
     "unknown_tool": Code(404, INVALID_PARAMS),

@@ -36,7 +36,7 @@ T = TypeVar("T")
 
 class RuntimeHost:
     def __init__(self) -> None:
-        self.runtime = Runtime(on_outlier=self._on_outlier)
+        self.runtime = Runtime(on_outlier=self._on_outlier, policy=settings.MCPPOOL_UPSTREAM_POLICY)
         self._tasks: list[asyncio.Task[None]] = []
         self._reload_lock = asyncio.Lock()
         self._started = False

@@ -13,10 +13,12 @@ import os
 import secrets
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from balancing.engine.policy import CommandPolicy, OutboundPolicy, UpstreamPolicy, networks
 from mcppool.env import env_bool, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -218,6 +220,60 @@ MCPPOOL_SHUTDOWN_GRACE_SECONDS = env_float("MCPPOOL_SHUTDOWN_GRACE_SECONDS", 10.
 MCPPOOL_MAX_BODY_BYTES = env_int("MCPPOOL_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
 MCPPOOL_HEALTH_RETENTION_DAYS = env_int("MCPPOOL_HEALTH_RETENTION_DAYS", 7, minimum=1)
 MCPPOOL_RUNTIME_ENABLED = env_bool("MCPPOOL_RUNTIME_ENABLED", default=True)
+# A request body must arrive within this time (408 after): a client declaring a large body and
+# sending nothing must not hold a connection open.
+MCPPOOL_BODY_TIMEOUT_SECONDS = env_float("MCPPOOL_BODY_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+
+# What upstreams may be (`balancing/engine/policy.py`, docs/security.md). Programs a stdio server
+# may run: full paths or globs, a bare name as written in the config, optionally followed by the
+# arguments it must start with; shells only when listed by full path. The default allows what
+# examples/pools.yaml needs and nothing else.
+MCPPOOL_STDIO_COMMANDS = env_list("MCPPOOL_STDIO_COMMANDS", ["python -m mcp_server_time"])
+# Whether an admin API key may create or change stdio servers over REST (it runs programs).
+MCPPOOL_API_STDIO = env_bool("MCPPOOL_API_STDIO", default=False)
+# Where HTTP upstreams may point: extra denied and allowed networks (CIDR; allowed wins over
+# denied), and one switch to deny loopback and private ranges too. Link-local and metadata
+# addresses and this service's own database and broker are denied by default.
+MCPPOOL_OUTBOUND_ALLOW = env_list("MCPPOOL_OUTBOUND_ALLOW")
+MCPPOOL_OUTBOUND_DENY = env_list("MCPPOOL_OUTBOUND_DENY")
+MCPPOOL_OUTBOUND_DENY_PRIVATE = env_bool("MCPPOOL_OUTBOUND_DENY_PRIVATE", default=False)
+
+
+def _service_endpoints() -> list[tuple[str, int]]:
+    """The database and broker this service uses: never an upstream's address."""
+    found = []
+    database = DATABASES["default"]
+    if database.get("HOST"):
+        default_port = {"postgresql": 5432, "mysql": 3306}.get(
+            str(database["ENGINE"]).rsplit(".", 1)[-1], 0
+        )
+        found.append((str(database["HOST"]), int(database.get("PORT") or default_port)))
+    if REDIS_URL:
+        redis = urlsplit(REDIS_URL)
+        found.append((redis.hostname or "localhost", redis.port or 6379))
+    return [(host, port) for host, port in found if port]
+
+
+def _upstream_policy() -> UpstreamPolicy:
+    try:
+        commands = CommandPolicy.parse(MCPPOOL_STDIO_COMMANDS)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"MCPPOOL_STDIO_COMMANDS: {exc}") from None
+    for name in ("MCPPOOL_OUTBOUND_ALLOW", "MCPPOOL_OUTBOUND_DENY"):
+        try:
+            networks(globals()[name])
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{name}: {exc}") from None
+    outbound = OutboundPolicy.build(
+        allow=MCPPOOL_OUTBOUND_ALLOW,
+        deny=MCPPOOL_OUTBOUND_DENY,
+        deny_private=MCPPOOL_OUTBOUND_DENY_PRIVATE,
+        services=_service_endpoints(),
+    )
+    return UpstreamPolicy(commands, outbound)
+
+
+MCPPOOL_UPSTREAM_POLICY = _upstream_policy()
 
 LOGGING = {
     "version": 1,

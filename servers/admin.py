@@ -192,6 +192,22 @@ class ServerForm(_ServerForm):
         super().__init__(*args, **kwargs)
         for name in ("secret_headers", "secret_env"):
             self.initial[name] = secrets.masked(getattr(self.instance, name) or {})
+        stored = [
+            name
+            for field in secrets.SECRET_FIELDS
+            for name in (getattr(self.instance, field) or {})
+        ]
+        if self.instance.pk and stored:
+            # Said before saving: a new target drops the stored secrets (`drop_on_new_target`).
+            warning = (
+                f"Changing the transport, URL, command, arguments or working directory drops the "
+                f"stored secret values ({', '.join(sorted(stored))}) unless you type them again "
+                f"in this same save."
+            )
+            for name in secrets.TARGET_FIELDS:
+                if name in self.fields:
+                    help_text = self.fields[name].help_text
+                    self.fields[name].help_text = f"{help_text} {warning}".strip()
 
     def clean_secret_headers(self) -> dict[str, str]:
         return self._sealed("secret_headers")

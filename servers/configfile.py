@@ -319,7 +319,13 @@ class _Planner:
                 continue
             server = existing.get(name) or Server(pool=pool)
             self._seal_secrets(path, server, values, bad)
+            stored_secrets = {name: getattr(server, name) for name in SECRET_FIELDS}
             changed = _assign(server, values)
+            # A new target drops the stored secrets the file does not give again: say so in the
+            # plan (a dry run shows it), not only when it is written.
+            for name in secrets.drop_on_new_target(server):
+                changed = [c for c in changed if c[0] != name]
+                changed.append((name, stored_secrets[name], getattr(server, name)))
             _mask_changes(changed)
             # A server of a pool this file creates cannot be checked for a duplicate name in the
             # database yet; names within the file were just checked above.

@@ -11,7 +11,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator, RegexVa
 from django.db import models
 from django.utils import timezone
 
-from servers import choices
+from servers import choices, secrets
 
 
 def _positive(maximum: float) -> list[Any]:
@@ -176,6 +176,17 @@ class Server(models.Model):
     def __str__(self) -> str:
         return f"{self.pool.slug}/{self.name}" if self.pool_id else self.name
 
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # Every write path (admin, REST, YAML apply, services) ends here: secrets follow their
+        # target. A save limited to some fields writes the dropped secrets too.
+        update_fields = kwargs.get("update_fields")
+        if secrets.drop_on_new_target(self, update_fields) and update_fields is not None:
+            kwargs["update_fields"] = {*update_fields, *secrets.SECRET_FIELDS}
+        super().save(*args, **kwargs)
+        # What this write supplied counts for this write only.
+        for field in secrets.SECRET_FIELDS:
+            setattr(self, field, dict(getattr(self, field) or {}))
+
     def clean(self) -> None:
         errors: dict[str, str] = {}
         if self.transport == choices.Transport.STREAMABLE_HTTP:
@@ -211,8 +222,25 @@ class Server(models.Model):
             plain_names = {fold(k) for k in plain} if isinstance(plain, dict) else set()
             if both := sorted(k for k in tokens if fold(k) in plain_names):
                 errors[field] = f"{', '.join(both)}: set both as plain and as secret; keep one."
+        if not errors:
+            self._check_policy(errors)
         if errors:
             raise ValidationError(errors)
+
+    def _check_policy(self, errors: dict[str, str]) -> None:
+        """The operator's upstream policy (settings.MCPPOOL_UPSTREAM_POLICY, from the environment):
+        which programs may run, where requests may go. Its refusals are ValueErrors naming the
+        field (`balancing.engine.policy.PolicyRefused`); the engine checks again at spawn and at
+        connect time."""
+        policy = settings.MCPPOOL_UPSTREAM_POLICY
+        try:
+            if self.transport == choices.Transport.STREAMABLE_HTTP:
+                policy.outbound.check_url(self.url)
+            elif self.transport == choices.Transport.STDIO:
+                names = {**self.env, **self.secret_env}
+                policy.commands.check(self.command, self.args, names, self.cwd)
+        except ValueError as refused:
+            errors[getattr(refused, "field", "command")] = str(refused)
 
 
 def _is_str_map(value: object) -> bool:

@@ -14,7 +14,7 @@ without ever seeing, or having to know, the secret.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -152,14 +152,22 @@ def masked(tokens: Mapping[str, str]) -> dict[str, str]:
     return shown
 
 
-def seal(values: Mapping[str, str], current: Mapping[str, str]) -> dict[str, str]:
+class Sealed(dict[str, str]):
+    """A token map as a write sealed it, remembering which names the write gave in plaintext
+    (`supplied`): only those survive a change of the server's target (`drop_on_new_target`)."""
+
+    supplied: frozenset[str] = frozenset()
+
+
+def seal(values: Mapping[str, str], current: Mapping[str, str]) -> Sealed:
     """The token map to store for `values` (name → plain or masked value), given the stored one.
 
     A masked value keeps the stored token; an unchanged plain value keeps it too, so saving a
     form or re-applying a file writes nothing new. A name left out is removed. Raises
     MaskedWithoutValue when a masked value has nothing stored to keep.
     """
-    sealed: dict[str, str] = {}
+    sealed = Sealed()
+    sealed.supplied = frozenset(name for name, value in values.items() if not is_masked(value))
     missing: list[str] = []
     for name, value in values.items():
         token = current.get(name)
@@ -182,3 +190,34 @@ def _decrypts_to(token: str, value: str) -> bool:
         return decrypt(token) == value
     except SecretUnreadable:
         return False
+
+
+# What a secret value is bound to: where the requests go (HTTP) or what program receives the
+# environment (stdio). A write that changes one of these could point a stored credential at a
+# listener of its own, so stored secrets do not survive it unless the write gives them again.
+TARGET_FIELDS = ("transport", "url", "command", "args", "cwd")
+SECRET_FIELDS = ("secret_headers", "secret_env")
+
+
+def drop_on_new_target(
+    server: Server, update_fields: Iterable[str] | None = None
+) -> dict[str, list[str]]:
+    """Before a save: when the server's target changes, keep only the secret values this same
+    write supplied in plaintext (a masked value, or no value, is not supplying it). Returns the
+    dropped names per field. Called from `Server.save()`, so admin, REST and YAML alike pass."""
+    if server.pk is None or not (server.secret_headers or server.secret_env):
+        return {}
+    if update_fields is not None and not set(update_fields) & set(TARGET_FIELDS):
+        return {}
+    stored = type(server).objects.filter(pk=server.pk).values(*TARGET_FIELDS).first()
+    if stored is None or all(stored[f] == getattr(server, f) for f in TARGET_FIELDS):
+        return {}
+    dropped: dict[str, list[str]] = {}
+    for field in SECRET_FIELDS:
+        tokens = getattr(server, field) or {}
+        supplied: frozenset[str] = getattr(tokens, "supplied", frozenset())
+        kept = {name: token for name, token in tokens.items() if name in supplied}
+        if len(kept) != len(tokens):
+            dropped[field] = sorted(set(tokens) - set(kept))
+            setattr(server, field, kept)
+    return dropped

@@ -14,11 +14,13 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import TypeVar
 
+from django.conf import settings
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import F, Model
 from django.utils import timezone
 
-from servers import events
+from servers import choices, events
 from servers import secrets as upstream_secrets
 from servers.choices import ServerState
 from servers.models import AffinityRule, ApiKey, ConfigState, Flip, Pool, Server
@@ -52,12 +54,34 @@ def config_version() -> int:
     return row or 0
 
 
-def save(obj: ConfigModel) -> ConfigModel:
-    """Validate and save a pool, server or affinity rule."""
+class ApiWriteRefused(PermissionDenied):
+    """A write the REST API may not make, whatever the key (the operator's setting decides)."""
+
+
+def save(obj: ConfigModel, *, via_api: bool = False) -> ConfigModel:
+    """Validate and save a pool, server or affinity rule. `via_api`: the write comes from an
+    admin API key, which may not create or change stdio servers unless MCPPOOL_API_STDIO."""
     with config_change(f"save {type(obj).__name__.lower()} {obj}"):
+        if via_api:
+            refuse_api_stdio(obj)
         obj.full_clean()
         obj.save()
     return obj
+
+
+def refuse_api_stdio(obj: Model) -> None:
+    """A stdio server runs a program on this host: creating or changing one is the operator's
+    (admin, `mcppool apply`), not an API key's, unless MCPPOOL_API_STDIO says otherwise."""
+    if not isinstance(obj, Server) or settings.MCPPOOL_API_STDIO:
+        return
+    stdio = choices.Transport.STDIO
+    if obj.transport == stdio or (
+        obj.pk is not None and Server.objects.filter(pk=obj.pk, transport=stdio).exists()
+    ):
+        raise ApiWriteRefused(
+            "stdio servers cannot be created or changed through the API "
+            "(MCPPOOL_API_STDIO is off): use the admin or `mcppool apply`"
+        )
 
 
 def delete(obj: Model) -> None:

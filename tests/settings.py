@@ -7,6 +7,14 @@ os.environ.setdefault(
     "MCPPOOL_VAR_DIR", os.path.join(os.path.dirname(__file__), "..", "var", "test")
 )
 
+# The stdio programs the tests start (an explicit list, as a deployment would give): the
+# interpreter running the tests (their own upstreams, mcp-server-time, the SDK's servers), npm's
+# server-everything under node, and names that exist only to be saved or to fail to start.
+# Set in the environment so gateways and workers the tests start as subprocesses get it too.
+os.environ.setdefault(
+    "MCPPOOL_STDIO_COMMANDS", "python, node, x, /nonexistent, /nonexistent/mcp-server"
+)
+
 from mcppool.settings import *  # noqa: F403
 
 CELERY_TASK_ALWAYS_EAGER = True

@@ -46,9 +46,11 @@ from balancing.engine.errors import (
 )
 from balancing.engine.metrics import RuntimeMetrics
 from balancing.engine.outlier import Ejected, Outcome, OutlierDetector, OutlierEvent, Recovered
+from balancing.engine.policy import UpstreamPolicy
 from balancing.engine.retry import RetryBudget, may_retry
 from balancing.engine.sessions import AcquireTimeout, PoolClosed, Session, SessionPool
 from balancing.engine.stats import ServerStats
+from balancing.engine.transport_http import client_session
 from balancing.engine.upstream import UpstreamSession
 
 log = logging.getLogger(__name__)
@@ -135,8 +137,11 @@ class Runtime:
         rng: random.Random | None = None,
         on_outlier: EventSink | None = None,
         open_session: Callable[[PoolConfig, ServerConfig], Awaitable[Session]] | None = None,
+        policy: UpstreamPolicy | None = None,
     ) -> None:
         self.clock = clock
+        # The operator's command and outbound policy, enforced at spawn and at connect time.
+        self.policy = policy
         self.rng = rng or random.Random()
         self.metrics = RuntimeMetrics()
         self.pools: dict[str, LivePool] = {}
@@ -152,11 +157,7 @@ class Runtime:
     async def start(self, snapshot: Snapshot) -> None:
         # One keep-alive connector for every HTTP upstream: building a client per session costs
         # ~26 ms (SSL context) and loses connection reuse.
-        self._http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
-            timeout=aiohttp.ClientTimeout(total=None),
-            skip_auto_headers=("User-Agent",),
-        )
+        self._http = client_session(self.policy.outbound if self.policy else None)
         self._started = True
         await self.apply(snapshot, initial=True)
         self._maintainer = asyncio.create_task(self._maintain_forever(), name="mcppool-maintain")
@@ -288,6 +289,7 @@ class Runtime:
             on_event=on_event,
             timeout=max(pool.acquire_timeout, 10.0),
             listen=listen,
+            commands=self.policy.commands if self.policy else None,
         )
 
     # ---- calls -------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from balancing.engine.errors import (
     UpstreamError,
 )
 from balancing.engine.jsonrpc import JsonObject
+from balancing.engine.policy import OutboundPolicy
 
 if TYPE_CHECKING:
     from balancing.engine.upstream import Call, Deliver
@@ -59,6 +60,25 @@ LAST_EVENT_ID_HEADER: Final = "last-event-id"
 
 _JSON: Final = "application/json"
 _SSE: Final = "text/event-stream"
+
+
+def client_session(outbound: OutboundPolicy | None = None) -> aiohttp.ClientSession:
+    """The owner's shared aiohttp session (one keep-alive connector for every HTTP upstream).
+
+    With a policy, every address a connection is about to use is checked after DNS resolution
+    (the connector's socket factory), so a name rebound to a denied address is refused at
+    connect time, not only when the URL was saved. The runtime and the health probes use this.
+    """
+    connector = aiohttp.TCPConnector(
+        limit=0,
+        keepalive_timeout=60,
+        socket_factory=outbound.socket_factory if outbound is not None else None,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None),
+        skip_auto_headers=("User-Agent",),
+    )
 
 
 class SseParser:

@@ -20,6 +20,7 @@ from balancing.engine import jsonrpc
 from balancing.engine.config import Era, ServerConfig
 from balancing.engine.errors import ConnectFailed, SessionGone, UpstreamClosed
 from balancing.engine.jsonrpc import JsonObject
+from balancing.engine.policy import CommandPolicy, PolicyRefused
 
 if TYPE_CHECKING:
     from balancing.engine.upstream import Call, Deliver
@@ -73,8 +74,11 @@ def child_environment(configured: tuple[tuple[str, str], ...]) -> dict[str, str]
 class StdioTransport:
     """Framing and process lifecycle for one stdio `UpstreamSession`."""
 
-    def __init__(self, server: ServerConfig, deliver: Deliver) -> None:
+    def __init__(
+        self, server: ServerConfig, deliver: Deliver, commands: CommandPolicy | None = None
+    ) -> None:
         self._server = server
+        self._commands = commands
         self._name = server.name
         self._deliver = deliver
         self._process: asyncio.subprocess.Process | None = None
@@ -105,6 +109,15 @@ class StdioTransport:
 
     async def start(self) -> None:
         server = self._server
+        if self._commands is not None:
+            # Checked again at spawn: the config may predate the policy, or have been written
+            # around the model (a raw SQL edit, a restored dump).
+            try:
+                self._commands.check(server.command, server.args, dict(server.env), server.cwd)
+            except PolicyRefused as refused:
+                raise ConnectFailed(
+                    f"not started, refused by the command policy: {refused}", server=self._name
+                ) from None
         try:
             self._process = await asyncio.create_subprocess_exec(
                 server.command,

@@ -40,6 +40,7 @@ from balancing.engine.errors import (
     UpstreamTimeout,
 )
 from balancing.engine.jsonrpc import JsonObject, Kind, RequestId
+from balancing.engine.policy import CommandPolicy
 
 if TYPE_CHECKING:
     import aiohttp
@@ -153,6 +154,7 @@ class UpstreamSession:
         timeout: float,
         clock: Clock = time.monotonic,
         listen: bool = False,
+        commands: CommandPolicy | None = None,
     ) -> UpstreamSession:
         """Connect (HTTP) or spawn (stdio), then negotiate the era ``server.era`` asks for.
 
@@ -160,6 +162,7 @@ class UpstreamSession:
         upstream); it is required for HTTP servers and ignored for stdio. ``listen``: over HTTP
         in the handshake era, also hold the server's GET stream open for messages outside any
         call (to ``on_event``) while the session lives; stdio sessions always receive them.
+        ``commands``: the operator's stdio command policy, checked again just before spawning.
         """
         session = cls(
             server,
@@ -171,7 +174,7 @@ class UpstreamSession:
         if server.transport is Transport.STDIO:
             from balancing.engine.transport_stdio import StdioTransport
 
-            session._transport = StdioTransport(server, session._deliver)
+            session._transport = StdioTransport(server, session._deliver, commands)
         else:
             if http is None:
                 raise ValueError(f"{server.name}: an HTTP server needs the shared aiohttp session")
