@@ -23,6 +23,7 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 
 from balancing import adapter
+from balancing.engine import liveness
 from balancing.engine.config import ServerConfig
 from balancing.engine.outlier import Ejected, OutlierEvent
 from balancing.engine.runtime import Runtime
@@ -83,6 +84,7 @@ class RuntimeHost:
             self._tasks = [
                 asyncio.create_task(self._poll_forever(), name="mcppool-config-poll"),
                 asyncio.create_task(self._listen_forever(), name="mcppool-config-events"),
+                asyncio.create_task(self._report_forever(), name="mcppool-liveness"),
             ]
             self._started = True
             log.info("runtime started: %d pools, config v%d", len(snapshot.pools), snapshot.version)
@@ -134,6 +136,20 @@ class RuntimeHost:
                 await self.reload(if_newer_than=self.runtime.version)
             except Exception as exc:  # database away: keep serving on the last known config
                 log.warning("config poll failed (serving the last known config): %s", exc)
+
+    async def _report_forever(self) -> None:
+        """Report the stdio servers this runtime runs to the health checks (see
+        `balancing.engine.liveness`): they then need no probe process of their own."""
+        while True:
+            await asyncio.sleep(liveness.period(self.runtime))
+            try:
+                await self.report_liveness()
+            except Exception as exc:  # database away: the checks probe on their own meanwhile
+                log.warning("liveness report failed: %s", exc)
+
+    async def report_liveness(self) -> int:
+        reports = await liveness.survey(self.runtime)
+        return await self._db(adapter.record_liveness, reports) if reports else 0
 
     async def _listen_forever(self) -> None:
         if not settings.REDIS_URL:

@@ -202,7 +202,13 @@ class PoolAdmin(_PoolAdmin):
         ),
         (
             "Active checks",
-            {"fields": (("check_interval", "check_timeout"), ("fall", "rise"))},
+            {
+                "fields": (
+                    ("check_interval", "check_timeout"),
+                    "start_timeout",
+                    ("fall", "rise"),
+                )
+            },
         ),
         (
             "Passive health (outlier detection)",

@@ -73,6 +73,14 @@ def local_command(server: ServerConfig) -> ServerConfig:
     return server
 
 
+def start_timeout(pool: PoolConfig, server: ServerConfig) -> float:
+    """How long opening a session may take: a stdio server gets the pool's `start_timeout`
+    (spawning an interpreter on a loaded machine has taken 19 s), an HTTP one 10 s."""
+    if server.transport is Transport.STDIO:
+        return pool.start_timeout
+    return max(pool.acquire_timeout, 10.0)
+
+
 class UnknownPool(LookupError):
     def __init__(self, slug: str) -> None:
         super().__init__(f"no pool {slug!r}")
@@ -286,7 +294,7 @@ class Runtime:
             client_info=CLIENT_INFO,
             capabilities=SHARED_CAPABILITIES if capabilities is None else capabilities,
             on_event=on_event,
-            timeout=max(pool.acquire_timeout, 10.0),
+            timeout=start_timeout(pool, server),
             listen=listen,
         )
 
