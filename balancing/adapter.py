@@ -29,11 +29,12 @@ from balancing.engine.config import (
     Strategy,
     Transport,
 )
+from balancing.engine.liveness import Liveness
 from balancing.errors_http import ApiError
 from balancing.keys import KeyRecord
 from servers import configfile, secrets, services
 from servers.choices import ServerState
-from servers.models import POOL_TUNING, AffinityRule, ApiKey, Pool, Server
+from servers.models import POOL_TUNING, AffinityRule, ApiKey, Pool, RuntimeReport, Server
 
 
 def server_config(row: Server) -> ServerConfig:
@@ -126,6 +127,39 @@ def record_outlier(server_id: int, ejected: bool) -> bool:
         reason="passed its trial call after ejection",
         source="passive",
     )
+
+
+REPORT_FIELDS = ("at", "ok", "starting", "latency_ms", "error", "era", "protocol_version")
+
+
+def record_liveness(reports: Iterable[Liveness]) -> int:
+    """Store this runtime's reports on its stdio servers (one upsert); returns how many."""
+    from django.utils import timezone
+
+    now = timezone.now()
+    wanted = {r.server_id: r for r in reports}
+    existing = set(Server.objects.filter(pk__in=wanted).values_list("pk", flat=True))
+    rows = [
+        RuntimeReport(
+            server_id=r.server_id,
+            at=now,
+            ok=r.ok,
+            starting=r.starting,
+            latency_ms=r.latency_ms,
+            error=r.error,
+            era=r.era,
+            protocol_version=r.protocol_version,
+        )
+        for r in wanted.values()
+        if r.server_id in existing
+    ]
+    try:
+        RuntimeReport.objects.bulk_create(
+            rows, update_conflicts=True, unique_fields=["server"], update_fields=REPORT_FIELDS
+        )
+    except IntegrityError:
+        return 0  # a server deleted between the two statements: the next round writes the rest
+    return len(rows)
 
 
 # ---- API keys (the REST and MCP endpoints authenticate from memory; these fill the cache) ----

@@ -23,6 +23,7 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 
 from balancing import adapter
+from balancing.engine import liveness
 from balancing.engine.config import ServerConfig
 from balancing.engine.outlier import Ejected, OutlierEvent
 from balancing.engine.runtime import Runtime
@@ -42,6 +43,7 @@ class RuntimeHost:
         self._started = False
         self._starting: asyncio.Future[None] | None = None
         self._pending_reports: set[asyncio.Task[Any]] = set()
+        self._panicking: set[str] = set()  # pools in panic at the last look (for the log)
         # The host's own database thread: its connection is reused between polls (CONN_MAX_AGE)
         # and closed on stop, and DB work never waits behind a busy request thread.
         self._db_thread: ThreadPoolExecutor | None = None
@@ -83,6 +85,7 @@ class RuntimeHost:
             self._tasks = [
                 asyncio.create_task(self._poll_forever(), name="mcppool-config-poll"),
                 asyncio.create_task(self._listen_forever(), name="mcppool-config-events"),
+                asyncio.create_task(self._report_forever(), name="mcppool-liveness"),
             ]
             self._started = True
             log.info("runtime started: %d pools, config v%d", len(snapshot.pools), snapshot.version)
@@ -134,6 +137,42 @@ class RuntimeHost:
                 await self.reload(if_newer_than=self.runtime.version)
             except Exception as exc:  # database away: keep serving on the last known config
                 log.warning("config poll failed (serving the last known config): %s", exc)
+
+    async def _report_forever(self) -> None:
+        """Report the stdio servers this runtime runs to the health checks (see
+        `balancing.engine.liveness`): they then need no probe process of their own. Log each
+        pool entering or leaving panic on the way."""
+        while True:
+            await asyncio.sleep(liveness.period(self.runtime))
+            self.watch_panic()
+            try:
+                await self.report_liveness()
+            except Exception as exc:  # database away: the checks probe on their own meanwhile
+                log.warning("liveness report failed: %s", exc)
+
+    def watch_panic(self) -> None:
+        """One log line when a pool enters panic (with the reason) and one when it leaves."""
+        now = self.runtime.clock()
+        for slug, live in list(self.runtime.pools.items()):
+            state = live.balancer.panic_state(list(live.endpoints.values()), now)
+            if state.panic and slug not in self._panicking:
+                log.warning("pool %s in panic: %s", slug, state.reason)
+            elif not state.panic and slug in self._panicking:
+                log.info(
+                    "pool %s out of panic: %d of %d servers healthy",
+                    slug,
+                    state.healthy,
+                    state.enabled,
+                )
+            if state.panic:
+                self._panicking.add(slug)
+            else:
+                self._panicking.discard(slug)
+        self._panicking &= set(self.runtime.pools)
+
+    async def report_liveness(self) -> int:
+        reports = await liveness.survey(self.runtime)
+        return await self._db(adapter.record_liveness, reports) if reports else 0
 
     async def _listen_forever(self) -> None:
         if not settings.REDIS_URL:

@@ -20,13 +20,13 @@ from django.db import transaction
 from django.utils import timezone
 
 from balancing import adapter
-from balancing.engine.config import Health, PoolConfig
+from balancing.engine.config import Health, PoolConfig, Transport
 from monitoring import health, metrics, probes
 from monitoring.models import HealthCheck
 from monitoring.probes import Prober, ProbeResult
 from servers import services
 from servers.choices import ServerState
-from servers.models import Flip, Pool, Server
+from servers.models import Flip, Pool, RuntimeReport, Server
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -35,8 +35,11 @@ T = TypeVar("T")
 # servers are not all hit in the same millisecond, round after round.
 JITTER_SHARE = 0.1
 # Time given to a round of probes on top of the check timeout before the caller stops waiting
-# (a stdio server may take STDIO_START_TIMEOUT to spawn).
-ROUND_SLACK = probes.STDIO_START_TIMEOUT + 5.0
+# (every probe ends within the check timeout: a stdio start goes on in the background).
+ROUND_SLACK = 5.0
+# A runtime's report on a stdio server stands for a probe while it is this many intervals old at
+# most (runtimes report every half interval): older, the worker probes the server itself.
+REPORT_FRESH_INTERVALS = 2.0
 
 
 class ProbeRunner(Protocol):
@@ -79,10 +82,33 @@ def check_servers(
     return checks
 
 
+def reported(servers: Iterable[Server], interval: float) -> dict[int, ProbeResult]:
+    """Fresh runtime reports on these stdio servers, as probe results (see
+    `balancing.engine.liveness`): a server a web process runs needs no probe process."""
+    stdio = [s.pk for s in servers if s.transport == Transport.STDIO]
+    if not stdio:
+        return {}
+    since = timezone.now() - timedelta(seconds=interval * REPORT_FRESH_INTERVALS)
+    rows = RuntimeReport.objects.filter(server_id__in=stdio, at__gte=since)
+    return {
+        row.server_id: ProbeResult(
+            ok=row.ok,
+            latency_ms=row.latency_ms,
+            error=row.error if row.ok else f"runtime: {row.error}",
+            era=row.era if row.ok else "",
+            protocol_version=row.protocol_version if row.ok else "",
+            starting=row.starting,
+        )
+        for row in rows
+    }
+
+
 def _check(
     pool: Pool, servers: list[Server], runner: ProbeRunner, *, jitter: float, whole: bool
 ) -> list[HealthCheck]:
     config = adapter.pool_config(pool, servers, [])
+    known = reported(servers, pool.check_interval)
+    probed = [s for s in servers if s.pk not in known]
     wanted = [
         (
             adapter.server_config(s),
@@ -90,20 +116,26 @@ def _check(
                 Health(s.health), consecutive_ok=s.consecutive_ok, tools_hash=s.tools_hash
             ),
         )
-        for s in servers
+        for s in probed
     ]
 
     async def probe_all(prober: Prober) -> list[ProbeResult]:
+        # A server a runtime reports on is not probed: end this process's copy of it too.
+        await prober.forget(server_id for server_id in known if server_id in prober.kept)
         results = await prober.probe_pool(config, wanted, jitter=jitter, rng=random.Random())
         if whole:
-            await prober.retain(pool.pk, [s.pk for s in servers])
+            await prober.retain(pool.pk, [s.pk for s in probed])
         return results
 
-    results = runner(probe_all, timeout=jitter + config.check_timeout + ROUND_SLACK)
-    for server, result in zip(servers, results, strict=True):
+    found = dict(known)
+    if wanted or whole or known:
+        results = runner(probe_all, timeout=jitter + config.check_timeout + ROUND_SLACK)
+        found.update(zip((s.pk for s in probed), results, strict=True))
+    done = [(s, found[s.pk]) for s in servers if not found[s.pk].starting]
+    for server, result in done:
         metrics.record_health_check(pool.slug, server.name, result.ok, result.seconds)
-    checks = [c for s, r in zip(servers, results, strict=True) if (c := record(s.pk, r, config))]
-    if any(r.tools_count is not None for r in results):
+    checks = [c for s, r in done if (c := record(s.pk, r, config))]
+    if any(r.tools_count is not None for _, r in done):
         refresh_tools_differ(pool.pk)
     return checks
 

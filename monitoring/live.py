@@ -31,6 +31,7 @@ from channels.db import database_sync_to_async
 from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 
+from balancing.engine.balancer import PanicState, panic_state
 from balancing.engine.config import AdminState, Health, PoolConfig, ServerConfig
 from balancing.engine.metrics import BUCKETS
 from balancing.engine.runtime import LivePool, Runtime
@@ -201,6 +202,8 @@ class PoolNumbers:
     error_rate: float | None = None
     p99_ms: float | None = None
     live: bool = False  # False: this process runs no runtime for the pool (config only)
+    panic: bool = False  # too few healthy servers: calls go to every enabled server
+    panic_reason: str = ""
     servers: list[ServerNumbers] = field(default_factory=list)
 
     @property
@@ -288,6 +291,8 @@ def pool_numbers(
         pool.in_flight += numbers.in_flight
         if window is not None:
             picks[server.name] = window.picks
+    state = pool_panic(config, live, now)
+    pool.panic, pool.panic_reason = state.panic, state.reason
     if live is not None:
         _rates(pool, (config.slug, ""), sampler, now)
     total_picks = sum(picks.values())
@@ -296,6 +301,21 @@ def pool_numbers(
             # No picks in the window: no share to speak of (rather than a misleading 0 %).
             numbers.share = round(picks[numbers.name] / total_picks, 4) if total_picks else None
     return pool
+
+
+def pool_panic(config: PoolConfig, live: LivePool | None, now: float) -> PanicState:
+    """The pool's panic as this process's balancer sees it (or, without a runtime, as the stored
+    health says): one answer for the dashboard, the metric and the REST pool status."""
+    if live is not None:
+        return live.balancer.panic_state(list(live.endpoints.values()), now)
+    return panic_state(
+        config,
+        (
+            (s.priority, s.health not in (Health.DOWN, Health.EJECTED))
+            for s in config.servers
+            if s.state is AdminState.ENABLED
+        ),
+    )
 
 
 def all_numbers(

@@ -102,6 +102,9 @@ class _Families:
         self.retries = _counter("retries", "Calls retried on another server.", ["pool"])
         self.refused = _counter("retries_refused", "Retries the retry budget refused.", ["pool"])
         self.panic = _counter("panic", "Picks made in panic mode (too few healthy).", ["pool"])
+        self.pool_panic = _gauge(
+            "pool_panic", "1 while the pool is below its panic threshold.", ["pool"]
+        )
         self.rate_limited = _counter("rate_limited", "Requests refused by a rate limit.", ["pool"])
         self.version = _gauge("config_version", "Config version the runtime runs.", [])
 
@@ -165,6 +168,8 @@ def _fill(runtime: Runtime, f: _Families) -> None:
             family.add_metric([pool], n)
     f.version.add_metric([], max(runtime.version, 0))
     for slug, live in _items(runtime.pools):
+        panic = live.balancer.panic_state(list(live.endpoints.values()), now)
+        f.pool_panic.add_metric([slug], 1 if panic.panic else 0)
         strategy = live.config.strategy.value
         for server_id, endpoint in _items(live.endpoints):
             config, stats = endpoint.config, endpoint.stats

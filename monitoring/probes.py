@@ -8,12 +8,15 @@ A probe asks the cheapest question the server's era allows, on a session of the 
   trip rather than a full `initialize`; when the server has forgotten the session (404 after a
   restart) the probe re-initializes at once and pings again — the server is up, it just lost us;
 * stdio servers: through a process of the prober's own, kept like a session; a process that died
-  is spawned again by the next probe.
+  is spawned again by the next probe. (`monitoring.checks` probes only the stdio servers that no
+  web process reports on: the others are judged from the runtime's own sessions.)
 
 Every probe is bounded by the pool's `check_timeout`, so a hanging server fails its probe rather
-than holding up the worker. Opening a stdio session may take up to `STDIO_START_TIMEOUT` instead,
-since starting an interpreter alone costs about a second. Now and then a probe also reads
-`tools/list` and reduces it to a count and a hash (see `tools_hash`).
+than holding up the worker. Starting a stdio process is not: it goes on in the background for up
+to the pool's `start_timeout`, across as many probes as it takes (each answers "still starting",
+which counts neither way), so a server slower to start than the check interval is started once,
+not killed and spawned again every interval. Now and then a probe also reads `tools/list` and
+reduces it to a count and a hash (see `tools_hash`).
 
 `ProbeLoop` runs a `Prober` on an event loop thread of its own, so its sessions outlive the Celery
 task that used them; `run_once` probes with fresh sessions and closes them (the admin's
@@ -48,7 +51,6 @@ T = TypeVar("T")
 JsonObject = dict[str, Any]
 
 CLIENT_INFO: JsonObject = {"name": "mcppool-health", "version": "0.1.0"}
-STDIO_START_TIMEOUT = 10.0
 TOOLS_MAX_PAGES = 100  # against a server whose cursor never ends
 # The tool fields that decide what a call may send and get back and whether it may be retried.
 # Descriptions and titles are left out: rewording one changes nothing a caller relies on.
@@ -65,6 +67,11 @@ class ProbeResult:
     tools_count: int | None = None  # None: tools were not read by this probe
     tools_hash: str = ""
     seconds: float = 0.0  # the whole probe, opening a session included
+    starting: bool = False  # a stdio server still starting within its start timeout: no verdict
+
+
+class StillStarting(Exception):
+    """The server's process is starting and its start timeout has not passed: no verdict yet."""
 
 
 def tools_hash(tools: Iterable[JsonObject]) -> str:
@@ -100,14 +107,16 @@ class Prober:
         self.keep_sessions = keep_sessions
         self._clock = clock
         self._sessions: dict[int, tuple[tuple[Any, ...], UpstreamSession]] = {}
+        # stdio processes being started: (where, the opening, when it began); outlives probes
+        self._opening: dict[int, tuple[tuple[Any, ...], asyncio.Task[UpstreamSession], float]] = {}
         self._locks: dict[int, asyncio.Lock] = {}
         self._pool_of: dict[int, int] = {}  # server id -> pool id, for `retain`
         self._http: aiohttp.ClientSession | None = None
 
     @property
     def kept(self) -> set[int]:
-        """Ids of the servers with a probe session open now."""
-        return set(self._sessions)
+        """Ids of the servers with a probe session open (or a process starting) now."""
+        return set(self._sessions) | set(self._opening)
 
     def session_of(self, server_id: int) -> UpstreamSession | None:
         """The kept probe session of a server, if one is open."""
@@ -123,6 +132,8 @@ class Prober:
             started = self._clock()
             try:
                 result = await self._probe(pool, server, list_tools)
+            except StillStarting as exc:
+                result = ProbeResult(ok=False, error=str(exc), starting=True)
             except Exception as exc:  # whatever went wrong, it is this server's failed probe
                 if not isinstance(exc, (UpstreamError, OSError, TimeoutError)):
                     log.warning("probe of %s failed unexpectedly", server.name, exc_info=True)
@@ -168,7 +179,7 @@ class Prober:
             self._pool_of.pop(server_id, None)
 
     async def close(self) -> None:
-        await self.forget(list(self._sessions))
+        await self.forget(list(self.kept))
         if self._http is not None:
             await self._http.close()
             self._http = None
@@ -207,10 +218,11 @@ class Prober:
             if kept[0] == where and kept[1].alive:
                 return kept[1]
             await self._drop(server.id)
-        timeout = pool.check_timeout
         if server.transport is Transport.STDIO:
-            timeout = max(timeout, STDIO_START_TIMEOUT)
-        elif self._http is None:
+            session = await self._started(pool, server, where)
+            self._sessions[server.id] = (where, session)
+            return session
+        if self._http is None:
             self._http = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
                 timeout=aiohttp.ClientTimeout(total=None),
@@ -221,12 +233,52 @@ class Prober:
             http=self._http,
             client_info=CLIENT_INFO,
             capabilities={},
-            timeout=timeout,
+            timeout=pool.check_timeout,
         )
         self._sessions[server.id] = (where, session)
         return session
 
+    async def _started(
+        self, pool: PoolConfig, server: ServerConfig, where: tuple[Any, ...]
+    ) -> UpstreamSession:
+        """The stdio session once its process has started; waits at most the check timeout.
+
+        The start goes on in the background (up to `start_timeout`) when the probe gives up, and
+        the next probe waits for the same start rather than spawning another process.
+        """
+        opening = self._opening.get(server.id)
+        if opening is not None and opening[0] != where:
+            await self._drop(server.id)
+            opening = None
+        if opening is None:
+            task = asyncio.ensure_future(
+                UpstreamSession.open(
+                    local_command(server),
+                    http=None,
+                    client_info=CLIENT_INFO,
+                    capabilities={},
+                    timeout=pool.start_timeout,
+                )
+            )
+            opening = self._opening[server.id] = (where, task, self._clock())
+        _, task, since = opening
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), pool.check_timeout)
+        except TimeoutError:
+            if task.done():
+                raise  # the start itself timed out
+            raise StillStarting(
+                f"starting for {self._clock() - since:.0f}s (start timeout {pool.start_timeout:g}s)"
+            ) from None
+        finally:
+            if task.done():
+                self._opening.pop(server.id, None)
+
     async def _drop(self, server_id: int) -> None:
+        opening = self._opening.pop(server_id, None)
+        if opening is not None and not opening[1].done():
+            opening[1].cancel()  # ends the process being started
+            await asyncio.gather(opening[1], return_exceptions=True)
         kept = self._sessions.pop(server_id, None)
         if kept is not None:
             with contextlib.suppress(Exception):

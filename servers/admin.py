@@ -315,7 +315,13 @@ class PoolAdmin(OperatorFields, _PoolAdmin):
         ),
         (
             "Active checks",
-            {"fields": (("check_interval", "check_timeout"), ("fall", "rise"))},
+            {
+                "fields": (
+                    ("check_interval", "check_timeout"),
+                    "start_timeout",
+                    ("fall", "rise"),
+                )
+            },
         ),
         (
             "Passive health (outlier detection)",

@@ -37,6 +37,7 @@ POOL_TUNING = (
     "retry_budget_min",
     "check_interval",
     "check_timeout",
+    "start_timeout",
     "fall",
     "rise",
     "consecutive_failures",
@@ -74,7 +75,17 @@ class Pool(models.Model):
     retry_budget_min = models.PositiveSmallIntegerField(default=3, validators=_between(0, 1000))
     # Active health checks (HAProxy fall/rise).
     check_interval = models.FloatField(default=5.0, validators=[MinValueValidator(0.5)])
-    check_timeout = models.FloatField(default=2.0, validators=_positive(60))
+    check_timeout = models.FloatField(
+        default=2.0, validators=_positive(60), help_text="A probe that takes longer fails"
+    )
+    # Opening a stdio session: spawning the server and the MCP negotiation. Loaded machines have
+    # taken 19 s to start a Python interpreter; a probe never kills a server still starting
+    # within this time (docs/health.md, "Stdio servers").
+    start_timeout = models.FloatField(
+        default=30.0,
+        validators=_positive(600),
+        help_text="How long a stdio server may take to start (spawn + negotiation)",
+    )
     fall = models.PositiveSmallIntegerField(default=3, validators=_between(1, 100))
     rise = models.PositiveSmallIntegerField(default=2, validators=_between(1, 100))
     # Passive health: outlier detection (Envoy).
@@ -347,6 +358,26 @@ class ConfigState(models.Model):
 
     def __str__(self) -> str:
         return f"config v{self.version}"
+
+
+class RuntimeReport(models.Model):
+    """What a web process's runtime last saw of a stdio server it runs: does it answer, how fast,
+    in which protocol era. The health check uses a fresh report instead of a probe of its own, so
+    checking a running stdio server costs no second process (docs/health.md, "Stdio servers")."""
+
+    server = models.OneToOneField(
+        Server, on_delete=models.CASCADE, primary_key=True, related_name="runtime_report"
+    )
+    at = models.DateTimeField(db_index=True)
+    ok = models.BooleanField()
+    starting = models.BooleanField(default=False, help_text="Still starting within its timeout")
+    latency_ms = models.FloatField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    era = models.CharField(max_length=10, blank=True)
+    protocol_version = models.CharField(max_length=20, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.server_id}: {'ok' if self.ok else 'failing'} at {self.at:%H:%M:%S}"
 
 
 class Flip(models.Model):

@@ -98,6 +98,7 @@ class PoolIn(Schema):
     retry_budget_min: int | None = None
     check_interval: float | None = None
     check_timeout: float | None = None
+    start_timeout: float | None = None
     fall: int | None = None
     rise: int | None = None
     consecutive_failures: int | None = None

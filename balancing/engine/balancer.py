@@ -27,7 +27,8 @@ this call) and servers at their in-flight cap neither.
 from __future__ import annotations
 
 import random
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from operator import attrgetter
 from typing import NamedTuple
@@ -66,6 +67,54 @@ class Pick(NamedTuple):
     trial: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class PanicState:
+    """Is the pool in panic (too few healthy servers, calls spread over all), and why.
+
+    What the REST pool status, the dashboard banner, `mcppool_pool_panic` and the log line show;
+    the same arithmetic the balancer's picks follow (steps 3–4 above), without a call."""
+
+    panic: bool
+    healthy: int  # enabled servers not down and not ejected
+    enabled: int
+    threshold: float
+    reason: str = ""  # empty when not in panic
+
+
+def panic_state(pool: PoolConfig, servers: Iterable[tuple[int, bool]]) -> PanicState:
+    """Panic of a pool from `(priority, healthy)` of each enabled server.
+
+    In panic when the levels together cannot take all traffic (normalized health under 100) and
+    some level with servers is under `panic_threshold` healthy — or when nothing is healthy.
+    """
+    levels: dict[int, list[int]] = {}
+    for priority, is_healthy in servers:
+        counts = levels.setdefault(priority, [0, 0])
+        counts[0] += is_healthy
+        counts[1] += 1
+    healthy = sum(c[0] for c in levels.values())
+    enabled = sum(c[1] for c in levels.values())
+    threshold = pool.panic_threshold
+    calm = PanicState(False, healthy, enabled, threshold)
+    if not enabled or threshold <= 0:
+        return calm
+    scale = pool.overprovisioning * 100.0
+    total = sum(min(100.0, scale * h / n) for h, n in levels.values())
+    if total >= 100.0:
+        return calm
+    for priority in sorted(levels):
+        h, n = levels[priority]
+        percent = 100.0 * h / n
+        if percent < threshold:
+            where = f" at priority {priority}" if len(levels) > 1 else ""
+            reason = (
+                f"{h} of {n} servers healthy{where} ({percent:.0f}% < panic threshold "
+                f"{threshold:g}%): calls go to every enabled server, healthy or not"
+            )
+            return PanicState(True, healthy, enabled, threshold, reason)
+    return calm
+
+
 class _Level:
     """One priority level as seen by one pick."""
 
@@ -93,6 +142,17 @@ class Balancer:
     @property
     def pool(self) -> PoolConfig:
         return self._pool
+
+    def panic_state(self, endpoints: Iterable[Endpoint], now: float) -> PanicState:
+        """Is the pool in panic now, as this process's balancer sees its servers."""
+        servers = []
+        for endpoint in endpoints:
+            config = endpoint.config
+            if config.state is _ENABLED:
+                outlier = endpoint.outlier
+                ejected = outlier.in_cycle and now < outlier.ejected_until
+                servers.append((config.priority, config.health is not _DOWN and not ejected))
+        return panic_state(self._pool, servers)
 
     def configure(self, pool: PoolConfig) -> None:
         """Apply a reloaded pool config; the next pick uses it."""

@@ -138,6 +138,7 @@ class PoolConfig:
     # active health checks
     check_interval: float = 5.0
     check_timeout: float = 2.0
+    start_timeout: float = 30.0  # opening a stdio session: spawn + negotiation
     fall: int = 3
     rise: int = 2
     # passive health (outlier detection)

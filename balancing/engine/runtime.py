@@ -8,9 +8,10 @@ new calls, and a changed weight or limit applies to the next pick.
 A call: match affinity rules → the balancer picks a server → borrow a call slot on one of its
 sessions → forward the JSON-RPC request → account the outcome (stats, passive health, metrics).
 A call that never reached a server is retried once on a fresh session of the same server
-(a 404 "session not found" re-initializes transparently) and, if the pool's retry policy and
-budget allow, on another server — as is a delivered call to a tool annotated read-only or
-idempotent.
+(a 404 "session not found" re-initializes transparently) and, if the pool's retry policy
+allows, on each other server in turn until one takes it (in panic the balancer picks dead servers
+too); a 503 then names every server tried and why. A delivered call to a tool annotated read-only
+or idempotent is retried once on another server, within the retry budget.
 """
 
 from __future__ import annotations
@@ -75,6 +76,14 @@ def local_command(server: ServerConfig) -> ServerConfig:
     return server
 
 
+def start_timeout(pool: PoolConfig, server: ServerConfig) -> float:
+    """How long opening a session may take: a stdio server gets the pool's `start_timeout`
+    (spawning an interpreter on a loaded machine has taken 19 s), an HTTP one 10 s."""
+    if server.transport is Transport.STDIO:
+        return pool.start_timeout
+    return max(pool.acquire_timeout, 10.0)
+
+
 class UnknownPool(LookupError):
     def __init__(self, slug: str) -> None:
         super().__init__(f"no pool {slug!r}")
@@ -113,6 +122,18 @@ def _outcome_of(exc: UpstreamError) -> Outcome:
     if isinstance(exc, CallRejected):
         return Outcome.INTERNAL_ERROR if exc.server_failure else Outcome.SUCCESS
     return Outcome.TRANSPORT_FAILURE if exc.server_failure else Outcome.SUCCESS
+
+
+def _exhausted(slug: str, tried: list[UpstreamError]) -> UpstreamError:
+    """What a call that failed on every server it could try answers: the one failure as it was,
+    or, when none of several servers got the call, a 503 that names each of them and why."""
+    delivered = [exc for exc in tried if exc.delivered]
+    if delivered:
+        return delivered[-1]
+    if len(tried) == 1:
+        return tried[0]
+    reasons = "; ".join(str(exc) if exc.server else f"?: {exc}" for exc in tried)
+    return NoHealthyServer(f"pool {slug!r}: no server could take the call (tried {reasons})")
 
 
 def _label_of(exc: UpstreamError) -> str:
@@ -287,7 +308,7 @@ class Runtime:
             client_info=CLIENT_INFO,
             capabilities=SHARED_CAPABILITIES if capabilities is None else capabilities,
             on_event=on_event,
-            timeout=max(pool.acquire_timeout, 10.0),
+            timeout=start_timeout(pool, server),
             listen=listen,
             commands=self.policy.commands if self.policy else None,
         )
@@ -338,9 +359,8 @@ class Runtime:
             if decision is not None:
                 pin, hash_key = decision.pin, decision.hash_key
         exclude: set[int] = set()
-        retrying = False
         budgeted = False  # the retry holds a slot of the retry budget
-        first_failure: UpstreamError | None = None
+        tried: list[UpstreamError] = []  # each server's failure, in order
         budget = live.budget
         budget.call_started()
         try:
@@ -355,9 +375,9 @@ class Runtime:
                     pin=pin,
                 )
                 if pick is None:
-                    if first_failure is not None:
-                        # No other server to retry on: the first failure says why, not "none".
-                        raise first_failure
+                    if tried:
+                        # No other server to retry on: the failures say why, not "none".
+                        raise _exhausted(slug, tried)
                     self.metrics.calls[(slug, "", "no_server")] += 1
                     raise NoHealthyServer(
                         f"pool {slug!r} has no healthy server"
@@ -371,10 +391,13 @@ class Runtime:
                         live, endpoint, method, params, timeout, on_message, trial=pick.trial
                     )
                 except UpstreamError as exc:
-                    if retrying or not self._should_retry(live, exc, tool):
-                        raise  # one retry per call, on another server
-                    retrying, budgeted = True, exc.delivered
-                    first_failure = exc
+                    # A call that never left may go on to every other server (no upstream did
+                    # any work for it: in panic, dead servers are picked too, and the call must
+                    # reach a live one); one that may have run is retried once, in the budget.
+                    if (exc.delivered and budgeted) or not self._should_retry(live, exc, tool):
+                        raise
+                    budgeted = budgeted or exc.delivered
+                    tried.append(exc)
                     exclude.add(endpoint.id)
                     self.metrics.retries[slug] += 1
         finally:

@@ -213,6 +213,35 @@ class SessionPool:
             counts[state] += 1
         return counts
 
+    @property
+    def opening(self) -> bool:
+        """A session is being opened now (a stdio server starting)."""
+        return self._opening > 0
+
+    @property
+    def last_open_error(self) -> BaseException | None:
+        """Why the last opening failed, while no opening has succeeded since."""
+        return self._last_open_error if self._open_failures else None
+
+    async def ping_one(self, timeout: float) -> tuple[Session, float] | None:
+        """Ping the least busy live session; it and the round trip (s), or None when none is open.
+
+        The health report of a server this runtime runs (`balancing.engine.liveness`): asking the
+        process that serves the calls costs a round trip, where a probe of its own would cost a
+        second process. The ping shares the session with calls (JSON-RPC multiplexes).
+        """
+        slot = self._free_slot()
+        if slot is None:
+            return None
+        self._take(slot)
+        try:
+            rtt = await slot.session.ping(timeout)
+        except BaseException:
+            self._release(slot, discard=not slot.session.alive)
+            raise
+        self._release(slot)
+        return slot.session, rtt
+
     def _free_slot(self) -> Slot | None:
         best: Slot | None = None
         limit = self.pool.calls_per_session

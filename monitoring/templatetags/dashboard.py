@@ -3,6 +3,8 @@ them so a live update looks exactly like the first render."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import template
 
 register = template.Library()
@@ -24,3 +26,9 @@ def pct(value: float | None) -> str:
 @register.filter
 def rate(value: float | None) -> str:
     return NONE if value is None else f"{value:.1f}"
+
+
+@register.filter
+def panicking(pools: list[Any]) -> bool:
+    """Is any of these pools in panic (the overview's banner)?"""
+    return any(getattr(p, "panic", False) for p in pools)

@@ -2,7 +2,7 @@
 starts in a few milliseconds and a spawn loop would show up as many spawns, not slow ones).
 
     python -m tests.upstreams.bad_stdio MODE [--spawn-log FILE] [--lines N] [--megabytes N]
-                                             [--line-bytes N]
+                                             [--line-bytes N] [--start-delay SECONDS]
 
 Modes:
   crash-on-start  print a line to stderr and exit with code 3 before reading anything
@@ -16,6 +16,7 @@ Modes:
 Every mode that serves also has the tool `exit`: say so on stderr, then exit with code 7.
 
 Every start appends its pid to `--spawn-log`, so a test can count how often it was spawned.
+`--start-delay` sleeps before reading anything: a server slow to start (a loaded machine).
 The server speaks the handshake era only: `server/discover` is answered "method not found".
 """
 
@@ -130,10 +131,12 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=100)
     parser.add_argument("--megabytes", type=int, default=0)
     parser.add_argument("--line-bytes", type=int, default=64 * 1024)
+    parser.add_argument("--start-delay", type=float, default=0.0)
     options = parser.parse_args()
     if options.spawn_log:
         with open(options.spawn_log, "a") as log:
             log.write(f"{os.getpid()}\n")
+    time.sleep(options.start_delay)
     mode = options.mode
     if mode == "crash-on-start":
         sys.stderr.write("bad-stdio: configuration error, exiting\n")

@@ -51,7 +51,28 @@
     return row;
   }
 
+  // The panic banner: shown while a pool is below its panic threshold, with the reason.
+  function panicBanner(pools) {
+    const banner = document.getElementById("panic");
+    if (!banner) return;
+    const panicking = pools.filter((p) => p.panic);
+    banner.hidden = panicking.length === 0;
+    const list = banner.querySelector("ul");
+    if (list) {
+      list.replaceChildren(...panicking.map((p) => {
+        const li = el("li", { "data-pool": p.slug });
+        li.append(el("b", {}, p.name), ": " + p.panic_reason);
+        return li;
+      }));
+    } else {
+      banner.dataset.panic = String(panicking.length > 0);
+      const reason = banner.querySelector('[data-field="panic_reason"]');
+      if (reason) reason.textContent = panicking.length ? panicking[0].panic_reason : "";
+    }
+  }
+
   function onOverview(msg) {
+    panicBanner(msg.pools);
     const body = document.querySelector("#pools tbody");
     if (!body) return;
     const seen = new Set();
@@ -63,6 +84,7 @@
         row = body.appendChild(overviewRow(pool));
       }
       row.dataset.status = pool.status;
+      row.dataset.panic = String(pool.panic);
       setFields(row, pool);
       chips(row.querySelector('[data-field="servers"]'), pool);
     });
@@ -83,6 +105,7 @@
       const summary = document.getElementById("pool-summary");
       summary.dataset.status = pool.status;
       setFields(summary, pool);
+      panicBanner([pool]);
       pool.servers.forEach((s) => {
         const row = document.querySelector('#servers tr[data-server="' + CSS.escape(s.name) + '"]');
         if (!row) return;
