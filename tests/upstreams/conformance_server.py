@@ -386,6 +386,24 @@ def _session_tools(server: MCPServer[Any]) -> None:
         await ctx.info("After reconnect")
         return "Reconnection test completed"
 
+    # Diagnostic tools of the `server-stateless` scenario (2026-07-28): a request that set no
+    # log level gets no log notifications; a call's stream carries only notifications and its
+    # own result, never a request of the server's (input comes back as `input_required`).
+    @server.tool()
+    async def test_logging_tool(ctx: Context) -> str:
+        """Logs, which reaches only a client that asked for a log level"""
+        await ctx.info("test_logging_tool ran")
+        return "logged"
+
+    @server.tool()
+    async def test_streaming_elicitation(ctx: Context) -> str | InputRequiredResult:
+        """Streams progress, then asks for input the 2026 way"""
+        await ctx.report_progress(1, 2, "asking")
+        answer = answered(ctx, "name")
+        if answer is not None:
+            return f"Hello, {form_field(answer, 'name')}!"
+        return InputRequiredResult(input_requests={"name": ask("Your name?", name="string")})
+
     # SEP-2575 `subscriptions/listen`: the suite calls these and waits for the list-changed
     # notification on its listen stream.
     @server.tool()
