@@ -36,6 +36,9 @@ pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.upstream,
     pytest.mark.conformance,
+    # About a minute on a quiet machine; the bound is for a loaded CI machine and a gateway
+    # whose failures run into the suite's per-scenario timeout.
+    pytest.mark.timeout(480),
 ]
 
 R2026, R2025 = suite.REQUIREMENTS
