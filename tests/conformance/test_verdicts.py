@@ -6,8 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.conformance import suite
 from tests.conformance.test_conformance import _gateway_problems
+
+pytestmark = pytest.mark.conformance
 
 
 def _write(directory: Path, scenario: str, statuses: list[str]) -> None:
