@@ -47,7 +47,9 @@ class RuntimeHost:
         self._db_thread: ThreadPoolExecutor | None = None
         # The app-facing endpoints' auth and rate limits; the key cache is refilled with the
         # config (creating or revoking a key bumps the version), so it is never staler than it.
-        self.keys = KeyCache(lookup=self._find_key)
+        self.keys = KeyCache(
+            self._find_key, parse=adapter.parse_api_key, verify=adapter.secret_matches
+        )
         self.limiter: RateLimiter = build_rate_limiter(settings.REDIS_URL)
         # The MCP endpoint's client sessions (sticky ones own upstream sessions: closed on stop).
         self.client_sessions = SessionTable(clock=self.runtime.clock)

@@ -31,7 +31,7 @@ from channels.db import database_sync_to_async
 from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 
-from balancing.engine.config import AdminState, Health, PoolConfig, ServerConfig
+from balancing.engine.config import AdminState, Health, PoolConfig, ServerConfig, pool_status
 from balancing.engine.metrics import BUCKETS
 from balancing.engine.runtime import LivePool, Runtime
 from monitoring.metrics import server_health
@@ -205,10 +205,8 @@ class PoolNumbers:
 
     @property
     def status(self) -> str:
-        """ok / degraded / down: what the overview colours the row by."""
-        if self.total and self.healthy == 0:
-            return "down"
-        return "ok" if self.healthy == self.total else "degraded"
+        """What the overview colours the row by: the REST API's pool status."""
+        return pool_status(self.healthy, self.total).value
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)

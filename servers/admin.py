@@ -374,7 +374,7 @@ class ApiKeyAdmin(_ApiKeyAdmin):
         "prefix",
         "owner",
         "scope",
-        "is_admin",
+        "admin_reach",
         "rate_limit_per_minute",
         "expires_at",
         "status",
@@ -414,6 +414,13 @@ class ApiKeyAdmin(_ApiKeyAdmin):
         if key.all_pools:
             return "all pools"
         return ", ".join(pool.slug for pool in key.pools.all()) or "none"
+
+    @admin.display(description="config through the API")
+    def admin_reach(self, key: ApiKey) -> str:
+        """What an admin key may configure, said plainly (docs/security.md)."""
+        if not key.is_admin:
+            return "none"
+        return "every pool; may create pools" if key.all_pools else "its pools only"
 
     @admin.display(description="status")
     def status(self, key: ApiKey) -> str:

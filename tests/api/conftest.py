@@ -116,6 +116,7 @@ def _setup(
     keys = {
         "app": add_key("app", ["echo", "stream", "dead", "garbage", "everything", "capped"]),
         "admin": add_key("admin", all_pools=True, is_admin=True),
+        "scoped_admin": add_key("scoped-admin", ["other"], is_admin=True),
         "limited": add_key("limited", ["echo"], rate_limit_per_minute=2),
         "expired": add_key("expired", ["echo"], expires_at=timezone.now() - timedelta(minutes=1)),
         "revoked": add_key("revoked", ["echo"]),

@@ -69,7 +69,7 @@ async def test_consumer_staff_on_overview_receives_pools(runtime: Runtime) -> No
     message = await page.receive_json_from(timeout=TIMEOUT)
     assert message["type"] == "overview"
     [pool] = message["pools"]
-    assert (pool["slug"], pool["healthy"], pool["total"], pool["status"]) == ("p", 2, 2, "ok")
+    assert (pool["slug"], pool["healthy"], pool["total"], pool["status"]) == ("p", 2, 2, "up")
     assert [s["name"] for s in pool["servers"]] == ["a", "b"]
     await page.disconnect()
 

@@ -202,5 +202,5 @@ def test_overview_with_live_runtime_shows_its_numbers(
         loop.run_until_complete(runtime.close(grace=0))
         loop.close()
     # then the pool's live numbers are on it
-    assert 'data-pool="p" data-status="ok"' in page
+    assert 'data-pool="p" data-status="up"' in page
     assert ">2/2<" in page and ">4.0<" in page and ">0.0 %<" in page

@@ -11,6 +11,7 @@ from django.db import transaction
 
 from servers import events, services
 from servers.models import ApiKey, Pool, Server
+from tests.helpers.keys import a_wrong_secret, authenticated
 
 
 class _Listener:
@@ -99,8 +100,9 @@ def test_create_api_key_stores_only_hash(pool: Pool) -> None:
     key, secret = services.create_api_key("app", pools=[pool], rate_limit_per_minute=60)
     stored = ApiKey.objects.get(pk=key.pk)
     assert secret not in (stored.hashed_secret, stored.prefix)
-    assert stored.hashed_secret == services.hash_secret(secret)
-    assert services.parse_api_key(secret) == stored.prefix
+    found = authenticated(secret)
+    assert found is not None and found.id == key.pk
+    assert authenticated(a_wrong_secret(secret)) is None
     assert list(stored.pools.all()) == [pool] and stored.is_active
 
 
@@ -111,6 +113,9 @@ def test_revoke_api_key_makes_it_inactive(pool: Pool) -> None:
     assert not ApiKey.objects.get(pk=key.pk).is_active
 
 
-def test_parse_api_key_rejects_foreign_shapes() -> None:
-    assert services.parse_api_key("Bearer nope") is None
-    assert services.parse_api_key("mcp_short_x") is None
+@pytest.mark.django_db
+def test_api_key_of_a_foreign_shape_does_not_authenticate(pool: Pool) -> None:
+    _, secret = services.create_api_key("app", pools=[pool])
+    prefix = secret.split("_")[1]
+    for presented in ("Bearer nope", "mcp_short_x", f"mcp_{prefix}_", f"key_{prefix}_x", prefix):
+        assert authenticated(presented) is None, presented
