@@ -28,7 +28,7 @@ from balancing.engine.config import (
     Transport,
 )
 from balancing.keys import KeyRecord
-from servers import secrets, services
+from servers import events, secrets, services
 from servers.models import POOL_TUNING, AffinityRule, ApiKey, Pool, Server
 
 
@@ -100,6 +100,9 @@ def load_snapshot() -> Snapshot:
 
 def config_version() -> int:
     return services.config_version()
+
+
+CONTROL_GROUP = events.CONTROL_GROUP  # the channel-layer group config and health events go to
 
 
 def record_outlier(server_id: int, ejected: bool) -> bool:

@@ -140,8 +140,6 @@ class RuntimeHost:
     async def _listen_forever(self) -> None:
         if not settings.REDIS_URL:
             return  # in-memory layer: other processes cannot reach us; the poll does it
-        from servers.events import CONTROL_GROUP
-
         layer = get_channel_layer()
         if layer is None:
             return
@@ -149,15 +147,16 @@ class RuntimeHost:
         while True:
             try:
                 if not channel:
-                    channel = await layer.new_channel("mcppool-runtime.")
-                    await layer.group_add(CONTROL_GROUP, channel)
+                    # every real layer takes a prefix; the stubs' abstract base does not say so
+                    channel = await layer.new_channel("mcppool-runtime.")  # type: ignore[call-arg]
+                    await layer.group_add(adapter.CONTROL_GROUP, channel)
                 message = await layer.receive(channel)
                 if message.get("type") in ("config.changed", "health.changed"):
                     await self.reload(if_newer_than=self.runtime.version)
             except asyncio.CancelledError:
                 if channel:
                     with contextlib.suppress(Exception):
-                        await layer.group_discard(CONTROL_GROUP, channel)
+                        await layer.group_discard(adapter.CONTROL_GROUP, channel)
                 raise
             except Exception as exc:  # Redis restarting: retry; the poll covers the gap
                 log.warning("control events unavailable (%s); retrying", exc)

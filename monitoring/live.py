@@ -455,7 +455,8 @@ class Publisher:
         """Health and config events (from this process, or every process with Redis) → nudge."""
         from servers.events import CONFIG_CHANGED, CONTROL_GROUP, HEALTH_CHANGED
 
-        channel = await self.layer.new_channel("dashboard-events.")
+        # every real layer takes a prefix; the stubs' abstract base does not say so
+        channel = await self.layer.new_channel("dashboard-events.")  # type: ignore[call-arg]
         await self.layer.group_add(CONTROL_GROUP, channel)
         try:
             while True:

@@ -92,7 +92,7 @@ def _object_id(request: HttpRequest) -> int | None:
     return int(raw) if isinstance(raw, str) and raw.isdigit() else None
 
 
-_SECRET_HELP = (
+_MASKED_VALUES_HELP = (
     "Shown masked. Keep a masked value to keep what is stored, type a new value to replace it, "
     "leave a name out to remove it. Stored encrypted; never shown again."
 )
@@ -102,8 +102,8 @@ class ServerForm(_ServerForm):
     """A server's form, with its secret values masked: the operator can set or replace a secret
     without ever seeing the stored one."""
 
-    secret_headers = forms.JSONField(required=False, help_text=_SECRET_HELP)
-    secret_env = forms.JSONField(required=False, help_text=_SECRET_HELP)
+    secret_headers = forms.JSONField(required=False, help_text=_MASKED_VALUES_HELP)
+    secret_env = forms.JSONField(required=False, help_text=_MASKED_VALUES_HELP)
 
     class Meta:
         model = Server

@@ -59,6 +59,7 @@ def garbage_url() -> Iterator[str]:
         method = message.get("method")
         if "id" not in message:
             return web.Response(status=202)
+        result: dict[str, Any]
         if method == "initialize":
             result = {
                 "protocolVersion": "2025-11-25",
@@ -145,7 +146,9 @@ def nothing() -> Iterator[None]:
 
 
 def error_of(body: Any) -> str:
-    assert isinstance(body, dict) and set(body) == {"error"}, body
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    assert isinstance(body, dict), body
+    assert set(body) == {"error"}, body
+    assert isinstance(body["error"]["message"], str)
+    assert body["error"]["message"]
     code: str = body["error"]["code"]
     return code

@@ -166,7 +166,8 @@ async def test_scoped_admin_key_configures_its_own_pool(gateway: Gateway) -> Non
     status, pool = await gateway.send("PATCH", "/pools/other", {"fall": 5}, key="scoped_admin")
     assert (status, pool["fall"]) == (200, 5)
     status, servers = await gateway.get("/pools/other/config/servers", key="scoped_admin")
-    assert status == 200 and [s["name"] for s in servers] == ["one"]
+    assert status == 200
+    assert [s["name"] for s in servers] == ["one"]
     status, servers = await gateway.get("/pools/echo/config/servers", key="scoped_admin")
     assert (status, error_of(servers)) == (403, "pool_forbidden")
     assert await Pool.objects.filter(slug="other", fall=5).aexists()

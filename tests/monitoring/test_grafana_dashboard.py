@@ -121,4 +121,5 @@ def test_grafana_dashboard_uses_the_provisioned_datasource(dashboard: dict[str, 
     for panel in dashboard["panels"]:
         if panel["type"] != "row":
             assert panel["datasource"]["uid"] == uid, panel["title"]
-    assert dashboard["uid"] == "mcppool" and not dashboard["editable"]
+    assert dashboard["uid"] == "mcppool"
+    assert not dashboard["editable"]
