@@ -41,9 +41,10 @@ test: $(STAMP) $(NODE_STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
-	$(BIN)/mypy mcppool servers balancing monitoring
+	$(BIN)/mypy
 
 check: lint typecheck test
 

@@ -2,15 +2,13 @@
 
 It also holds the few ORM reads and service calls the app-facing API needs (API keys for the
 in-memory key cache; config writes for admin-scoped keys), so `balancing` touches `servers` here
-and nowhere else."""
+and nowhere else (an import-linter contract in `make lint` holds that)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
-from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
 from django.db.models import Prefetch
 
 from balancing.engine.config import (
@@ -30,10 +28,8 @@ from balancing.engine.config import (
     Transport,
 )
 from balancing.engine.liveness import Liveness
-from balancing.errors_http import ApiError
 from balancing.keys import KeyRecord
-from servers import configfile, secrets, services
-from servers.choices import ServerState
+from servers import events, secrets, services
 from servers.models import POOL_TUNING, AffinityRule, ApiKey, Pool, RuntimeReport, Server
 
 
@@ -105,6 +101,9 @@ def load_snapshot() -> Snapshot:
 
 def config_version() -> int:
     return services.config_version()
+
+
+CONTROL_GROUP = events.CONTROL_GROUP  # the channel-layer group config and health events go to
 
 
 def record_outlier(server_id: int, ejected: bool) -> bool:
@@ -195,174 +194,90 @@ def find_api_key(prefix: str) -> KeyRecord | None:
     return api_key_record(row, row.pools.values_list("slug", flat=True))
 
 
-# ---- config writes for admin-scoped API keys: the same service functions the admin uses ----
+# ---- config writes for admin-scoped API keys: the service functions, answered as plain data ----
+#
+# The writes themselves (row locks, validation, events) live in `servers.services`; their errors
+# are re-exported so `balancing.api` maps them to HTTP without importing `servers`.
 
-ConfigRow = TypeVar("ConfigRow", Pool, Server, AffinityRule)
-_SERVER_STATES = {s.value for s in ServerState}
-
-
-def _check_fields(fields: Mapping[str, Any], allowed: Iterable[str]) -> None:
-    unknown = sorted(set(fields) - set(allowed))
-    if unknown:
-        raise ApiError("invalid_request", f"unknown fields: {', '.join(unknown)}", fields=unknown)
-    # No config column is nullable (an explicit null used to reach the model and crash `str()`);
-    # `pin_server: null` is the one null with a meaning: no pinned server.
-    nulls = sorted(name for name, value in fields.items() if value is None and name != "pin_server")
-    if nulls:
-        raise ApiError("invalid_request", f"may not be null: {', '.join(nulls)}", fields=nulls)
-
-
-def _saved(obj: ConfigRow) -> None:
-    try:
-        services.save(obj, via_api=True)
-    except services.ApiWriteRefused as exc:
-        raise ApiError("stdio_forbidden", str(exc)) from None
-    except ValidationError as exc:
-        errors = exc.message_dict if hasattr(exc, "error_dict") else {"__all__": exc.messages}
-        raise ApiError("invalid_request", "the config is not valid", errors=errors) from None
-    except IntegrityError as exc:
-        raise ApiError("conflict", f"conflicts with existing config: {exc}") from None
-
-
-def _pool_row(slug: str) -> Pool:
-    pool = Pool.objects.filter(slug=slug).first()
-    if pool is None:
-        raise ApiError("unknown_pool", f"no pool {slug!r}")
-    return pool
-
-
-def _server_row(slug: str, name: str) -> Server:
-    server = Server.objects.filter(pool__slug=slug, name=name).select_related("pool").first()
-    if server is None:
-        _pool_row(slug)
-        raise ApiError("unknown_server", f"pool {slug!r} has no server {name!r}")
-    return server
-
-
-def _rule_row(slug: str, rule_id: int) -> AffinityRule:
-    rule = (
-        AffinityRule.objects.filter(pool__slug=slug, pk=rule_id)
-        .select_related("pool", "pin_server")
-        .first()
-    )
-    if rule is None:
-        _pool_row(slug)
-        raise ApiError("unknown_rule", f"pool {slug!r} has no affinity rule {rule_id}")
-    return rule
+ConfigError = services.ConfigError
+NotFound = services.NotFound
+InvalidConfig = services.InvalidConfig
+ConfigConflict = services.ConfigConflict
+ApiWriteRefused = services.ApiWriteRefused
+POOL_FIELDS = services.POOL_FIELDS
+SERVER_FIELDS = services.SERVER_FIELDS
+RULE_FIELDS = services.RULE_FIELDS
+parse_api_key = services.parse_api_key
+secret_matches = services.secret_matches
 
 
 def pool_dict(pool: Pool) -> dict[str, Any]:
-    return {field: getattr(pool, field) for field in configfile.POOL_FIELDS}
+    return {field: getattr(pool, field) for field in POOL_FIELDS}
 
 
 def server_dict(server: Server) -> dict[str, Any]:
-    return {
-        **{field: getattr(server, field) for field in configfile.SERVER_FIELDS},
-        "health": server.health,
-    }
+    return {**{field: getattr(server, field) for field in SERVER_FIELDS}, "health": server.health}
 
 
 def rule_dict(rule: AffinityRule) -> dict[str, Any]:
-    data = {f: getattr(rule, f) for f in configfile.RULE_FIELDS if f != "pin_server"}
+    data = {f: getattr(rule, f) for f in RULE_FIELDS if f != "pin_server"}
     pin = rule.pin_server.name if rule.pin_server_id and rule.pin_server else ""
     return {"id": rule.pk, **data, "pin_server": pin}
 
 
+def read_pool(slug: str) -> dict[str, Any]:
+    return pool_dict(services.get_pool(slug))
+
+
 def create_pool(fields: Mapping[str, Any]) -> dict[str, Any]:
-    _check_fields(fields, configfile.POOL_FIELDS)
-    pool = Pool(**fields)
-    _saved(pool)
-    return pool_dict(pool)
+    return pool_dict(services.create_pool(fields))
 
 
 def update_pool(slug: str, fields: Mapping[str, Any]) -> dict[str, Any]:
-    _check_fields(fields, configfile.POOL_FIELDS)
-    with transaction.atomic():
-        pool = _pool_row(slug)
-        for name, value in fields.items():
-            setattr(pool, name, value)
-        _saved(pool)
-    return pool_dict(pool)
+    return pool_dict(services.update_pool(slug, fields))
 
 
-def delete_pool(slug: str) -> None:
-    services.delete(_pool_row(slug))
-
-
-def drain_pool(slug: str) -> int:
-    """Drain every server of a pool: they finish their calls and take no new ones."""
-    pool = _pool_row(slug)
-    return services.set_server_state(pool.servers.all(), ServerState.DRAINING)
+delete_pool = services.delete_pool
+drain_pool = services.drain_pool
 
 
 def list_servers(slug: str) -> list[dict[str, Any]]:
-    return [server_dict(s) for s in _pool_row(slug).servers.order_by("priority", "name")]
+    return [server_dict(s) for s in services.list_servers(slug)]
+
+
+def read_server(slug: str, name: str) -> dict[str, Any]:
+    return server_dict(services.get_server(slug, name))
 
 
 def create_server(slug: str, fields: Mapping[str, Any]) -> dict[str, Any]:
-    _check_fields(fields, configfile.SERVER_FIELDS)
-    server = Server(pool=_pool_row(slug), **fields)
-    _saved(server)
-    return server_dict(server)
+    return server_dict(services.create_server(slug, fields))
 
 
 def update_server(slug: str, name: str, fields: Mapping[str, Any]) -> dict[str, Any]:
-    _check_fields(fields, configfile.SERVER_FIELDS)
-    with transaction.atomic():
-        server = _server_row(slug, name)
-        for field, value in fields.items():
-            setattr(server, field, value)
-        _saved(server)
-    return server_dict(server)
+    return server_dict(services.update_server(slug, name, fields))
 
 
-def delete_server(slug: str, name: str) -> None:
-    services.delete(_server_row(slug, name))
+delete_server = services.delete_server
 
 
 def set_server_state(slug: str, name: str, state: str) -> dict[str, Any]:
-    if state not in _SERVER_STATES:
-        raise ApiError("invalid_request", f"state must be one of {sorted(_SERVER_STATES)}")
-    server = _server_row(slug, name)
-    services.set_server_state([server], ServerState(state))
-    server.refresh_from_db()
-    return server_dict(server)
+    return server_dict(services.change_server_state(slug, name, state))
 
 
 def list_rules(slug: str) -> list[dict[str, Any]]:
-    rules = _pool_row(slug).affinity_rules.select_related("pin_server").order_by("order", "id")
-    return [rule_dict(r) for r in rules]
+    return [rule_dict(r) for r in services.list_rules(slug)]
 
 
-def _rule_fields(pool: Pool, fields: Mapping[str, Any]) -> dict[str, Any]:
-    _check_fields(fields, configfile.RULE_FIELDS)
-    values = dict(fields)
-    if "pin_server" in values:
-        name = values.pop("pin_server")
-        values["pin_server"] = None
-        if name:
-            server = pool.servers.filter(name=name).first()
-            if server is None:
-                raise ApiError("invalid_request", f"pool {pool.slug!r} has no server {name!r}")
-            values["pin_server"] = server
-    return values
+def read_rule(slug: str, rule_id: int) -> dict[str, Any]:
+    return rule_dict(services.get_rule(slug, rule_id))
 
 
 def create_rule(slug: str, fields: Mapping[str, Any]) -> dict[str, Any]:
-    pool = _pool_row(slug)
-    rule = AffinityRule(pool=pool, **_rule_fields(pool, fields))
-    _saved(rule)
-    return rule_dict(rule)
+    return rule_dict(services.create_rule(slug, fields))
 
 
 def update_rule(slug: str, rule_id: int, fields: Mapping[str, Any]) -> dict[str, Any]:
-    with transaction.atomic():
-        rule = _rule_row(slug, rule_id)
-        for field, value in _rule_fields(rule.pool, fields).items():
-            setattr(rule, field, value)
-        _saved(rule)
-    return rule_dict(rule)
+    return rule_dict(services.update_rule(slug, rule_id, fields))
 
 
-def delete_rule(slug: str, rule_id: int) -> None:
-    services.delete(_rule_row(slug, rule_id))
+delete_rule = services.delete_rule

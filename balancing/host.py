@@ -49,7 +49,9 @@ class RuntimeHost:
         self._db_thread: ThreadPoolExecutor | None = None
         # The app-facing endpoints' auth and rate limits; the key cache is refilled with the
         # config (creating or revoking a key bumps the version), so it is never staler than it.
-        self.keys = KeyCache(lookup=self._find_key)
+        self.keys = KeyCache(
+            self._find_key, parse=adapter.parse_api_key, verify=adapter.secret_matches
+        )
         self.limiter: RateLimiter = build_rate_limiter(settings.REDIS_URL)
         # The MCP endpoint's client sessions (sticky ones own upstream sessions: closed on stop).
         self.client_sessions = SessionTable(clock=self.runtime.clock)
@@ -177,8 +179,6 @@ class RuntimeHost:
     async def _listen_forever(self) -> None:
         if not settings.REDIS_URL:
             return  # in-memory layer: other processes cannot reach us; the poll does it
-        from servers.events import CONTROL_GROUP
-
         layer = get_channel_layer()
         if layer is None:
             return
@@ -186,15 +186,16 @@ class RuntimeHost:
         while True:
             try:
                 if not channel:
-                    channel = await layer.new_channel("mcppool-runtime.")
-                    await layer.group_add(CONTROL_GROUP, channel)
+                    # every real layer takes a prefix; the stubs' abstract base does not say so
+                    channel = await layer.new_channel("mcppool-runtime.")  # type: ignore[call-arg]
+                    await layer.group_add(adapter.CONTROL_GROUP, channel)
                 message = await layer.receive(channel)
                 if message.get("type") in ("config.changed", "health.changed"):
                     await self.reload(if_newer_than=self.runtime.version)
             except asyncio.CancelledError:
                 if channel:
                     with contextlib.suppress(Exception):
-                        await layer.group_discard(CONTROL_GROUP, channel)
+                        await layer.group_discard(adapter.CONTROL_GROUP, channel)
                 raise
             except Exception as exc:  # Redis restarting: retry; the poll covers the gap
                 log.warning("control events unavailable (%s); retrying", exc)

@@ -12,8 +12,6 @@ flood of made-up keys cannot turn into a flood of queries.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -21,7 +19,6 @@ from typing import Final
 
 from balancing.errors_http import ApiError
 
-KEY_PREFIX_LEN: Final = 8  # servers.services.API_KEY_PREFIX_LEN; checked by a test
 NEGATIVE_TTL: Final = 5.0
 NEGATIVE_MAX: Final = 10_000
 LOOKUPS_PER_SECOND: Final = 20
@@ -47,14 +44,10 @@ class KeyRecord:
 
 
 Lookup = Callable[[str], Awaitable["KeyRecord | None"]]
-
-
-def parse_prefix(secret: str) -> str | None:
-    """The lookup prefix of `mcp_<prefix>_<body>`, or None when the secret is not shaped so."""
-    parts = secret.split("_", 2)
-    if len(parts) != 3 or parts[0] != "mcp" or len(parts[1]) != KEY_PREFIX_LEN or not parts[2]:
-        return None
-    return parts[1]
+# The key format is the servers app's (it creates the keys): the host passes its one parser
+# (secret → lookup prefix or None) and its one hash check (secret, stored hash → bool).
+Parse = Callable[[str], "str | None"]
+Verify = Callable[[str, str], bool]
 
 
 def bearer_secret(authorization: bytes | str | None) -> str | None:
@@ -79,11 +72,15 @@ class KeyCache:
         self,
         lookup: Lookup | None = None,
         *,
+        parse: Parse,
+        verify: Verify,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._records: dict[str, KeyRecord] = {}
         self._lookup = lookup
+        self._parse = parse
+        self._verify = verify
         self._clock = clock
         self._monotonic = monotonic
         self._misses: dict[str, float] = {}  # prefix -> until (monotonic)
@@ -107,14 +104,13 @@ class KeyCache:
         """The record of a valid, unrevoked, unexpired key; `ApiError` (401) otherwise."""
         if not secret:
             raise ApiError("missing_api_key", "send your API key as 'Authorization: Bearer <key>'")
-        prefix = parse_prefix(secret)
+        prefix = self._parse(secret)
         if prefix is None:
             raise ApiError("invalid_api_key", "the API key is not valid")
         record = self._records.get(prefix)
         if record is None:
             record = await self._find(prefix)
-        digest = hashlib.sha256(secret.encode()).hexdigest()
-        if record is None or not hmac.compare_digest(digest, record.hashed_secret):
+        if record is None or not self._verify(secret, record.hashed_secret):
             raise ApiError("invalid_api_key", "the API key is not valid")
         if record.revoked:
             raise ApiError("api_key_revoked", "the API key has been revoked")

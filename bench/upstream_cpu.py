@@ -68,7 +68,7 @@ async def ours(
 async def sdk(
     server: str | StdioServerParameters, mode: str, args: argparse.Namespace
 ) -> tuple[str, float, float]:
-    async with Client(server, mode=mode) as client:  # type: ignore[arg-type]
+    async with Client(server, mode=mode) as client:
 
         async def call(i: int) -> object:
             return await client.call_tool("echo", {"text": f"payload {i}"})

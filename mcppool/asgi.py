@@ -21,7 +21,8 @@ application = LifespanApp(
             # The hot path (MCP endpoint, REST tool calls) is served before Django.
             "http": GatewayRouter(django_asgi_app),
             "websocket": AllowedHostsOriginValidator(
-                AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+                # the stubs want channels' own pattern type; Django's path() is what it takes
+                AuthMiddlewareStack(URLRouter(websocket_urlpatterns))  # type: ignore[arg-type]
             ),
         }
     )

@@ -110,7 +110,7 @@ def wait_until_up(deadline: float) -> bool:
 def main() -> int:
     prepare()
     os.environ["MCPPOOL_WORKER_METRICS_PORT"] = WORKER_METRICS_PORT  # the worker reads it
-    procs = [subprocess.Popen(cmd) for cmd in children()]
+    procs = [subprocess.Popen(cmd) for cmd in children()]  # noqa: S603  # our own argv lists
     stopping = False
 
     def stop(*_: object) -> None:

@@ -11,7 +11,7 @@ from monitoring import live
 FORBIDDEN = 4403  # application close code: not signed in as staff
 
 
-class DashboardConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
+class DashboardConsumer(AsyncJsonWebsocketConsumer):
     """`/ws/dashboard/` (overview) and `/ws/dashboard/pool/<slug>/` (one pool, its servers)."""
 
     group = ""

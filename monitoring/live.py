@@ -32,7 +32,7 @@ from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 
 from balancing.engine.balancer import PanicState, panic_state
-from balancing.engine.config import AdminState, Health, PoolConfig, ServerConfig
+from balancing.engine.config import AdminState, Health, PoolConfig, ServerConfig, pool_status
 from balancing.engine.metrics import BUCKETS
 from balancing.engine.runtime import LivePool, Runtime
 from monitoring.metrics import server_health
@@ -208,10 +208,8 @@ class PoolNumbers:
 
     @property
     def status(self) -> str:
-        """ok / degraded / down: what the overview colours the row by."""
-        if self.total and self.healthy == 0:
-            return "down"
-        return "ok" if self.healthy == self.total else "degraded"
+        """What the overview colours the row by: the REST API's pool status."""
+        return pool_status(self.healthy, self.total).value
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -477,7 +475,8 @@ class Publisher:
         """Health and config events (from this process, or every process with Redis) → nudge."""
         from servers.events import CONFIG_CHANGED, CONTROL_GROUP, HEALTH_CHANGED
 
-        channel = await self.layer.new_channel("dashboard-events.")
+        # every real layer takes a prefix; the stubs' abstract base does not say so
+        channel = await self.layer.new_channel("dashboard-events.")  # type: ignore[call-arg]
         await self.layer.group_add(CONTROL_GROUP, channel)
         try:
             while True:

@@ -170,7 +170,7 @@ def _object_id(request: HttpRequest) -> int | None:
     return int(raw) if isinstance(raw, str) and raw.isdigit() else None
 
 
-_SECRET_HELP = (
+_MASKED_VALUES_HELP = (
     "Shown masked. Keep a masked value to keep what is stored, type a new value to replace it, "
     "leave a name out to remove it. Stored encrypted; never shown again."
 )
@@ -180,8 +180,8 @@ class ServerForm(_ServerForm):
     """A server's form, with its secret values masked: the operator can set or replace a secret
     without ever seeing the stored one."""
 
-    secret_headers = forms.JSONField(required=False, help_text=_SECRET_HELP)
-    secret_env = forms.JSONField(required=False, help_text=_SECRET_HELP)
+    secret_headers = forms.JSONField(required=False, help_text=_MASKED_VALUES_HELP)
+    secret_env = forms.JSONField(required=False, help_text=_MASKED_VALUES_HELP)
 
     class Meta:
         model = Server
@@ -505,7 +505,7 @@ class ApiKeyAdmin(OperatorFields, _ApiKeyAdmin):
         "prefix",
         "owner",
         "scope",
-        "is_admin",
+        "admin_reach",
         "rate_limit_per_minute",
         "expires_at",
         "status",
@@ -545,6 +545,13 @@ class ApiKeyAdmin(OperatorFields, _ApiKeyAdmin):
         if key.all_pools:
             return "all pools"
         return ", ".join(pool.slug for pool in key.pools.all()) or "none"
+
+    @admin.display(description="config through the API")
+    def admin_reach(self, key: ApiKey) -> str:
+        """What an admin key may configure, said plainly (docs/security.md)."""
+        if not key.is_admin:
+            return "none"
+        return "every pool; may create pools" if key.all_pools else "its pools only"
 
     @admin.display(description="status")
     def status(self, key: ApiKey) -> str:

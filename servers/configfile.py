@@ -25,35 +25,11 @@ from django.db.models import Prefetch
 
 from servers import secrets, services
 from servers.choices import AffinityAction
-from servers.models import POOL_TUNING, AffinityRule, Pool, Server
+from servers.models import AffinityRule, Pool, Server
+from servers.services import POOL_FIELDS as POOL_FIELDS
+from servers.services import RULE_FIELDS as RULE_FIELDS
+from servers.services import SERVER_FIELDS as SERVER_FIELDS
 
-# Every operator field, in the order an export writes them. Fields the runtime and the health
-# checks record (health, negotiated era, tools…) are left out: the file says what the operator
-# wants, never what was observed.
-POOL_FIELDS = (
-    "slug",
-    "name",
-    "description",
-    "strategy",
-    "session_mode",
-    "retry_policy",
-    *POOL_TUNING,
-)
-SERVER_FIELDS = (
-    "name",
-    "transport",
-    "url",
-    "headers",
-    "command",
-    "args",
-    "env",
-    "cwd",
-    "weight",
-    "priority",
-    "state",
-    "max_in_flight",
-    "era",
-)
 # Secret maps (name → value; stored encrypted). Not in SERVER_FIELDS: they never travel as plain
 # fields (the REST API, change descriptions); the file names them next to their plain maps.
 SECRET_FIELDS = ("secret_headers", "secret_env")
@@ -61,17 +37,6 @@ SERVER_FILE_FIELDS = tuple(
     name
     for plain in SERVER_FIELDS
     for name in ((plain, f"secret_{plain}") if f"secret_{plain}" in SECRET_FIELDS else (plain,))
-)
-RULE_FIELDS = (
-    "order",
-    "match_on",
-    "header",
-    "match_type",
-    "pattern",
-    "action",
-    "pin_server",
-    "enabled",
-    "description",
 )
 POOL_CHILDREN = ("servers", "affinity_rules")
 

@@ -8,24 +8,64 @@ the transaction has committed, so no runtime ever sees a change that was rolled 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from django.conf import settings
-from django.core.exceptions import PermissionDenied
-from django.db import transaction
-from django.db.models import F, Model
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import F, Model, QuerySet
 from django.utils import timezone
 
 from servers import choices, events
 from servers import secrets as upstream_secrets
 from servers.choices import ServerState
-from servers.models import AffinityRule, ApiKey, ConfigState, Flip, Pool, Server
+from servers.models import POOL_TUNING, AffinityRule, ApiKey, ConfigState, Flip, Pool, Server
 
 ConfigModel = TypeVar("ConfigModel", Pool, Server, AffinityRule)
+
+# Every operator field, in the order an export writes them; REST accepts exactly these. Fields the
+# runtime and the health checks record (health, negotiated era, tools…) are left out: the config
+# says what the operator wants, never what was observed.
+POOL_FIELDS = (
+    "slug",
+    "name",
+    "description",
+    "strategy",
+    "session_mode",
+    "retry_policy",
+    *POOL_TUNING,
+)
+SERVER_FIELDS = (
+    "name",
+    "transport",
+    "url",
+    "headers",
+    "command",
+    "args",
+    "env",
+    "cwd",
+    "weight",
+    "priority",
+    "state",
+    "max_in_flight",
+    "era",
+)
+RULE_FIELDS = (
+    "order",
+    "match_on",
+    "header",
+    "match_type",
+    "pattern",
+    "action",
+    "pin_server",
+    "enabled",
+    "description",
+)
 
 API_KEY_PREFIX_LEN = 8
 
@@ -52,10 +92,6 @@ def bump_config_version() -> int:
 def config_version() -> int:
     row = ConfigState.objects.filter(pk=1).values_list("version", flat=True).first()
     return row or 0
-
-
-class ApiWriteRefused(PermissionDenied):
-    """A write the REST API may not make, whatever the key (the operator's setting decides)."""
 
 
 def save(obj: ConfigModel, *, via_api: bool = False) -> ConfigModel:
@@ -100,9 +136,25 @@ def set_server_state(servers: Iterable[Server], state: ServerState) -> int:
         )
 
 
+# ---- API key secrets: the one parser and the one hasher (the gateway's key cache uses these) ----
+
+
 def hash_secret(secret: str) -> str:
     # API secrets are 256-bit random tokens, so a fast hash is enough (no dictionary to guess from).
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def secret_matches(secret: str, hashed_secret: str) -> bool:
+    """Whether a presented secret is the one whose hash is stored (in constant time)."""
+    return hmac.compare_digest(hash_secret(secret), hashed_secret)
+
+
+def parse_api_key(secret: str) -> str | None:
+    """The lookup prefix of `mcp_<prefix>_<body>`, or None when the secret is not shaped so."""
+    parts = secret.split("_", 2)
+    if len(parts) != 3 or parts[0] != "mcp" or len(parts[1]) != API_KEY_PREFIX_LEN or not parts[2]:
+        return None
+    return parts[1]
 
 
 def create_api_key(
@@ -145,14 +197,6 @@ def revoke_api_key(key: ApiKey) -> None:
     with config_change(f"revoke api key {key.name}"):
         ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
     key.refresh_from_db(fields=["revoked_at"])
-
-
-def parse_api_key(secret: str) -> str | None:
-    """The lookup prefix of a presented secret, or None when it is not shaped like one of ours."""
-    parts = secret.split("_", 2)
-    if len(parts) != 3 or parts[0] != "mcp" or len(parts[1]) != API_KEY_PREFIX_LEN:
-        return None
-    return parts[1]
 
 
 def flip_health(
@@ -252,3 +296,200 @@ def rotate_secrets() -> int:
         for server in rotated:
             server.save(update_fields=["secret_headers", "secret_env", "updated_at"])
     return len(rotated)
+
+
+# ---- config writes by natural key (the REST API's admin keys; plain data in, rows out) -------
+#
+# Each raises a `ConfigError` the API maps to its error contract in one place. An update changes
+# only the fields it was given, on the row locked for the transaction (`SELECT … FOR UPDATE`), and
+# writes only those columns: two concurrent PATCHes of different fields both stick.
+
+
+class ConfigError(Exception):
+    """A config write that cannot be done; nothing was written."""
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class NotFound(ConfigError):
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind  # "pool", "server" or "rule"
+
+
+class InvalidConfig(ConfigError):
+    pass
+
+
+class ConfigConflict(ConfigError):
+    pass
+
+
+class ApiWriteRefused(ConfigError):
+    """A write the REST API may not make, whatever the key (the operator's setting decides)."""
+
+
+def _check_fields(fields: Mapping[str, Any], allowed: Iterable[str]) -> None:
+    unknown = sorted(set(fields) - set(allowed))
+    if unknown:
+        raise InvalidConfig(f"unknown fields: {', '.join(unknown)}", fields=unknown)
+    # No config column is nullable (an explicit null used to reach the model and crash `str()`);
+    # `pin_server: null` is the one null with a meaning: no pinned server.
+    nulls = sorted(name for name, value in fields.items() if value is None and name != "pin_server")
+    if nulls:
+        raise InvalidConfig(f"may not be null: {', '.join(nulls)}", fields=nulls)
+
+
+@contextmanager
+def _validated(what: str) -> Iterator[None]:
+    """One config change whose model errors become `InvalidConfig`/`ConfigConflict`."""
+    try:
+        with config_change(what):
+            yield
+    except ValidationError as exc:
+        errors = exc.message_dict if hasattr(exc, "error_dict") else {"__all__": exc.messages}
+        raise InvalidConfig("the config is not valid", errors=errors) from None
+    except IntegrityError as exc:
+        raise ConfigConflict(f"conflicts with existing config: {exc}") from None
+
+
+def _one(query: QuerySet[ConfigModel], kind: str, message: str, slug: str) -> ConfigModel:
+    row = query.first()
+    if row is None:
+        if kind != "pool":
+            get_pool(slug)  # an unknown pool says so, not "unknown server"
+        raise NotFound(kind, message)
+    return row
+
+
+def get_pool(slug: str, *, lock: bool = False) -> Pool:
+    query = Pool.objects.filter(slug=slug)
+    return _one(query.select_for_update() if lock else query, "pool", f"no pool {slug!r}", slug)
+
+
+def get_server(slug: str, name: str, *, lock: bool = False) -> Server:
+    query = Server.objects.filter(pool__slug=slug, name=name)
+    query = query.select_for_update() if lock else query.select_related("pool")
+    return _one(query, "server", f"pool {slug!r} has no server {name!r}", slug)
+
+
+def get_rule(slug: str, rule_id: int, *, lock: bool = False) -> AffinityRule:
+    query = AffinityRule.objects.filter(pool__slug=slug, pk=rule_id)
+    query = query.select_for_update() if lock else query.select_related("pin_server")
+    return _one(query, "rule", f"pool {slug!r} has no affinity rule {rule_id}", slug)
+
+
+def _apply(row: ConfigModel, fields: Mapping[str, Any]) -> ConfigModel:
+    """Set the given fields, validate the whole row, and write only those columns."""
+    for name, value in fields.items():
+        setattr(row, name, value)
+    row.full_clean()
+    columns = list(fields)
+    if any(f.name == "updated_at" for f in row._meta.concrete_fields):
+        columns.append("updated_at")
+    row.save(update_fields=columns)
+    return row
+
+
+def _create(row: ConfigModel) -> ConfigModel:
+    row.full_clean()
+    row.save()
+    return row
+
+
+def create_pool(fields: Mapping[str, Any]) -> Pool:
+    _check_fields(fields, POOL_FIELDS)
+    with _validated(f"create pool {fields.get('slug')}"):
+        return _create(Pool(**fields))
+
+
+def update_pool(slug: str, fields: Mapping[str, Any]) -> Pool:
+    _check_fields(fields, POOL_FIELDS)
+    with _validated(f"update pool {slug}"):
+        return _apply(get_pool(slug, lock=True), fields)
+
+
+def delete_pool(slug: str) -> None:
+    with config_change(f"delete pool {slug}"):
+        get_pool(slug, lock=True).delete()
+
+
+def drain_pool(slug: str) -> int:
+    """Drain every server of a pool: they finish their calls and take no new ones."""
+    return set_server_state(get_pool(slug).servers.all(), ServerState.DRAINING)
+
+
+def list_servers(slug: str) -> list[Server]:
+    return list(get_pool(slug).servers.order_by("priority", "name"))
+
+
+def create_server(slug: str, fields: Mapping[str, Any]) -> Server:
+    _check_fields(fields, SERVER_FIELDS)
+    with _validated(f"create server {slug}/{fields.get('name')}"):
+        server = Server(pool=get_pool(slug), **fields)
+        refuse_api_stdio(server)
+        return _create(server)
+
+
+def update_server(slug: str, name: str, fields: Mapping[str, Any]) -> Server:
+    _check_fields(fields, SERVER_FIELDS)
+    with _validated(f"update server {slug}/{name}"):
+        server = get_server(slug, name, lock=True)
+        refuse_api_stdio(server)  # a stdio server now, or one this write would make stdio
+        if fields.get("transport") == choices.Transport.STDIO:
+            refuse_api_stdio(Server(transport=choices.Transport.STDIO))
+        return _apply(server, fields)
+
+
+def delete_server(slug: str, name: str) -> None:
+    with config_change(f"delete server {slug}/{name}"):
+        get_server(slug, name, lock=True).delete()
+
+
+def change_server_state(slug: str, name: str, state: str) -> Server:
+    if state not in ServerState.values:
+        raise InvalidConfig(f"state must be one of {sorted(ServerState.values)}")
+    server = get_server(slug, name)
+    set_server_state([server], ServerState(state))
+    server.refresh_from_db()
+    return server
+
+
+def list_rules(slug: str) -> list[AffinityRule]:
+    rules = get_pool(slug).affinity_rules.select_related("pin_server")
+    return list(rules.order_by("order", "id"))
+
+
+def _rule_fields(pool: Pool, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Rule fields with `pin_server` named (by server name within the pool) resolved to a row."""
+    _check_fields(fields, RULE_FIELDS)
+    values = dict(fields)
+    if "pin_server" in values:
+        name = values.pop("pin_server")
+        values["pin_server"] = None
+        if name:
+            server = pool.servers.filter(name=name).first()
+            if server is None:
+                raise InvalidConfig(f"pool {pool.slug!r} has no server {name!r}")
+            values["pin_server"] = server
+    return values
+
+
+def create_rule(slug: str, fields: Mapping[str, Any]) -> AffinityRule:
+    with _validated(f"create rule {slug}"):
+        pool = get_pool(slug)
+        return _create(AffinityRule(pool=pool, **_rule_fields(pool, fields)))
+
+
+def update_rule(slug: str, rule_id: int, fields: Mapping[str, Any]) -> AffinityRule:
+    with _validated(f"update rule {slug}/{rule_id}"):
+        rule = get_rule(slug, rule_id, lock=True)
+        return _apply(rule, _rule_fields(rule.pool, fields))
+
+
+def delete_rule(slug: str, rule_id: int) -> None:
+    with config_change(f"delete rule {slug}/{rule_id}"):
+        get_rule(slug, rule_id, lock=True).delete()

@@ -36,7 +36,8 @@ def test_cli_apply_then_export_round_trips_the_example(tmp_path: Path) -> None:
     assert applied.returncode == 0, applied.stderr
     exported = _mcppool(tmp_path, "export")
     assert exported.returncode == 0, exported.stderr
-    assert "slug: time" in exported.stdout and "name: time-2" in exported.stdout
+    assert "slug: time" in exported.stdout
+    assert "name: time-2" in exported.stdout
     again = _mcppool(tmp_path, "apply", str(EXAMPLE))
     assert "no changes" in again.stdout
 

@@ -64,7 +64,8 @@ def test_deploy_check_production_without_tls_knobs_names_only_hsts_and_redirect(
 ) -> None:
     # the two decisions left to the operator (a TLS proxy may already do both)
     code, issues = _deploy_check(tmp_path, **PRODUCTION)
-    assert code != 0 and issues == {"security.W004", "security.W008"}
+    assert code != 0
+    assert issues == {"security.W004", "security.W008"}
 
 
 def test_settings_debug_off_with_servers_makes_cookies_secure(tmp_path: Path) -> None:

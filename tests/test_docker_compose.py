@@ -109,7 +109,8 @@ def test_compose_app_commands_exist_in_project(services: dict[str, Any]) -> None
 def test_compose_web_serves_asgi_app_with_lifespan(services: dict[str, Any]) -> None:
     argv = _argv(services["web"]["command"])
     assert argv[:2] == ["uvicorn", "mcppool.asgi:application"]
-    assert _option(argv, "--lifespan") == "on" and _option(argv, "--port") == "8000"
+    assert _option(argv, "--lifespan") == "on"
+    assert _option(argv, "--port") == "8000"
 
 
 def test_compose_beat_uses_database_scheduler(services: dict[str, Any]) -> None:
@@ -123,10 +124,8 @@ def test_compose_app_services_get_their_environment(services: dict[str, Any]) ->
         env = services[name]["environment"]
         for variable in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "ALLOWED_HOSTS"):
             assert env.get(variable), (name, variable)
-        assert (
-            env["DATABASE_URL"].startswith("postgres://")
-            and "@postgres:5432/" in env["DATABASE_URL"]
-        )
+        assert env["DATABASE_URL"].startswith("postgres://")
+        assert "@postgres:5432/" in env["DATABASE_URL"]
         assert env["REDIS_URL"].startswith("redis://redis:6379/")
 
 

@@ -52,7 +52,8 @@ def test_settings_embedded_default_needs_no_server(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     debug, poll, engine, layer, broker = result.stdout.split()
     assert (debug, poll) == ("False", "1.0")
-    assert engine.endswith("sqlite3") and layer.endswith("InMemoryChannelLayer")
+    assert engine.endswith("sqlite3")
+    assert layer.endswith("InMemoryChannelLayer")
     assert broker == "sqla+sqlite"
     assert (tmp_path / "secret_key").exists()  # generated once, kept for restarts
 
@@ -69,7 +70,8 @@ def test_settings_servers_configured_use_them(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     debug, poll, engine, layer, broker = result.stdout.split()
     assert (debug, poll, broker) == ("True", "0.5", "redis")
-    assert engine.endswith("postgresql") and layer.endswith("RedisChannelLayer")
+    assert engine.endswith("postgresql")
+    assert layer.endswith("RedisChannelLayer")
 
 
 def test_settings_without_secret_key_off_debug_with_servers_fails(tmp_path: Path) -> None:

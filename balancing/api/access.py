@@ -31,11 +31,6 @@ def pool_for(host: RuntimeHost, key: KeyRecord, slug: str) -> LivePool:
     return live
 
 
-def require_admin(key: KeyRecord) -> None:
-    if not key.is_admin:
-        raise ApiError("admin_required", "this API key may not change the config")
-
-
 async def charge(host: RuntimeHost, key: KeyRecord, live: LivePool) -> None:
     """Take one token from the key's and the pool's buckets (only those that have a limit)."""
     if key.rate_limit_per_minute:

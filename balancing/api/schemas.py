@@ -7,6 +7,8 @@ from typing import Any, Literal
 from ninja import Schema
 from pydantic import ConfigDict, Field
 
+from balancing.engine.config import PoolStatus
+
 
 class Error(Schema):
     code: str = Field(description="Stable machine-readable code, e.g. `unknown_pool`")
@@ -25,7 +27,7 @@ class HealthSummary(Schema):
     ejected: int
     unknown: int
     draining: int
-    status: Literal["up", "degraded", "down", "empty"]
+    status: PoolStatus
 
 
 class PoolOut(Schema):
@@ -81,7 +83,8 @@ class ServerStateIn(Schema):
 
 
 class PoolIn(Schema):
-    """Pool fields (create: `slug` and `name` required; update: any subset)."""
+    """Pool fields (create: `slug` and `name` required; update: any subset). Every operator
+    field the admin and YAML accept, no more (a test compares with the service's field list)."""
 
     model_config = ConfigDict(extra="forbid")
     slug: str | None = None
@@ -107,6 +110,7 @@ class PoolIn(Schema):
     max_ejection_percent: float | None = None
     panic_threshold: float | None = None
     slow_start_window: float | None = None
+    rate_limit_per_minute: int | None = Field(default=None, description="0 = unlimited")
 
 
 class ServerIn(Schema):

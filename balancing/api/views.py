@@ -6,42 +6,36 @@ service functions the admin uses (via `balancing.adapter`), then reload this pro
 the answer reflects the change at once; other processes follow within their poll interval.
 
 The tool-call route is declared here for the OpenAPI document, but served by the raw-ASGI hot
-path (`balancing.api.call`) that the router puts in front of Django; this view only answers if
-something mounts Django without that router.
+path (`balancing.api.call`) that the router puts in front of Django: there is one call path, and
+this declaration only answers `not_found` if something mounts Django without that router.
+Config writes for admin keys are the resource layer of `balancing.api.config`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 import orjson
-from asgiref.sync import sync_to_async
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer
 
 from balancing import adapter
-from balancing.api import call as hot_call
-from balancing.api.access import authenticate, charge, pool_for, require_admin, started_host
+from balancing.api import config
+from balancing.api.access import authenticate, charge, pool_for, started_host
 from balancing.api.docs import LocalSwagger
 from balancing.api.schemas import (
     CallIn,
     CallResult,
     ErrorBody,
     HealthSummary,
-    PoolIn,
     PoolOut,
     PromptGetIn,
-    RuleIn,
-    ServerIn,
     ServerOut,
-    ServerStateIn,
-    given,
 )
-from balancing.engine.config import AdminState, Health
+from balancing.engine.config import AdminState, Health, pool_status
 from balancing.engine.errors import CallRejected, UpstreamError
 from balancing.engine.runtime import LivePool
 from balancing.errors_http import INVALID_PARAMS, ApiError, from_upstream
@@ -119,6 +113,11 @@ def _not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
     return error_response(ApiError("not_found", "no such endpoint"))
 
 
+@api.exception_handler(UpstreamError)
+def _upstream_error(request: HttpRequest, exc: UpstreamError) -> HttpResponse:
+    return error_response(from_upstream(exc))
+
+
 @api.exception_handler(HttpError)
 def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
     code = "invalid_json" if exc.status_code == 400 else "invalid_request"
@@ -148,12 +147,6 @@ def health_summary(live: LivePool, now: float) -> HealthSummary:
         counts[Health.EJECTED if ep.outlier.ejected(now) else ep.config.health] += 1
     available = sum(1 for ep in endpoints if ep.available(now))
     draining = sum(1 for ep in endpoints if ep.config.state is AdminState.DRAINING)
-    if not endpoints:
-        status = "empty"
-    elif available == len(endpoints):
-        status = "up"
-    else:
-        status = "degraded" if available else "down"
     return HealthSummary(
         servers=len(endpoints),
         available=available,
@@ -162,7 +155,7 @@ def health_summary(live: LivePool, now: float) -> HealthSummary:
         ejected=counts[Health.EJECTED],
         unknown=counts[Health.UNKNOWN],
         draining=draining,
-        status=status,  # type: ignore[arg-type]
+        status=pool_status(available, len(endpoints)),
     )
 
 
@@ -242,14 +235,8 @@ async def call_tool(request: HttpRequest, slug: str, name: str, body: CallIn) ->
     to receive `progress` and `log` events while it runs, then a `result` (or `error`) event.
     Served by the gateway's raw-ASGI hot path; this declaration documents it.
     """
-    host, live = await _pool(request, slug)
-    await charge(host, _key(request), live)
-    hot_call.check_tool(live, name)
-    try:
-        result = await host.runtime.call_tool(slug, name, body.arguments, timeout=body.timeout)
-    except UpstreamError as exc:
-        raise hot_call.call_error(exc, name) from None
-    return _json(result)
+    # Only reached when Django is mounted without the gateway's ASGI router; one call path only.
+    raise ApiError("not_found", "tool calls are served by the gateway's ASGI router (mcppool.asgi)")
 
 
 # ---- for apps: resources and prompts ------------------------------------------------------
@@ -274,10 +261,7 @@ async def list_resources(
 ) -> HttpResponse:
     """The pool's resources (MCP `resources/list`; pass `nextCursor` back as `cursor`)."""
     host, live = await _pool(request, slug)
-    try:
-        return _json(await _forward(host, live, _key(request), "resources/list", _page(cursor)))
-    except UpstreamError as exc:
-        raise from_upstream(exc) from None
+    return _json(await _forward(host, live, _key(request), "resources/list", _page(cursor)))
 
 
 @api.get(
@@ -291,10 +275,7 @@ async def list_resource_templates(
     """The pool's resource templates (MCP `resources/templates/list`)."""
     host, live = await _pool(request, slug)
     method = "resources/templates/list"
-    try:
-        return _json(await _forward(host, live, _key(request), method, _page(cursor)))
-    except UpstreamError as exc:
-        raise from_upstream(exc) from None
+    return _json(await _forward(host, live, _key(request), method, _page(cursor)))
 
 
 @api.get(
@@ -310,9 +291,7 @@ async def read_resource(request: HttpRequest, slug: str, uri: str) -> HttpRespon
     except CallRejected as exc:
         if exc.code in (INVALID_PARAMS, RESOURCE_NOT_FOUND):
             raise ApiError("unknown_resource", f"no resource {uri!r} in pool {slug!r}") from None
-        raise from_upstream(exc) from None
-    except UpstreamError as exc:
-        raise from_upstream(exc) from None
+        raise
 
 
 @api.get(
@@ -321,10 +300,7 @@ async def read_resource(request: HttpRequest, slug: str, uri: str) -> HttpRespon
 async def list_prompts(request: HttpRequest, slug: str, cursor: str | None = None) -> HttpResponse:
     """The pool's prompts (MCP `prompts/list`)."""
     host, live = await _pool(request, slug)
-    try:
-        return _json(await _forward(host, live, _key(request), "prompts/list", _page(cursor)))
-    except UpstreamError as exc:
-        raise from_upstream(exc) from None
+    return _json(await _forward(host, live, _key(request), "prompts/list", _page(cursor)))
 
 
 _prompt_names: dict[str, tuple[float, frozenset[str]]] = {}
@@ -360,104 +336,19 @@ async def _known_prompt(host: RuntimeHost, slug: str, name: str) -> bool:
 async def get_prompt(request: HttpRequest, slug: str, name: str, body: PromptGetIn) -> HttpResponse:
     """A prompt filled in with `arguments` (MCP `prompts/get`)."""
     host, live = await _pool(request, slug)
-    try:
-        await charge(host, _key(request), live)
-        if not await _known_prompt(host, slug, name):
-            raise ApiError("unknown_prompt", f"pool {slug!r} has no prompt {name!r}")
-        params = {"name": name, "arguments": body.arguments}
-        return _json(await host.runtime.request(slug, "prompts/get", params))
-    except UpstreamError as exc:
-        raise from_upstream(exc) from None
+    await charge(host, _key(request), live)
+    if not await _known_prompt(host, slug, name):
+        raise ApiError("unknown_prompt", f"pool {slug!r} has no prompt {name!r}")
+    params = {"name": name, "arguments": body.arguments}
+    return _json(await host.runtime.request(slug, "prompts/get", params))
 
 
-# ---- for automation: admin-scoped keys change the config ------------------------------------
+# ---- for automation: admin-scoped keys change the config (balancing.api.config) ------------
 
 
-async def _admin(request: HttpRequest, fn: Callable[..., T], *args: Any) -> T:
-    """Run one config write (in a thread: the ORM is sync) and apply it to this runtime now."""
-    require_admin(_key(request))
-    host = await started_host()
-    result = await sync_to_async(fn)(*args)
-    await host.reload(if_newer_than=host.runtime.version)
-    return result
+@api.exception_handler(adapter.ConfigError)
+def _config_error(request: HttpRequest, exc: adapter.ConfigError) -> HttpResponse:
+    return error_response(config.config_error(exc))
 
 
-@api.post("/pools", response={201: dict[str, Any], **ERRORS}, tags=["config"])
-async def create_pool(request: HttpRequest, body: PoolIn) -> HttpResponse:
-    return _json(await _admin(request, adapter.create_pool, given(body)), 201)
-
-
-@api.patch("/pools/{slug}", response={200: dict[str, Any], **ERRORS}, tags=["config"])
-async def update_pool(request: HttpRequest, slug: str, body: PoolIn) -> HttpResponse:
-    return _json(await _admin(request, adapter.update_pool, slug, given(body)))
-
-
-@api.delete("/pools/{slug}", response={204: None, **ERRORS}, tags=["config"])
-async def delete_pool(request: HttpRequest, slug: str) -> HttpResponse:
-    await _admin(request, adapter.delete_pool, slug)
-    return HttpResponse(status=204)
-
-
-@api.post("/pools/{slug}/drain", response={200: dict[str, Any], **ERRORS}, tags=["config"])
-async def drain_pool(request: HttpRequest, slug: str) -> HttpResponse:
-    """Drain every server of the pool: calls in flight finish, no new ones start."""
-    return _json({"drained": await _admin(request, adapter.drain_pool, slug)})
-
-
-@api.get(
-    "/pools/{slug}/config/servers", response={200: list[dict[str, Any]], **ERRORS}, tags=["config"]
-)
-async def list_server_configs(request: HttpRequest, slug: str) -> HttpResponse:
-    """The servers as stored (operator fields), for automation."""
-    return _json(await _admin(request, adapter.list_servers, slug))
-
-
-@api.post("/pools/{slug}/servers", response={201: dict[str, Any], **ERRORS}, tags=["config"])
-async def create_server(request: HttpRequest, slug: str, body: ServerIn) -> HttpResponse:
-    return _json(await _admin(request, adapter.create_server, slug, given(body)), 201)
-
-
-@api.patch(
-    "/pools/{slug}/servers/{name}", response={200: dict[str, Any], **ERRORS}, tags=["config"]
-)
-async def update_server(request: HttpRequest, slug: str, name: str, body: ServerIn) -> HttpResponse:
-    return _json(await _admin(request, adapter.update_server, slug, name, given(body)))
-
-
-@api.delete("/pools/{slug}/servers/{name}", response={204: None, **ERRORS}, tags=["config"])
-async def delete_server(request: HttpRequest, slug: str, name: str) -> HttpResponse:
-    await _admin(request, adapter.delete_server, slug, name)
-    return HttpResponse(status=204)
-
-
-@api.post(
-    "/pools/{slug}/servers/{name}/state", response={200: dict[str, Any], **ERRORS}, tags=["config"]
-)
-async def set_server_state(
-    request: HttpRequest, slug: str, name: str, body: ServerStateIn
-) -> HttpResponse:
-    """Drain, enable or disable one server."""
-    return _json(await _admin(request, adapter.set_server_state, slug, name, body.state))
-
-
-@api.get("/pools/{slug}/rules", response={200: list[dict[str, Any]], **ERRORS}, tags=["config"])
-async def list_rules(request: HttpRequest, slug: str) -> HttpResponse:
-    return _json(await _admin(request, adapter.list_rules, slug))
-
-
-@api.post("/pools/{slug}/rules", response={201: dict[str, Any], **ERRORS}, tags=["config"])
-async def create_rule(request: HttpRequest, slug: str, body: RuleIn) -> HttpResponse:
-    return _json(await _admin(request, adapter.create_rule, slug, given(body)), 201)
-
-
-@api.patch(
-    "/pools/{slug}/rules/{rule_id}", response={200: dict[str, Any], **ERRORS}, tags=["config"]
-)
-async def update_rule(request: HttpRequest, slug: str, rule_id: int, body: RuleIn) -> HttpResponse:
-    return _json(await _admin(request, adapter.update_rule, slug, rule_id, given(body)))
-
-
-@api.delete("/pools/{slug}/rules/{rule_id}", response={204: None, **ERRORS}, tags=["config"])
-async def delete_rule(request: HttpRequest, slug: str, rule_id: int) -> HttpResponse:
-    await _admin(request, adapter.delete_rule, slug, rule_id)
-    return HttpResponse(status=204)
+config.register(api)

@@ -198,7 +198,7 @@ class Balancer:
             endpoint = rendezvous_choose(
                 key_hash, candidates, loads, self._pool.hash_balance_factor, seeds=seeds
             )
-            assert endpoint is not None  # candidates is not empty
+            assert endpoint is not None  # noqa: S101  # narrowing: candidates is not empty
             return self._done(endpoint, level.priority, panic, PickReason.HASH, now)
         return self._done(
             self._balance(candidates, now), level.priority, panic, PickReason.BALANCE, now

@@ -57,6 +57,24 @@ class RetryPolicy(StrEnum):
     NEVER = "never"
 
 
+class PoolStatus(StrEnum):
+    """A pool at a glance, the one vocabulary of the REST API and the dashboard."""
+
+    UP = "up"  # every server takes calls
+    DEGRADED = "degraded"  # some do
+    DOWN = "down"  # none does
+    EMPTY = "empty"  # the pool has no servers
+
+
+def pool_status(available: int, total: int) -> PoolStatus:
+    """The status of a pool with `available` of its `total` servers taking calls."""
+    if not total:
+        return PoolStatus.EMPTY
+    if available >= total:
+        return PoolStatus.UP
+    return PoolStatus.DEGRADED if available else PoolStatus.DOWN
+
+
 class MatchOn(StrEnum):
     API_KEY = "api_key"
     HEADER = "header"

@@ -26,11 +26,11 @@ def may_retry(
 
     `delivered` = the request may have reached the server (it was written to a live session).
     """
-    if policy is RetryPolicy.NEVER:
+    if policy == RetryPolicy.NEVER:  # ==, not `is`: a plain "never" string is the same policy
         return False
     if not delivered:
         return True
-    if policy is not RetryPolicy.SAFE or not annotations:
+    if policy != RetryPolicy.SAFE or not annotations:
         return False
     # Only a real `true` counts: hints are untrusted, and absence means "may have side effects".
     return any(annotations.get(hint) is True for hint in _SAFE_HINTS)

@@ -177,7 +177,8 @@ class StdioTransport:
     # ---------------------------------------------------------------- receiving
 
     async def _read_messages(self) -> None:
-        assert self._process is not None and self._process.stdout is not None
+        assert self._process is not None
+        assert self._process.stdout is not None
         stdout = self._process.stdout
         try:
             while True:
@@ -227,7 +228,8 @@ class StdioTransport:
 
     async def _read_stderr(self) -> None:
         """Log stderr line by line; lines are cut at MAX_STDERR_LINE so nothing grows unbounded."""
-        assert self._process is not None and self._process.stderr is not None
+        assert self._process is not None
+        assert self._process.stderr is not None
         stderr = self._process.stderr
         partial = b""
         while chunk := await stderr.read(65536):

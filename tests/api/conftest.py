@@ -59,6 +59,7 @@ def garbage_url() -> Iterator[str]:
         method = message.get("method")
         if "id" not in message:
             return web.Response(status=202)
+        result: dict[str, Any]
         if method == "initialize":
             result = {
                 "protocolVersion": "2025-11-25",
@@ -116,6 +117,7 @@ def _setup(
     keys = {
         "app": add_key("app", ["echo", "stream", "dead", "garbage", "everything", "capped"]),
         "admin": add_key("admin", all_pools=True, is_admin=True),
+        "scoped_admin": add_key("scoped-admin", ["other"], is_admin=True),
         "limited": add_key("limited", ["echo"], rate_limit_per_minute=2),
         "expired": add_key("expired", ["echo"], expires_at=timezone.now() - timedelta(minutes=1)),
         "revoked": add_key("revoked", ["echo"]),
@@ -144,7 +146,9 @@ def nothing() -> Iterator[None]:
 
 
 def error_of(body: Any) -> str:
-    assert isinstance(body, dict) and set(body) == {"error"}, body
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    assert isinstance(body, dict), body
+    assert set(body) == {"error"}, body
+    assert isinstance(body["error"]["message"], str)
+    assert body["error"]["message"]
     code: str = body["error"]["code"]
     return code

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import orjson
 import uvicorn
 from asgiref.sync import sync_to_async
 from django.db import connections
@@ -34,6 +35,23 @@ class Gateway:
 
     def auth(self, key: str = "app") -> dict[str, str]:
         return {"Authorization": f"Bearer {self.keys[key]}"}
+
+    async def get(self, path: str, key: str | None = "app") -> tuple[int, Any]:
+        """GET `/api/v1<path>` with key `key` (None: no key); the status and the JSON body."""
+        headers = self.auth(key) if key else {}
+        async with self.http.get(f"{self.url}/api/v1{path}", headers=headers) as response:
+            return response.status, orjson.loads(await response.read() or b"null")
+
+    async def send(
+        self, method: str, path: str, body: Any = None, key: str = "admin", raw: bytes = b""
+    ) -> tuple[int, Any]:
+        """A REST write with a JSON body (or `raw` bytes); the status and the JSON body."""
+        data = raw or (orjson.dumps(body) if body is not None else b"")
+        headers = {**self.auth(key), "Content-Type": "application/json"}
+        url = f"{self.url}/api/v1{path}"
+        async with self.http.request(method, url, data=data, headers=headers) as response:
+            payload = await response.read()
+            return response.status, orjson.loads(payload) if payload else None
 
     async def settle(self) -> None:
         """Apply every committed config change to the runtime now (instead of the next poll)."""

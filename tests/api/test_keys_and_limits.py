@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from typing import Any
 
 import pytest
 
 from balancing.errors_http import ApiError
-from balancing.keys import KEY_PREFIX_LEN, LOOKUPS_PER_SECOND, KeyCache, KeyRecord, bearer_secret
+from balancing.keys import LOOKUPS_PER_SECOND, KeyRecord, bearer_secret
 from balancing.ratelimit import MemoryRateLimiter, RedisRateLimiter
 from servers import services
+from tests.helpers.keys import a_wrong_secret, key_cache
 
 
 class Clock:
@@ -24,16 +24,12 @@ class Clock:
 
 def _record(secret: str, **fields: Any) -> KeyRecord:
     prefix = secret.split("_")[1]
-    digest = hashlib.sha256(secret.encode()).hexdigest()
+    digest = services.hash_secret(secret)
     return KeyRecord(id=1, name="k", prefix=prefix, hashed_secret=digest, pools=frozenset({"p"}),
                      **fields)  # fmt: skip
 
 
 SECRET = "mcp_abcd1234_" + "s" * 43
-
-
-def test_key_prefix_length_matches_the_services_format() -> None:
-    assert KEY_PREFIX_LEN == services.API_KEY_PREFIX_LEN
 
 
 def test_bearer_secret_parses_only_bearer_scheme() -> None:
@@ -44,17 +40,17 @@ def test_bearer_secret_parses_only_bearer_scheme() -> None:
 
 
 async def test_key_cache_authenticates_a_known_key_and_refuses_a_wrong_secret() -> None:
-    cache = KeyCache()
+    cache = key_cache()
     cache.replace([_record(SECRET)])
     assert (await cache.authenticate(SECRET)).name == "k"
     with pytest.raises(ApiError) as caught:
-        await cache.authenticate(SECRET[:-1] + "t")
+        await cache.authenticate(a_wrong_secret(SECRET))
     assert caught.value.code == "invalid_api_key"
 
 
 async def test_key_cache_expiry_needs_no_reload() -> None:
     clock = Clock()
-    cache = KeyCache(clock=clock)
+    cache = key_cache(clock=clock)
     cache.replace([_record(SECRET, expires_at=clock.now + 10)])
     await cache.authenticate(SECRET)
     clock.now += 11
@@ -70,7 +66,7 @@ async def test_key_cache_misses_are_looked_up_once_then_remembered() -> None:
         lookups.append(prefix)
         return None
 
-    cache = KeyCache(lookup, monotonic=Clock())
+    cache = key_cache(lookup, monotonic=Clock())
     for _ in range(5):
         with pytest.raises(ApiError):
             await cache.authenticate(SECRET)
@@ -84,7 +80,7 @@ async def test_key_cache_flood_of_made_up_keys_is_capped_per_second() -> None:
         lookups.append(prefix)
         return None
 
-    cache = KeyCache(lookup, monotonic=Clock())
+    cache = key_cache(lookup, monotonic=Clock())
     for _ in range(200):
         with pytest.raises(ApiError):
             await cache.authenticate(f"mcp_{uuid.uuid4().hex[:8]}_body")
@@ -100,7 +96,7 @@ async def test_key_cache_new_key_found_by_lookup_then_cached() -> None:
         calls += 1
         return found
 
-    cache = KeyCache(lookup)
+    cache = key_cache(lookup)
     cache.replace([])
     await cache.authenticate(SECRET)
     await cache.authenticate(SECRET)

@@ -26,7 +26,7 @@ def test_percentile_of_few_values_is_the_largest_for_p99() -> None:
 
 def test_percentile_empty_is_nan_and_out_of_range_is_refused() -> None:
     assert math.isnan(percentile([], 50))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="101"):
         percentile([1.0], 101)
 
 
@@ -82,4 +82,5 @@ def test_parse_response_without_length_ends_at_close() -> None:
     assert parse_response(buffer, eof=False) is None
     response = parse_response(buffer, eof=True)
 
-    assert response is not None and response.body == b"partial"
+    assert response is not None
+    assert response.body == b"partial"

@@ -24,9 +24,11 @@ async def test_handshake_client_lists_and_calls_tools_on_shared_pool(gateway: Ga
         init = await session.initialize()
         assert init.server_info.name == "mcppool/echo"
         tools = {t.name: t for t in (await session.list_tools()).tools}
-        assert tools["echo"].annotations is not None and tools["echo"].annotations.read_only_hint
+        assert tools["echo"].annotations is not None
+        assert tools["echo"].annotations.read_only_hint
         result = await session.call_tool("echo", {"text": "hello"})
-        assert _text(result) == "hello" and not result.is_error
+        assert _text(result) == "hello"
+        assert not result.is_error
         failed = await session.call_tool("fail", {})
         assert failed.is_error
     assert await gateway.sessions_idle()
@@ -48,7 +50,8 @@ async def test_legacy_mode_client_gets_gateway_session_id(gateway: Gateway) -> N
         assert client.protocol_version == "2025-11-25"
         assert _text(await client.call_tool("echo", {"text": "x"})) == "x"
         (session,) = list(gateway.host.client_sessions)
-        assert len(session.id) > 40 and session.id.count(".") == 2
+        assert len(session.id) > 40
+        assert session.id.count(".") == 2
 
 
 async def test_progress_notifications_reach_the_client_on_shared_pool(gateway: Gateway) -> None:
@@ -65,11 +68,11 @@ async def test_progress_notifications_reach_the_client_on_shared_pool(gateway: G
 
 
 async def test_sticky_pool_relays_progress_and_logging(gateway: Gateway) -> None:
-    progress: list[float] = []
+    reported: list[float] = []
     logs: list[Any] = []
 
-    async def on_progress(value: float, total: float | None, message: str | None) -> None:
-        progress.append(value)
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        reported.append(progress)
 
     async def on_log(params: types.LoggingMessageNotificationParams) -> None:
         logs.append(params.data)
@@ -81,7 +84,7 @@ async def test_sticky_pool_relays_progress_and_logging(gateway: Gateway) -> None
         assert _text(result) == "done 2"
         # the upstream session is this client's own: not the gateway's session id
         assert session.upstream.alive
-    assert progress == [1, 2]
+    assert reported == [1, 2]
     assert any("progress done" in str(d) for d in logs)
     assert not session.upstream.alive  # DELETE closed the client's upstream session
 
@@ -182,7 +185,7 @@ async def test_endpoint_upstream_timeout_is_a_jsonrpc_error(
     gateway: Gateway, settings: Any
 ) -> None:
     async with Client(transport(gateway, "echo"), mode="legacy") as client:
-        with pytest.raises(Exception) as caught:
+        with pytest.raises(Exception) as caught:  # noqa: PT011  # the SDK raises its own types
             await client.call_tool("slow", {"seconds": 5}, read_timeout_seconds=30)
     assert "no answer" in str(caught.value) or "timeout" in str(caught.value).lower()
 

@@ -10,6 +10,7 @@ from typing import Any
 import mcp_types as types
 import pytest
 from mcp import Client, StdioServerParameters
+from pydantic import FileUrl
 
 from tests.api.gateway import Gateway
 from tests.mcp.conftest import needs_everything, transport
@@ -49,7 +50,7 @@ async def _elicit(context: Any, params: Any) -> types.ElicitResult:
 
 
 async def _roots(context: Any) -> types.ListRootsResult:
-    return types.ListRootsResult(roots=[types.Root(uri="file:///srv/data", name="data")])
+    return types.ListRootsResult(roots=[types.Root(uri=FileUrl("file:///srv/data"), name="data")])
 
 
 def _callbacks(full: bool) -> dict[str, Any]:
@@ -112,15 +113,15 @@ async def test_every_everything_tool_answers_as_directly(
 
 async def test_everything_on_sticky_pool_relays_progress(gateway: Gateway) -> None:
     needs_everything(gateway)
-    progress: list[float] = []
+    reported: list[float] = []
 
-    async def on_progress(value: float, total: float | None, message: str | None) -> None:
-        progress.append(value)
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        reported.append(progress)
 
     async with Client(transport(gateway, "ev-sticky"), mode="legacy") as client:
         await client.call_tool("trigger-long-running-operation", {"duration": 0.3, "steps": 3},
                                progress_callback=on_progress)  # fmt: skip
-    assert progress == [1, 2, 3]
+    assert reported == [1, 2, 3]
 
 
 async def test_everything_on_sticky_stdio_pool_relays_session_logging(gateway: Gateway) -> None:

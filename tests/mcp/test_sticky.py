@@ -30,7 +30,8 @@ def _session(session_id: str, now: float = 0.0) -> ClientSession:
 def test_session_ids_are_unguessable_and_verifiable() -> None:
     ids = SessionIds("secret")
     one, two = ids.mint(7), ids.mint(7)
-    assert one != two and len(one.split(".")[0]) >= 32
+    assert one != two
+    assert len(one.split(".")[0]) >= 32
     assert ids.verify(one) == 7
     nonce, _server, mac = one.split(".")
     assert ids.verify(f"{nonce}.8.{mac}") is None  # another server: the MAC no longer fits
@@ -48,7 +49,8 @@ def test_session_table_expires_idle_sessions_but_not_busy_ones() -> None:
     clock.now = 61
     swept = table.add(_session("new", now=61))
     assert [s.id for s in swept] == ["idle"]
-    assert table.get("busy") is busy and table.get("idle") is None
+    assert table.get("busy") is busy
+    assert table.get("idle") is None
 
 
 async def test_close_sessions_fails_waiting_relays() -> None:
@@ -56,7 +58,8 @@ async def test_close_sessions_fails_waiting_relays() -> None:
     waiting: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
     session.pending["mcppool-1"] = waiting
     await close_sessions([session])
-    assert waiting.cancelled() and not session.pending
+    assert waiting.cancelled()
+    assert not session.pending
 
 
 @pytest.mark.django_db(transaction=True)

@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -113,7 +114,7 @@ def restartable() -> Iterator[Callable[[str], Restartable]]:
         server.stop()
 
 
-def make_pool(slug: str = "web", **knobs: object) -> Pool:
+def make_pool(slug: str = "web", **knobs: Any) -> Pool:
     """A pool saved through the service layer (fast checks unless told otherwise)."""
     fields: dict[str, object] = {
         "check_interval": 1.0, "check_timeout": 0.5, "fall": 2, "rise": 2,

@@ -47,9 +47,12 @@ def test_run_health_checks_new_server_is_up_after_one_check(
     server.refresh_from_db()
     assert server.health == Health.UP
     assert (server.negotiated_era, server.protocol_version) == ("modern", "2026-07-28")
-    assert server.tools_count == 12 and len(server.tools_hash) == 64
+    assert server.tools_count == 12
+    assert len(server.tools_hash) == 64
     row = HealthCheck.objects.get(server=server)
-    assert row.ok and row.latency_ms is not None and row.tools_hash == server.tools_hash
+    assert row.ok
+    assert row.latency_ms is not None
+    assert row.tools_hash == server.tools_hash
     flip = Flip.objects.get(server=server)
     assert (flip.old, flip.new, flip.source) == ("unknown", "up", "check")
     labels = {"pool": "web", "server": "a", "outcome": "ok"}
@@ -74,10 +77,12 @@ def test_run_health_checks_stopped_server_is_down_after_fall_checks(
     # then one failure is not enough, two are; the flip says why
     assert after_one == Health.UP
     server.refresh_from_db()
-    assert server.health == Health.DOWN and server.consecutive_failed == 2
+    assert server.health == Health.DOWN
+    assert server.consecutive_failed == 2
     assert server.last_error
     flip = Flip.objects.filter(server=server).first()
-    assert flip is not None and (flip.old, flip.new) == ("up", "down")
+    assert flip is not None
+    assert (flip.old, flip.new) == ("up", "down")
     assert "2 failed checks in a row" in flip.reason
 
 
@@ -152,7 +157,8 @@ def test_run_health_checks_hanging_server_times_out_and_others_are_checked(
 
     # then the hung one failed its probe on the timeout and the round went on without it
     hung_row = HealthCheck.objects.get(server=hung_server)
-    assert not hung_row.ok and "0.5s" in hung_row.error
+    assert not hung_row.ok
+    assert "0.5s" in hung_row.error
     assert HealthCheck.objects.get(server=fine_server).ok
 
 

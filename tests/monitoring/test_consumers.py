@@ -57,8 +57,9 @@ def staff() -> User:
 
 
 async def open_page(path: str, user: Any) -> tuple[WebsocketCommunicator, bool]:
-    communicator = WebsocketCommunicator(URLRouter(websocket_urlpatterns), path)
-    communicator.scope["user"] = user
+    router = URLRouter(websocket_urlpatterns)  # type: ignore[arg-type]  # stubs: channels' own patterns only
+    communicator = WebsocketCommunicator(router, path)
+    communicator.scope["user"] = user  # type: ignore[typeddict-unknown-key]  # what AuthMiddleware sets
     connected, _ = await communicator.connect(timeout=TIMEOUT)
     return communicator, connected
 
@@ -69,7 +70,7 @@ async def test_consumer_staff_on_overview_receives_pools(runtime: Runtime) -> No
     message = await page.receive_json_from(timeout=TIMEOUT)
     assert message["type"] == "overview"
     [pool] = message["pools"]
-    assert (pool["slug"], pool["healthy"], pool["total"], pool["status"]) == ("p", 2, 2, "ok")
+    assert (pool["slug"], pool["healthy"], pool["total"], pool["status"]) == ("p", 2, 2, "up")
     assert [s["name"] for s in pool["servers"]] == ["a", "b"]
     await page.disconnect()
 
@@ -87,7 +88,8 @@ async def test_consumer_pool_page_receives_only_its_pool(runtime: Runtime) -> No
     page, connected = await open_page("/ws/dashboard/pool/p/", staff())
     assert connected
     message = await page.receive_json_from(timeout=TIMEOUT)
-    assert message["type"] == "pool" and message["pool"]["slug"] == "p"
+    assert message["type"] == "pool"
+    assert message["pool"]["slug"] == "p"
     assert {s["name"]: s["health"] for s in message["pool"]["servers"]} == {
         "a": "unknown",
         "b": "unknown",
@@ -106,6 +108,7 @@ async def test_consumer_health_change_is_pushed_without_waiting_for_the_tick(
     down = replace(POOL, servers=(POOL.servers[0], replace(POOL.servers[1], health=Health.DOWN)))
     await runtime.apply(Snapshot(2, (down,)))
     layer = get_channel_layer()
+    assert layer is not None
     await layer.group_send(
         CONTROL_GROUP, {"type": HEALTH_CHANGED, "server_id": 2, "health": "down"}
     )
@@ -124,6 +127,7 @@ async def test_consumer_busy_pool_and_event_storm_stay_under_two_messages_a_seco
     page, _ = await open_page("/ws/dashboard/", staff())
     await page.receive_json_from(timeout=TIMEOUT)
     layer = get_channel_layer()
+    assert layer is not None
     loop = asyncio.get_running_loop()
     started = loop.time()
 
@@ -149,8 +153,10 @@ async def test_consumer_last_page_closed_stops_the_publisher(runtime: Runtime) -
     first, _ = await open_page("/ws/dashboard/", staff())
     second, _ = await open_page("/ws/dashboard/pool/p/", staff())
     publisher = live._publisher
-    assert publisher is not None and publisher.running
+    assert publisher is not None
+    assert publisher.running
     await first.disconnect()
     assert publisher.running  # one page still open
     await second.disconnect()
-    assert not publisher.running and live._publisher is None
+    assert not publisher.running
+    assert live._publisher is None

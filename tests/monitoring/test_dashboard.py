@@ -18,6 +18,7 @@ from monitoring import live, views
 from monitoring.models import HealthCheck
 from monitoring.templatetags.dashboard import ms
 from servers import services
+from servers.choices import ServerState
 from servers.models import AffinityRule, Flip, Pool, Server
 from tests.monitoring.fakes import Clock, fake_runtime, server
 
@@ -55,7 +56,8 @@ async def test_pool_numbers_after_calls_give_rates_errors_p99_and_shares(
     assert (pool.healthy, pool.total, pool.status) == (2, 3, "degraded")
     assert pool.calls_per_s == 5.0
     assert pool.error_rate == 0.1
-    assert pool.p99_ms is not None and pool.p99_ms <= 1.0  # every fake answer is instant
+    assert pool.p99_ms is not None
+    assert pool.p99_ms <= 1.0
     a, b, c = pool.servers
     assert (a.name, a.health, a.up, b.up, c.health, c.up) == (
         "a",
@@ -65,7 +67,8 @@ async def test_pool_numbers_after_calls_give_rates_errors_p99_and_shares(
         "down",
         False,
     )
-    assert a.share == b.share == 0.5 and c.share == 0.0
+    assert a.share == b.share == 0.5
+    assert c.share == 0.0
     assert a.calls_per_s == b.calls_per_s == 2.5
     assert a.sessions["idle"] + a.sessions["busy"] >= 1
 
@@ -73,7 +76,9 @@ async def test_pool_numbers_after_calls_give_rates_errors_p99_and_shares(
 async def test_pool_numbers_without_history_show_no_rates(clocked: tuple[Runtime, Clock]) -> None:
     runtime, _ = clocked
     [pool] = live.all_numbers(live.runtime_configs(runtime), runtime, live.Sampler())
-    assert pool.calls_per_s is None and pool.error_rate is None and pool.p99_ms is None
+    assert pool.calls_per_s is None
+    assert pool.error_rate is None
+    assert pool.p99_ms is None
 
 
 async def test_server_latency_is_a_dash_until_it_served_a_call_and_once_idle(
@@ -115,7 +120,8 @@ def pool(db: Any) -> Pool:
 def test_dashboard_anonymous_is_sent_to_login(client: Client, pool: Pool) -> None:
     for url in ("/dashboard/", "/dashboard/pools/search/", "/dashboard/pools/search/servers/s1/"):
         response = client.get(url)
-        assert response.status_code == 302 and "/admin/login/" in response["Location"]
+        assert response.status_code == 302
+        assert "/admin/login/" in response["Location"]
 
 
 def test_dashboard_non_staff_user_is_sent_to_login(
@@ -142,7 +148,8 @@ def test_overview_down_server_counts_against_its_pool(admin_client: Client, pool
     assert ">1/2<" in page
     assert 'data-server="s2" data-health="down"' in page
     assert 'data-ws="/ws/dashboard/"' in page
-    assert "/static/monitoring/dashboard.js" in page and "https://" not in page
+    assert "/static/monitoring/dashboard.js" in page
+    assert "https://" not in page
 
 
 def test_pool_page_shows_servers_rules_and_flips(admin_client: Client, pool: Pool) -> None:
@@ -165,11 +172,12 @@ def test_pool_page_shows_servers_rules_and_flips(admin_client: Client, pool: Poo
         reason="first check passed",
         source=Flip.Source.CHECK,
     )
-    services.set_server_state(pool.servers.filter(name="s2"), "disabled")
+    services.set_server_state(pool.servers.filter(name="s2"), ServerState.DISABLED)
     page = admin_client.get("/dashboard/pools/search/").content.decode()
     assert 'data-server="s1" data-health="up"' in page
     assert 'data-server="s2" data-health="disabled"' in page  # disabled servers still listed
-    assert "pin → s1" in page and "billing stays put" in page
+    assert "pin → s1" in page
+    assert "billing stays put" in page
     assert "first check passed" in page
     assert 'data-ws="/ws/dashboard/pool/search/"' in page
 
@@ -187,7 +195,8 @@ def test_server_page_charts_history_and_lists_last_errors(admin_client: Client, 
         )
     HealthCheck.objects.create(server=s1, at=now, ok=False, error="connection refused")
     page = admin_client.get("/dashboard/pools/search/servers/s1/").content.decode()
-    assert page.count('class="ok"') == 5 and page.count('class="failed"') == 1
+    assert page.count('class="ok"') == 5
+    assert page.count('class="failed"') == 1
     assert "<polyline" in page
     assert "connection refused" in page
 
@@ -220,5 +229,7 @@ def test_overview_with_live_runtime_shows_its_numbers(
         loop.run_until_complete(runtime.close(grace=0))
         loop.close()
     # then the pool's live numbers are on it
-    assert 'data-pool="p" data-status="ok"' in page
-    assert ">2/2<" in page and ">4.0<" in page and ">0.0 %<" in page
+    assert 'data-pool="p" data-status="up"' in page
+    assert ">2/2<" in page
+    assert ">4.0<" in page
+    assert ">0.0 %<" in page

@@ -121,7 +121,8 @@ def test_grafana_dashboard_uses_the_provisioned_datasource(dashboard: dict[str, 
     for panel in dashboard["panels"]:
         if panel["type"] != "row":
             assert panel["datasource"]["uid"] == uid, panel["title"]
-    assert dashboard["uid"] == "mcppool" and not dashboard["editable"]
+    assert dashboard["uid"] == "mcppool"
+    assert not dashboard["editable"]
 
 
 # ---- alert rules, annotations, headline stats ---------------------------------------------------
@@ -130,9 +131,6 @@ DATASOURCES = ROOT / "deploy" / "grafana" / "provisioning" / "datasources" / "pr
 DOCUMENTED = set(
     re.findall(r"^\| `(mcppool_\w+)`", (ROOT / "docs" / "metrics.md").read_text(), re.M)
 )
-# mcppool_pool_panic is exported by the h15health branch (monitoring/metrics.py, "Panic is
-# visible"); until it is merged this branch's exporter lacks it. Empty this set after the merge.
-PENDING = {"mcppool_pool_panic"}
 SUFFIX = re.compile(r"_(bucket|sum|count)$")
 
 
@@ -183,7 +181,7 @@ def test_alert_and_annotation_queries_name_documented_exported_metrics(
         assert names, expr
         for name in names:
             assert SUFFIX.sub("", name) in DOCUMENTED, name
-            assert name in exported or name in PENDING, name
+            assert name in exported, name
 
 
 def test_dashboard_annotates_health_flips_and_config_changes(dashboard: dict[str, Any]) -> None:

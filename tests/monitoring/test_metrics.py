@@ -84,7 +84,8 @@ async def test_collector_after_calls_counts_outcomes_per_server(
         value(s, "mcppool_calls_total", pool="p", server=n, outcome="tool_error")
         for n in ("r0", "r1")
     ]
-    assert ok == [3, 3] and errors == [1, 1]
+    assert ok == [3, 3]
+    assert errors == [1, 1]
     assert value(s, "mcppool_call_duration_seconds_count", pool="p", server="r0") == 4
     assert value(s, "mcppool_call_duration_seconds_bucket", pool="p", server="r0", le="+Inf") == 4
     assert value(s, "mcppool_call_duration_seconds_bucket", pool="p", server="r0", le="60.0") == 4

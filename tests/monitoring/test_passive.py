@@ -13,7 +13,14 @@ from typing import Any
 import pytest
 
 from balancing import adapter
-from balancing.engine.config import Health, PoolConfig, ServerConfig, Snapshot, Transport
+from balancing.engine.config import (
+    Health,
+    PoolConfig,
+    RetryPolicy,
+    ServerConfig,
+    Snapshot,
+    Transport,
+)
 from balancing.engine.errors import UpstreamClosed
 from balancing.engine.outlier import Ejected, OutlierEvent, Recovered
 from balancing.engine.runtime import Runtime
@@ -37,7 +44,9 @@ class FakeSession:
         self.broken = broken
         self.alive = True
 
-    async def request(self, method: str, params: Any, *, timeout: float, on_message: Any = None):
+    async def request(
+        self, method: str, params: Any, *, timeout: float, on_message: Any = None
+    ) -> dict[str, Any]:
         await asyncio.sleep(0)
         if self.name in self.broken:
             raise UpstreamClosed("connection reset", server=self.name)
@@ -57,7 +66,9 @@ def pool_of(count: int) -> PoolConfig:
         ServerConfig(id=i, name=f"s{i}", transport=Transport.STDIO, command="x", health=Health.UP)
         for i in range(1, count + 1)
     )
-    return PoolConfig(id=1, slug="p", servers=servers, consecutive_failures=3, retry_policy="never")
+    return PoolConfig(
+        id=1, slug="p", servers=servers, consecutive_failures=3, retry_policy=RetryPolicy.NEVER
+    )
 
 
 async def start(count: int, broken: set[str]) -> tuple[Runtime, Clock, list[Any]]:
@@ -101,7 +112,7 @@ async def test_runtime_ejects_a_failing_server_and_half_open_trial_brings_it_bac
 
         # when the ejection time is over and the server works again
         broken.clear()
-        clock.now = events[0][1].until + 0.1  # type: ignore[union-attr]
+        clock.now = events[0][1].until + 0.1
         answers = await call_many(runtime, 30)
 
         # then one trial call closes it, it is back, and it ramps in from now (slow start)
@@ -144,4 +155,6 @@ def test_record_outlier_reports_ejection_and_recovery_as_passive_flips() -> None
     flips = list(Flip.objects.order_by("at", "id").values_list("old", "new", "source"))
     assert flips == [("up", "ejected", "passive"), ("ejected", "up", "passive")]
     server.refresh_from_db()
-    assert server.health == Health.UP and not math.isnan(server.health_changed_at.timestamp())
+    assert server.health == Health.UP
+    assert server.health_changed_at is not None
+    assert not math.isnan(server.health_changed_at.timestamp())

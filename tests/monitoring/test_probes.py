@@ -26,8 +26,10 @@ async def test_probe_modern_server_is_asked_server_discover(
     result = await prober.probe(POOL, replica.config())
 
     assert result.ok, result.error
-    assert result.era == "modern" and result.protocol_version == "2026-07-28"
-    assert result.latency_ms is not None and result.latency_ms > 0
+    assert result.era == "modern"
+    assert result.protocol_version == "2026-07-28"
+    assert result.latency_ms is not None
+    assert result.latency_ms > 0
 
 
 async def test_probe_handshake_server_is_pinged_on_a_kept_session(
@@ -39,7 +41,8 @@ async def test_probe_handshake_server_is_pinged_on_a_kept_session(
     session = prober.session_of(server.id)
     second = await prober.probe(POOL, server)
 
-    assert first.ok and second.ok
+    assert first.ok
+    assert second.ok
     assert first.era == "handshake"
     assert prober.session_of(server.id) is session  # no new initialize per probe
 
@@ -68,12 +71,13 @@ async def test_probe_stdio_server_is_probed_through_its_own_process(prober: Prob
     kept = prober.session_of(server.id)
     assert kept is not None
     # when the probe process dies between probes
-    with pytest.raises(Exception):  # noqa: B017 - the crash kills the answer
+    with pytest.raises(Exception):  # noqa: B017, PT011 - the crash kills the answer
         await kept.request("tools/call", {"name": "crash", "arguments": {}}, timeout=5)
     second = await prober.probe(POOL, server)
 
     # then the next probe spawns another and passes
-    assert first.ok and second.ok, second.error
+    assert first.ok, second.error
+    assert second.ok, second.error
     assert prober.session_of(server.id) is not kept
 
 
@@ -94,8 +98,10 @@ async def test_probe_hanging_server_times_out_instead_of_blocking(
     finally:
         os.killpg(replica.pid, signal.SIGCONT)
 
-    assert not result.ok and "0.5s" in result.error
-    assert not fresh.ok and "0.5s" in fresh.error
+    assert not result.ok
+    assert "0.5s" in result.error
+    assert not fresh.ok
+    assert "0.5s" in fresh.error
     assert prober.session_of(server.id) is None  # the next probe starts over
 
 
@@ -107,7 +113,9 @@ async def test_probe_stopped_server_fails_with_the_connection_error(
 
     result = await prober.probe(POOL, server)
 
-    assert not result.ok and result.era == "" and result.latency_ms is None
+    assert not result.ok
+    assert result.era == ""
+    assert result.latency_ms is None
     assert "127.0.0.1" in result.error or "connect" in result.error.lower()
 
 
@@ -116,7 +124,8 @@ async def test_probe_server_that_does_not_exist_fails_without_raising(prober: Pr
 
     result = await prober.probe(POOL, server)
 
-    assert not result.ok and "/nonexistent" in result.error
+    assert not result.ok
+    assert "/nonexistent" in result.error
 
 
 async def test_probe_tools_hash_matches_replicas_and_tells_other_servers_apart(
@@ -133,10 +142,13 @@ async def test_probe_tools_hash_matches_replicas_and_tells_other_servers_apart(
     finally:
         other.stop()
 
-    assert a.ok and b.ok and time_server.ok, (a.error, b.error, time_server.error)
+    assert a.ok, (a.error, b.error, time_server.error)
+    assert b.ok, (a.error, b.error, time_server.error)
+    assert time_server.ok, (a.error, b.error, time_server.error)
     assert a.tools_count == b.tools_count == 12
     assert a.tools_hash == b.tools_hash  # replicas: same build, same tools
-    assert time_server.tools_count == 2 and time_server.tools_hash != a.tools_hash
+    assert time_server.tools_count == 2
+    assert time_server.tools_hash != a.tools_hash
 
 
 async def test_probe_without_tool_listing_reports_no_tools(
@@ -144,7 +156,9 @@ async def test_probe_without_tool_listing_reports_no_tools(
 ) -> None:
     result = await prober.probe(POOL, replica.config(), list_tools=False)
 
-    assert result.ok and result.tools_count is None and result.tools_hash == ""
+    assert result.ok
+    assert result.tools_count is None
+    assert result.tools_hash == ""
 
 
 async def test_probe_handshake_only_server_everything_over_http(prober: Prober) -> None:
@@ -157,10 +171,11 @@ async def test_probe_handshake_only_server_everything_over_http(prober: Prober) 
 
     assert result.ok, result.error
     assert result.era == "handshake"
-    assert result.tools_count and len(result.tools_hash) == 64
+    assert result.tools_count
+    assert len(result.tools_hash) == 64
 
 
-def test_tools_hash_ignores_order_descriptions_and_titles():
+def test_tools_hash_ignores_order_descriptions_and_titles() -> None:
     one = [
         {"name": "b", "inputSchema": {"type": "object"}, "description": "Bee"},
         {"name": "a", "inputSchema": {"type": "object", "required": ["x"]}, "title": "A"},

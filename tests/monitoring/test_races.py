@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from django.db import connection
@@ -57,7 +57,7 @@ def race(work: Callable[[], T], racers: int = RACERS) -> list[T]:
     return results
 
 
-def up_server(**knobs: object) -> Server:
+def up_server(**knobs: Any) -> Server:
     pool = make_pool(**knobs)
     server = add_http(pool, "a", "http://127.0.0.1:9/mcp")
     Server.objects.filter(pk=server.pk).update(health=Health.UP)

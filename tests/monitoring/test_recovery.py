@@ -131,7 +131,8 @@ async def test_passive_ejection_reaches_the_database_and_a_passing_check_uneject
     assert endpoint(host, "b").outlier.ejected(host.runtime.clock())
     assert await until(lambda: _is(db_health(server_b), Health.EJECTED))
     flip = await sync_to_async(lambda: Flip.objects.filter(server=server_b).first())()
-    assert flip is not None and (flip.new, flip.source) == ("ejected", "passive")
+    assert flip is not None
+    assert (flip.new, flip.source) == ("ejected", "passive")
 
     # when b is back and an active check passes
     b.start()

@@ -29,7 +29,8 @@ def test_pool_saved_gets_a_check_schedule_with_its_interval_and_expiry() -> None
 
     task = task_of(pool)
 
-    assert task.name == "mcppool: check web" and task.enabled
+    assert task.name == "mcppool: check web"
+    assert task.enabled
     assert (task.interval.every, task.interval.period) == (5, IntervalSchedule.SECONDS)
     assert task.expire_seconds == 5  # a round not started within one interval is dropped
 
@@ -53,7 +54,8 @@ def test_pool_slug_change_renames_its_schedule_and_keeps_it_paused() -> None:
     services.save(pool)
 
     task = task_of(pool)
-    assert task.name == "mcppool: check www" and not task.enabled
+    assert task.name == "mcppool: check www"
+    assert not task.enabled
     assert PeriodicTask.objects.filter(task=schedules.CHECK_TASK).count() == 1
 
 
@@ -66,9 +68,13 @@ def test_pool_deleted_loses_its_schedule() -> None:
 
 
 def test_pool_save_rolled_back_leaves_no_schedule() -> None:
-    with pytest.raises(RuntimeError), services.config_change("doomed"):
-        Pool.objects.create(name="Doomed", slug="doomed")
-        raise RuntimeError("rolled back")
+    def doomed() -> None:
+        with services.config_change("doomed"):
+            Pool.objects.create(name="Doomed", slug="doomed")
+            raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError):
+        doomed()
 
     assert not PeriodicTask.objects.filter(task=schedules.CHECK_TASK).exists()
 

@@ -99,7 +99,7 @@ def http() -> Iterator[requests.Session]:
 
 
 def initialize(http: requests.Session, target: Target, pool: str) -> str:
-    message = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+    message: dict[str, Any] = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
                "params": {"protocolVersion": VERSION, "capabilities": {},
                           "clientInfo": {"name": "fuzz", "version": "0"}}}  # fmt: skip
     answer = http.post(target.url(pool), json=message, headers=target.headers(), timeout=30)
@@ -122,11 +122,13 @@ def check(answer: requests.Response) -> None:
     assert "application/json" in kind, (status, kind, answer.text[:500])
     body = orjson.loads(answer.content)
     if status >= 400:
-        assert isinstance(body, dict) and isinstance(body.get("error"), dict), body
+        assert isinstance(body, dict), body
+        assert isinstance(body.get("error"), dict), body
         assert isinstance(body["error"].get("code"), int), body
         assert isinstance(body["error"].get("message"), str), body
     else:
-        assert isinstance(body, dict) and ("result" in body or "error" in body), body
+        assert isinstance(body, dict), body
+        assert "result" in body or "error" in body, body
 
 
 def send(http: requests.Session, target: Target, pool: str, body: bytes, **headers: str) -> None:
@@ -329,7 +331,8 @@ def test_endpoint_after_the_fuzzing_serves_calls_and_holds_no_call_slot(
         answer = http.post(target.url(pool), json=message, headers=headers, timeout=30)
 
         # then it works
-        assert answer.status_code == 200 and '"fine"' in answer.text, answer.text
+        assert answer.status_code == 200, answer.text
+        assert '"fine"' in answer.text, answer.text
 
     # and nothing is left in flight or holding a session slot
     deadline = time.monotonic() + 10

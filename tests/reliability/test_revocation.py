@@ -45,5 +45,5 @@ def test_revoked_key_is_refused_by_every_web_process_within_seconds(
 
     # then both web processes refuse it within seconds
     for web in webs:
-        refused = until(lambda w=web: call(w.port, key, "echo") == 401, 10)
+        refused = until(lambda w=web: call(w.port, key, "echo") == 401, 10)  # type: ignore[misc]
         assert refused, f"{web.name} still accepts the revoked key:\n{web.output()}"

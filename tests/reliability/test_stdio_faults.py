@@ -159,7 +159,8 @@ async def test_stdio_hang_on_initialize_times_out_bounded_and_is_killed(
         await server.echo("hi")
 
     # then opening gave up (the runtime's open timeout), the call was never delivered
-    assert "no answer to the MCP negotiation" in str(info.value) and not info.value.delivered
+    assert "no answer to the MCP negotiation" in str(info.value)
+    assert not info.value.delivered
     assert "could not open a session" in caplog.text
     # and the next call fails at once on the backoff rather than waiting again
     with pytest.raises(ConnectFailed, match="no session \\(reconnecting"):
@@ -258,7 +259,8 @@ async def test_stdio_process_exit_mid_call_names_exit_code_and_last_words(
     assert await server.echo("after") == "after"  # a new process took over
     spawned = server.pids()
     await server.runtime.close(grace=1)
-    assert len(spawned) == 2 and await wait_gone(spawned) == {}
+    assert len(spawned) == 2
+    assert await wait_gone(spawned) == {}
 
 
 async def test_stdio_control_server_echoes(start_bad: StartBad, deadline: None) -> None:
@@ -266,7 +268,8 @@ async def test_stdio_control_server_echoes(start_bad: StartBad, deadline: None) 
     assert await server.echo("fine") == "fine"
     spawned = server.pids()
     await server.runtime.close(grace=1)
-    assert len(spawned) == 1 and await wait_gone(spawned) == {}
+    assert len(spawned) == 1
+    assert await wait_gone(spawned) == {}
 
 
 async def test_stdio_arguments_reach_the_program_verbatim_never_a_shell(

@@ -12,6 +12,7 @@ from django.urls import reverse
 
 from servers import configfile, services
 from servers.models import AffinityRule, ApiKey, Pool, Server
+from tests.helpers.keys import authenticated
 
 pytestmark = pytest.mark.django_db
 
@@ -101,14 +102,16 @@ def test_admin_pages_render_for_staff(
 
 def test_admin_anonymous_is_sent_to_login(client: Client, pool: Pool) -> None:
     response = client.get(_url("pool", "changelist"))
-    assert response.status_code == 302 and response["Location"].startswith("/admin/login/")
+    assert response.status_code == 302
+    assert response["Location"].startswith("/admin/login/")
 
 
 def test_admin_non_staff_user_is_refused(client: Client, pool: Pool) -> None:
     user = User.objects.create_user("app-dev", password="not-staff-pw")
     client.force_login(user)
     response = client.get(_url("pool", "change", pool.pk))
-    assert response.status_code == 302 and response["Location"].startswith("/admin/login/")
+    assert response.status_code == 302
+    assert response["Location"].startswith("/admin/login/")
 
 
 def test_pool_changelist_shows_servers_up_of_total(
@@ -168,8 +171,11 @@ def test_api_key_add_shows_secret_once_and_stores_only_its_hash(
     secret = secrets[0]
     assert secret in response.content.decode()
     key = ApiKey.objects.get(name="search-app")
-    assert key.hashed_secret == services.hash_secret(secret)
-    assert list(key.pools.all()) == [pool] and key.rate_limit_per_minute == 60
+    found = authenticated(secret)  # the secret shown is the key's: it authenticates
+    assert found is not None
+    assert found.id == key.pk
+    assert list(key.pools.all()) == [pool]
+    assert key.rate_limit_per_minute == 60
     # and nothing keeps it for later: no cookie, no later page
     assert secret not in str(response.cookies)
     for page in (_url("apikey", "changelist"), _url("apikey", "change", key.pk)):
@@ -200,8 +206,10 @@ def test_api_key_change_keeps_hash_and_bumps_version_once(
     )
     assert response.status_code == 302
     stored = ApiKey.objects.get(pk=api_key.pk)
-    assert stored.hashed_secret == api_key.hashed_secret and stored.prefix == api_key.prefix
-    assert set(stored.pools.all()) == {pool, other} and stored.rate_limit_per_minute == 5
+    assert stored.hashed_secret == api_key.hashed_secret
+    assert stored.prefix == api_key.prefix
+    assert set(stored.pools.all()) == {pool, other}
+    assert stored.rate_limit_per_minute == 5
     assert services.config_version() == before + 1
 
 
@@ -243,7 +251,8 @@ def test_pool_with_invalid_inline_server_shows_error_and_saves_nothing(
     response = admin_client.post(_url("pool", "add"), data)
     assert response.status_code == 200
     assert "Ensure this value is less than or equal to 1000." in response.content.decode()
-    assert not Pool.objects.exists() and not Server.objects.exists()
+    assert not Pool.objects.exists()
+    assert not Server.objects.exists()
     assert services.config_version() == before
 
 
@@ -295,7 +304,8 @@ def test_pool_delete_through_admin_removes_servers_and_bumps_version(
     before = services.config_version()
     response = admin_client.post(_url("pool", "delete", http_server.pool.pk), {"post": "yes"})
     assert response.status_code == 302
-    assert not Pool.objects.exists() and not Server.objects.exists()
+    assert not Pool.objects.exists()
+    assert not Server.objects.exists()
     assert services.config_version() == before + 1
 
 

@@ -118,7 +118,8 @@ def test_apply_then_export_round_trips_every_field(tmp_path: Path) -> None:
             assert by_name[server["name"]] | server == by_name[server["name"]]
         for rule, exported_rule in zip(given["affinity_rules"], got["affinity_rules"], strict=True):
             assert exported_rule | rule == exported_rule
-        assert got["sessions_per_server"] == 4 and got["calls_per_session"] == 32
+        assert got["sessions_per_server"] == 4
+        assert got["calls_per_session"] == 32
 
 
 @pytest.mark.django_db
@@ -219,7 +220,8 @@ def test_apply_prune_refuses_rule_pinned_to_a_server_it_would_delete(tmp_path: P
     with pytest.raises(CommandError) as info:
         _run("apply", str(path), "--prune")
     assert "pools[0].affinity_rules[0].pin_server: no server named 'alpha-stdio'" in str(info.value)
-    assert services.config_version() == version and _counts() == (3, 9, 6)
+    assert services.config_version() == version
+    assert _counts() == (3, 9, 6)
 
 
 @pytest.mark.django_db
@@ -230,7 +232,8 @@ def test_apply_rule_can_move_its_pin_to_another_server(tmp_path: Path) -> None:
     output = _run("apply", str(_write(tmp_path, source, "moved.yaml")))
     assert "~ rule alpha#10: pin_server 'alpha-stdio' → 'alpha-backup'" in output
     rule = AffinityRule.objects.get(pool__slug="alpha", order=10)
-    assert rule.pin_server is not None and rule.pin_server.name == "alpha-backup"
+    assert rule.pin_server is not None
+    assert rule.pin_server.name == "alpha-backup"
 
 
 _GOOD = """\
@@ -343,8 +346,11 @@ def test_apply_leaves_recorded_health_alone(tmp_path: Path) -> None:
 def test_export_leaves_out_api_keys_and_recorded_fields(pool: Pool) -> None:
     key, _secret = services.create_api_key("billing-app", pools=[pool])
     text = _run("export")
-    assert "billing-app" not in text and key.prefix not in text and key.hashed_secret not in text
-    assert "health" not in text and "tools_count" not in text
+    assert "billing-app" not in text
+    assert key.prefix not in text
+    assert key.hashed_secret not in text
+    assert "health" not in text
+    assert "tools_count" not in text
     assert yaml.safe_load(text)["pools"][0]["slug"] == pool.slug
 
 

@@ -29,7 +29,8 @@ def test_pool_defaults_follow_the_design_page() -> None:
     assert (pool.sessions_per_server, pool.calls_per_session, pool.acquire_timeout) == (2, 32, 5.0)
     assert (pool.check_interval, pool.check_timeout, pool.fall, pool.rise) == (5.0, 2.0, 3, 2)
     assert (pool.ejection_base, pool.ejection_cap, pool.panic_threshold) == (30.0, 300.0, 50.0)
-    assert pool.strategy == "round_robin" and pool.session_mode == "shared"
+    assert pool.strategy == "round_robin"
+    assert pool.session_mode == "shared"
 
 
 def test_pool_check_timeout_not_below_interval_is_refused() -> None:
@@ -121,4 +122,5 @@ def test_rule_valid_pin_is_saved(http_server: Server) -> None:
             pin_server=http_server,
         )
     )
-    assert rule.pk and str(rule).endswith("→ a")
+    assert rule.pk
+    assert str(rule).endswith("→ a")

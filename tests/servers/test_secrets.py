@@ -85,7 +85,8 @@ def _raw_column(server: Server, column: str) -> str:
 def test_secret_header_stored_only_as_ciphertext(secret_server: Server) -> None:
     raw = _raw_column(secret_server, "secret_headers")
     assert "Authorization" in raw  # the name is not secret; the value is
-    assert "sk-live" not in raw and TOKEN not in raw
+    assert "sk-live" not in raw
+    assert TOKEN not in raw
     assert secrets.reveal(Server.objects.get(pk=secret_server.pk).secret_headers) == {
         "Authorization": TOKEN
     }
@@ -100,7 +101,8 @@ def test_seal_same_value_again_keeps_token_so_nothing_is_rewritten() -> None:
     assert secrets.seal({"Authorization": TOKEN}, first) == first
     assert secrets.seal({"Authorization": secrets.mask(TOKEN)}, first) == first
     changed = secrets.seal({"Authorization": "Bearer other"}, first)
-    assert changed != first and secrets.reveal(changed) == {"Authorization": "Bearer other"}
+    assert changed != first
+    assert secrets.reveal(changed) == {"Authorization": "Bearer other"}
 
 
 def test_seal_masked_value_without_stored_one_is_refused() -> None:
@@ -158,9 +160,12 @@ def test_snapshot_with_wrong_key_fails_clearly_without_the_key_or_value(
     with pytest.raises(secrets.SecretUnreadable) as info:
         adapter.load_snapshot()
     message = str(info.value)
-    assert "server 'a'" in message and "'Authorization'" in message
+    assert "server 'a'" in message
+    assert "'Authorization'" in message
     assert "MCPPOOL_SECRETS_KEY" in message
-    assert KEY_A not in message and KEY_B not in message and "sk-live" not in message
+    assert KEY_A not in message
+    assert KEY_B not in message
+    assert "sk-live" not in message
 
 
 def test_seal_without_key_says_how_to_make_one(settings: Any) -> None:
@@ -195,14 +200,16 @@ def test_start_embedded_generates_private_key_once(tmp_path: Path) -> None:
     key_file = tmp_path / "secrets_key"
     first = key_file.read_text()
     assert key_file.stat().st_mode & 0o777 == 0o600
-    assert _start(tmp_path).returncode == 0 and key_file.read_text() == first
+    assert _start(tmp_path).returncode == 0
+    assert key_file.read_text() == first
     Fernet(first.encode())  # a usable key
 
 
 def test_start_with_servers_and_no_key_still_starts(tmp_path: Path) -> None:
     result = _start(tmp_path, DATABASE_URL="postgres://u@127.0.0.1:5432/x", SECRET_KEY="k")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "0" and not (tmp_path / "secrets_key").exists()
+    assert result.stdout.strip() == "0"
+    assert not (tmp_path / "secrets_key").exists()
 
 
 # ---- the runtime sees plain values ------------------------------------------------------------
@@ -258,14 +265,17 @@ async def test_http_upstream_receives_secret_header_and_logs_never_show_it(
             )
 
     # then the upstream saw the plain secret, and neither the error nor the logs did
-    assert seen and all(headers.get("Authorization") == TOKEN for headers in seen)
-    assert "sk-live" not in str(info.value) and "sk-live" not in caplog.text
+    assert seen
+    assert all(headers.get("Authorization") == TOKEN for headers in seen)
+    assert "sk-live" not in str(info.value)
+    assert "sk-live" not in caplog.text
 
 
 def test_rest_representation_of_a_server_carries_no_secret(secret_stdio: Server) -> None:
     for server in Server.objects.all():
         shown = repr(adapter.server_dict(server))
-        assert "sk-live" not in shown and DB_PASSWORD not in shown
+        assert "sk-live" not in shown
+        assert DB_PASSWORD not in shown
         for token in (*server.secret_headers.values(), *server.secret_env.values()):
             assert token not in shown
 
@@ -310,7 +320,8 @@ def test_admin_server_pages_show_secrets_masked(admin_client: Client, secret_std
     ]
     for page in pages:
         html = admin_client.get(page).content.decode()
-        assert "sk-live" not in html and DB_PASSWORD not in html, page
+        assert "sk-live" not in html, page
+        assert DB_PASSWORD not in html, page
         for token in (*secret_server.secret_headers.values(), *secret_stdio.secret_env.values()):
             assert token not in html, page
     html = admin_client.get(_change_url(secret_server)).content.decode()
@@ -363,7 +374,8 @@ def _export(*flags: str) -> str:
 
 def test_export_masks_secrets_unless_asked_for(secret_stdio: Server) -> None:
     masked = _export()
-    assert "sk-live" not in masked and DB_PASSWORD not in masked
+    assert "sk-live" not in masked
+    assert DB_PASSWORD not in masked
     server_a, server_b = sorted(
         yaml.safe_load(masked)["pools"][0]["servers"], key=lambda s: s["name"]
     )
@@ -382,7 +394,8 @@ def test_export_masks_secrets_unless_asked_for(secret_stdio: Server) -> None:
 def test_export_to_file_with_secrets_is_private(secret_server: Server, tmp_path: Path) -> None:
     target = tmp_path / "config.yaml"
     call_command("mcppool", "export", "--include-secrets", "-o", str(target), stdout=io.StringIO())
-    assert target.stat().st_mode & 0o777 == 0o600 and TOKEN in target.read_text()
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert TOKEN in target.read_text()
 
 
 def test_apply_masked_export_changes_nothing_and_keeps_secrets(secret_stdio: Server) -> None:
@@ -391,7 +404,8 @@ def test_apply_masked_export_changes_nothing_and_keeps_secrets(secret_stdio: Ser
 
     plan = configfile.apply_text(_export(), "export.yaml")
 
-    assert not plan and services.config_version() == version
+    assert not plan
+    assert services.config_version() == version
     after = {s.name: (s.secret_headers, s.secret_env) for s in Server.objects.all()}
     assert after == before
 
@@ -429,6 +443,7 @@ def test_apply_masked_value_without_stored_secret_reports_line(secret_server: Se
     with pytest.raises(configfile.ConfigFileError) as info:
         configfile.apply_text(text, "copy.yaml")
     message = str(info.value)
-    assert "copy.yaml:" in message and "secret_headers" in message
+    assert "copy.yaml:" in message
+    assert "secret_headers" in message
     assert "masked, but nothing is stored to keep" in message
     assert not Server.objects.filter(name="c").exists()

@@ -46,14 +46,14 @@ async def _delay() -> None:
         await asyncio.sleep(Knobs.delay)
 
 
-@mcp.tool(annotations=ToolAnnotations(readOnlyHint=True))
+@mcp.tool(annotations=ToolAnnotations(read_only_hint=True))
 async def echo(text: str) -> str:
     """Return the text unchanged."""
     await _delay()
     return text
 
 
-@mcp.tool(annotations=ToolAnnotations(readOnlyHint=True))
+@mcp.tool(annotations=ToolAnnotations(read_only_hint=True))
 async def add(a: float, b: float) -> float:
     """Add two numbers."""
     await _delay()
@@ -133,7 +133,7 @@ async def garble(text: str) -> str:
     return text
 
 
-@mcp.tool(annotations=ToolAnnotations(readOnlyHint=True))
+@mcp.tool(annotations=ToolAnnotations(read_only_hint=True))
 async def whoami() -> dict[str, Any]:
     """Tell which replica answered."""
     await _delay()

@@ -41,15 +41,20 @@ class PoolUnderTest:
     def endpoint(self, name: str) -> Endpoint:
         return next(e for e in self.endpoints if e.config.name == name)
 
-    def pick(self, now: float = 1000.0, **kwargs: Any) -> Pick | None:
+    def pick_or_none(self, now: float = 1000.0, **kwargs: Any) -> Pick | None:
         return self.balancer.pick(self.endpoints, now, **kwargs)
+
+    def pick(self, now: float = 1000.0, **kwargs: Any) -> Pick:
+        """A pick that the test expects to happen."""
+        chosen = self.pick_or_none(now, **kwargs)
+        assert chosen is not None, "the balancer picked nothing"
+        return chosen
 
     def shares(self, picks: int, now: float = 1000.0, **kwargs: Any) -> Counter[str]:
         """Names of `picks` consecutive picks, each call finishing before the next starts."""
         counts: Counter[str] = Counter()
         for _ in range(picks):
             chosen = self.pick(now, **kwargs)
-            assert chosen is not None
             counts[chosen.endpoint.config.name] += 1
         return counts
 

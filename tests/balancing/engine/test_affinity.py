@@ -23,6 +23,7 @@ from balancing.engine.config import (
     Strategy,
     Transport,
 )
+from tests.balancing.engine.conftest import MakePool
 
 KEYS = [f"client-{i}" for i in range(10_000)]
 
@@ -47,7 +48,7 @@ CTX = RequestContext(
 # --- rule matching -----------------------------------------------------------------------------
 
 
-def test_match_rules_first_by_order_wins_whatever_the_list_order():
+def test_match_rules_first_by_order_wins_whatever_the_list_order() -> None:
     rules = [
         rule(1, order=20, pattern="billing-app", action=AffinityAction.HASH),
         rule(2, order=10, pattern="billing-app", action=AffinityAction.PIN, pin_server="s2"),
@@ -59,7 +60,7 @@ def test_match_rules_first_by_order_wins_whatever_the_list_order():
     assert (decision.rule_id, decision.action, decision.pin) == (2, AffinityAction.PIN, "s2")
 
 
-def test_match_rules_skips_disabled_rules():
+def test_match_rules_skips_disabled_rules() -> None:
     rules = [
         rule(1, pattern="billing-app", action=AffinityAction.PIN, pin_server="s1", enabled=False),
         rule(2, pattern="billing-app"),
@@ -67,7 +68,8 @@ def test_match_rules_skips_disabled_rules():
 
     decision = match_rules(rules, CTX)
 
-    assert decision is not None and decision.rule_id == 2
+    assert decision is not None
+    assert decision.rule_id == 2
 
 
 @pytest.mark.parametrize(
@@ -86,7 +88,9 @@ def test_match_rules_skips_disabled_rules():
         (MatchOn.TOOL, MatchType.PREFIX, "fetch", "", None),
     ],
 )
-def test_match_rules_each_kind_matches_its_value(match_on, match_type, pattern, header, expected):
+def test_match_rules_each_kind_matches_its_value(
+    match_on: MatchOn, match_type: MatchType, pattern: str, header: str, expected: str | None
+) -> None:
     rules = [rule(1, match_on=match_on, match_type=match_type, pattern=pattern, header=header)]
 
     decision = match_rules(rules, CTX)
@@ -94,7 +98,7 @@ def test_match_rules_each_kind_matches_its_value(match_on, match_type, pattern, 
     assert (decision.hash_key if decision else None) == expected
 
 
-def test_match_rules_regex_must_match_the_whole_value():
+def test_match_rules_regex_must_match_the_whole_value() -> None:
     rules = [
         rule(
             1,
@@ -108,7 +112,7 @@ def test_match_rules_regex_must_match_the_whole_value():
     assert match_rules(rules, CTX) is None  # "tenant-4" is only a prefix of "tenant-42"
 
 
-def test_match_rules_bad_regex_never_matches_and_later_rules_still_apply():
+def test_match_rules_bad_regex_never_matches_and_later_rules_still_apply() -> None:
     rules = [
         rule(
             1,
@@ -122,10 +126,11 @@ def test_match_rules_bad_regex_never_matches_and_later_rules_still_apply():
 
     decision = match_rules(rules, CTX)
 
-    assert decision is not None and decision.rule_id == 2
+    assert decision is not None
+    assert decision.rule_id == 2
 
 
-def test_match_rules_pin_without_server_is_skipped():
+def test_match_rules_pin_without_server_is_skipped() -> None:
     rules = [
         rule(1, pattern="billing-app", action=AffinityAction.PIN),
         rule(2, pattern="billing-app"),
@@ -133,10 +138,11 @@ def test_match_rules_pin_without_server_is_skipped():
 
     decision = match_rules(rules, CTX)
 
-    assert decision is not None and decision.rule_id == 2
+    assert decision is not None
+    assert decision.rule_id == 2
 
 
-def test_match_rules_missing_value_does_not_match():
+def test_match_rules_missing_value_does_not_match() -> None:
     rules = [rule(1, match_on=MatchOn.TOOL, match_type=MatchType.PREFIX, pattern="")]
 
     assert match_rules(rules, RequestContext(api_key_name="a")) is None  # no tool: no match
@@ -154,13 +160,13 @@ def owners(put: Any, endpoints: list[Any] | None = None) -> dict[str, str]:
     return chosen
 
 
-def test_stable_hash_is_the_same_in_every_process():
+def test_stable_hash_is_the_same_in_every_process() -> None:
     # Fixed values: `hash()` would change with PYTHONHASHSEED; web processes must agree.
     assert stable_hash("abc") == 15617099051652453721
     assert stable_hash("tenant-42") == 17529552306793192308
 
 
-def test_hrw_server_leaving_moves_only_its_own_keys(make_pool):
+def test_hrw_server_leaving_moves_only_its_own_keys(make_pool: MakePool) -> None:
     put = make_pool([{}] * 5, strategy=Strategy.ROUND_ROBIN)
     before = owners(put)
 
@@ -171,7 +177,7 @@ def test_hrw_server_leaving_moves_only_its_own_keys(make_pool):
     assert len(moved) == pytest.approx(len(KEYS) / 5, rel=0.1)
 
 
-def test_hrw_server_joining_takes_about_one_in_n_plus_one_keys(make_pool):
+def test_hrw_server_joining_takes_about_one_in_n_plus_one_keys(make_pool: MakePool) -> None:
     put = make_pool([{}] * 6, strategy=Strategy.ROUND_ROBIN)
     before = owners(put, put.endpoints[:5])
 
@@ -182,14 +188,14 @@ def test_hrw_server_joining_takes_about_one_in_n_plus_one_keys(make_pool):
     assert {after[k] for k in moved} == {"s6"}  # keys only move to the newcomer
 
 
-def test_hrw_two_balancers_agree_on_every_key(make_pool):
+def test_hrw_two_balancers_agree_on_every_key(make_pool: MakePool) -> None:
     one = make_pool([{}, {"weight": 2}, {}, {}], seed=1)
     other = make_pool([{}, {"weight": 2}, {}, {}], seed=99)
 
     assert owners(one) == owners(other)
 
 
-def test_hrw_weights_are_honoured(make_pool):
+def test_hrw_weights_are_honoured(make_pool: MakePool) -> None:
     put = make_pool([{"weight": 3}, {"weight": 1}])
 
     counts = Counter(owners(put).values())
@@ -197,7 +203,7 @@ def test_hrw_weights_are_honoured(make_pool):
     assert counts["s1"] / len(KEYS) == pytest.approx(0.75, abs=0.02)
 
 
-def test_hrw_hashing_ignores_slow_start_so_processes_still_agree(make_pool):
+def test_hrw_hashing_ignores_slow_start_so_processes_still_agree(make_pool: MakePool) -> None:
     put = make_pool([{}] * 3, slow_start_window=30.0)
     before = owners(put)
     put.endpoint("s2").up_since = 995.0  # this process saw s2 come back 5 s ago
@@ -212,7 +218,7 @@ def servers(count: int) -> list[ServerConfig]:
     ]
 
 
-def test_rendezvous_order_puts_the_owner_first_and_is_stable():
+def test_rendezvous_order_puts_the_owner_first_and_is_stable() -> None:
     members = servers(4)
 
     order = rendezvous_order("tenant-42", members)
@@ -227,7 +233,7 @@ def zipf_keys(count: int, distinct: int, seed: int) -> list[str]:
     return [f"key-{i}" for i in rng.choices(range(distinct), weights=weights, k=count)]
 
 
-def test_bounded_load_keeps_max_within_factor_of_mean_under_zipf_keys():
+def test_bounded_load_keeps_max_within_factor_of_mean_under_zipf_keys() -> None:
     members = servers(5)
     keys = zipf_keys(10_000, 1_000, seed=5)
     bounded = KeyLoads(balance_factor=1.25)
@@ -245,7 +251,7 @@ def test_bounded_load_keeps_max_within_factor_of_mean_under_zipf_keys():
     assert max(unbounded.load(m.key) for m in members) > 1.4 * mean
 
 
-def test_bounded_load_release_frees_room_and_the_key_returns_home():
+def test_bounded_load_release_frees_room_and_the_key_returns_home() -> None:
     members = servers(3)
     loads = KeyLoads(balance_factor=1.0)
     home = loads.assign("hot", members)

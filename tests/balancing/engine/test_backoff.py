@@ -7,7 +7,7 @@ import pytest
 from balancing.engine.backoff import Backoff
 
 
-def test_backoff_without_jitter_grows_by_1_6_up_to_the_maximum():
+def test_backoff_without_jitter_grows_by_1_6_up_to_the_maximum() -> None:
     backoff = Backoff(jitter=0.0, rng=random.Random(1))
 
     delays = [backoff.next_delay() for _ in range(14)]
@@ -17,7 +17,7 @@ def test_backoff_without_jitter_grows_by_1_6_up_to_the_maximum():
     assert max(delays) == 120.0
 
 
-def test_backoff_jitter_stays_within_20_percent_and_never_above_144_s():
+def test_backoff_jitter_stays_within_20_percent_and_never_above_144_s() -> None:
     backoff = Backoff(rng=random.Random(2))
     plain = Backoff(jitter=0.0)
 
@@ -28,14 +28,15 @@ def test_backoff_jitter_stays_within_20_percent_and_never_above_144_s():
         assert delay <= 120.0 * 1.2
 
 
-def test_backoff_jitter_spreads_processes_that_failed_together():
+def test_backoff_jitter_spreads_processes_that_failed_together() -> None:
     firsts = {round(Backoff(rng=random.Random(seed)).next_delay(), 6) for seed in range(50)}
 
     assert len(firsts) == 50
-    assert min(firsts) >= 0.8 and max(firsts) <= 1.2
+    assert min(firsts) >= 0.8
+    assert max(firsts) <= 1.2
 
 
-def test_backoff_reset_starts_over():
+def test_backoff_reset_starts_over() -> None:
     backoff = Backoff(jitter=0.0)
     for _ in range(6):
         backoff.next_delay()
@@ -46,7 +47,7 @@ def test_backoff_reset_starts_over():
     assert backoff.next_delay() == 1.0
 
 
-def test_backoff_same_seed_same_delays():
+def test_backoff_same_seed_same_delays() -> None:
     one = Backoff(rng=random.Random(9))
     other = Backoff(rng=random.Random(9))
 

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from balancing.engine.balancer import PickReason
 from balancing.engine.config import AdminState, Health, Strategy
+from tests.balancing.engine.conftest import MakePool, PoolUnderTest
 
 NOW = 1000.0
 STRATEGIES = [Strategy.ROUND_ROBIN, Strategy.LEAST_CONNECTIONS, Strategy.HEALTH_BASED]
@@ -60,7 +61,7 @@ def closed_loop(
 # --- smooth weighted round robin ------------------------------------------------------------
 
 
-def test_round_robin_weights_3_to_1_share_within_2_percent(make_pool):
+def test_round_robin_weights_3_to_1_share_within_2_percent(make_pool: MakePool) -> None:
     put = make_pool([dict(weight=3), dict(weight=1)], strategy=Strategy.ROUND_ROBIN)
 
     counts = put.shares(10_000)
@@ -68,7 +69,7 @@ def test_round_robin_weights_3_to_1_share_within_2_percent(make_pool):
     assert share(counts, "s1") == pytest.approx(0.75, abs=0.02)
 
 
-def test_round_robin_three_servers_share_follows_weights(make_pool):
+def test_round_robin_three_servers_share_follows_weights(make_pool: MakePool) -> None:
     put = make_pool([dict(weight=5), dict(weight=3), dict(weight=2)], strategy=Strategy.ROUND_ROBIN)
 
     counts = put.shares(10_000)
@@ -78,7 +79,7 @@ def test_round_robin_three_servers_share_follows_weights(make_pool):
     )
 
 
-def test_round_robin_3_to_1_interleaves_the_light_server(make_pool):
+def test_round_robin_3_to_1_interleaves_the_light_server(make_pool: MakePool) -> None:
     put = make_pool([dict(weight=3), dict(weight=1)], strategy=Strategy.ROUND_ROBIN)
 
     sequence = [put.pick().endpoint.config.name for _ in range(400)]
@@ -88,7 +89,7 @@ def test_round_robin_3_to_1_interleaves_the_light_server(make_pool):
     assert all(sequence[i : i + 4].count("s2") == 1 for i in range(len(sequence) - 3))
 
 
-def test_round_robin_5_1_1_spreads_light_servers_between_heavy_picks(make_pool):
+def test_round_robin_5_1_1_spreads_light_servers_between_heavy_picks(make_pool: MakePool) -> None:
     put = make_pool([dict(weight=5), dict(weight=1), dict(weight=1)], strategy=Strategy.ROUND_ROBIN)
 
     sequence = [put.pick().endpoint.config.name for _ in range(7)]
@@ -100,7 +101,7 @@ def test_round_robin_5_1_1_spreads_light_servers_between_heavy_picks(make_pool):
 
 
 @pytest.mark.parametrize("strategy", [Strategy.LEAST_CONNECTIONS, Strategy.HEALTH_BASED])
-def test_two_choices_idle_pool_shares_by_weight(make_pool, strategy):
+def test_two_choices_idle_pool_shares_by_weight(make_pool: MakePool, strategy: Strategy) -> None:
     put = make_pool([dict(weight=3), dict(weight=1), dict(weight=1)], strategy=strategy)
     settle_latencies(put)
 
@@ -112,7 +113,7 @@ def test_two_choices_idle_pool_shares_by_weight(make_pool, strategy):
 
 
 @pytest.mark.parametrize("strategy", [Strategy.LEAST_CONNECTIONS, Strategy.HEALTH_BASED])
-def test_two_choices_loaded_pool_shares_by_weight(make_pool, strategy):
+def test_two_choices_loaded_pool_shares_by_weight(make_pool: MakePool, strategy: Strategy) -> None:
     put = make_pool([dict(weight=3), dict(weight=1)], strategy=strategy)
     settle_latencies(put)
 
@@ -122,7 +123,9 @@ def test_two_choices_loaded_pool_shares_by_weight(make_pool, strategy):
 
 
 @pytest.mark.parametrize("strategy", [Strategy.LEAST_CONNECTIONS, Strategy.HEALTH_BASED])
-def test_two_choices_equal_servers_break_ties_fairly(make_pool, strategy):
+def test_two_choices_equal_servers_break_ties_fairly(
+    make_pool: MakePool, strategy: Strategy
+) -> None:
     put = make_pool([{}, {}, {}, {}], strategy=strategy)
     settle_latencies(put)
 
@@ -132,7 +135,9 @@ def test_two_choices_equal_servers_break_ties_fairly(make_pool, strategy):
 
 
 @pytest.mark.parametrize("strategy", [Strategy.LEAST_CONNECTIONS, Strategy.HEALTH_BASED])
-def test_two_choices_server_with_many_in_flight_gets_less(make_pool, strategy):
+def test_two_choices_server_with_many_in_flight_gets_less(
+    make_pool: MakePool, strategy: Strategy
+) -> None:
     put = make_pool([{}, {}, {}], strategy=strategy)
     settle_latencies(put)
     put.endpoint("s1").stats.in_flight = 10
@@ -143,7 +148,7 @@ def test_two_choices_server_with_many_in_flight_gets_less(make_pool, strategy):
     assert share(counts, "s2") == pytest.approx(0.5, abs=0.03)
 
 
-def test_health_based_slow_server_gets_less_even_when_idle(make_pool):
+def test_health_based_slow_server_gets_less_even_when_idle(make_pool: MakePool) -> None:
     put = make_pool([{}, {}, {}], strategy=Strategy.HEALTH_BASED)
     settle_latencies(put, 0.01)
     slow = put.endpoint("s1").stats
@@ -155,7 +160,7 @@ def test_health_based_slow_server_gets_less_even_when_idle(make_pool):
     assert share(counts, "s1") < 0.05
 
 
-def test_health_based_failing_server_is_penalized(make_pool):
+def test_health_based_failing_server_is_penalized(make_pool: MakePool) -> None:
     put = make_pool([{}, {}, {}], strategy=Strategy.HEALTH_BASED)
     settle_latencies(put, 0.01, now=NOW - 1)
     failing = put.endpoint("s1").stats
@@ -169,7 +174,7 @@ def test_health_based_failing_server_is_penalized(make_pool):
     assert share(counts, "s1") < 0.05
 
 
-def test_health_based_new_server_gets_a_neutral_share(make_pool):
+def test_health_based_new_server_gets_a_neutral_share(make_pool: MakePool) -> None:
     put = make_pool([{}, {}, {}], strategy=Strategy.HEALTH_BASED)
     for name in ("s1", "s2"):
         put.endpoint(name).stats.begin()
@@ -181,7 +186,9 @@ def test_health_based_new_server_gets_a_neutral_share(make_pool):
     assert share(counts, "s3") == pytest.approx(1 / 3, abs=0.03)
 
 
-def test_health_based_starved_slow_server_is_tried_again_after_idle_decay(make_pool):
+def test_health_based_starved_slow_server_is_tried_again_after_idle_decay(
+    make_pool: MakePool,
+) -> None:
     put = make_pool([{}, {}, {}], strategy=Strategy.HEALTH_BASED)
     settle_latencies(put, 0.01, now=0.0)
     slow = put.endpoint("s1").stats
@@ -205,11 +212,11 @@ def test_health_based_starved_slow_server_is_tried_again_after_idle_decay(make_p
 # --- priorities and panic --------------------------------------------------------------------
 
 
-def level_of(put: Any, name: str) -> int:
+def level_of(put: PoolUnderTest, name: str) -> int:
     return put.endpoint(name).config.priority
 
 
-def test_priorities_level0_with_4_of_5_healthy_keeps_all_traffic(make_pool):
+def test_priorities_level0_with_4_of_5_healthy_keeps_all_traffic(make_pool: MakePool) -> None:
     servers = [dict(health=Health.DOWN)] + [{}] * 4 + [dict(priority=1)] * 2
     put = make_pool(servers, strategy=Strategy.LEAST_CONNECTIONS)
 
@@ -220,7 +227,7 @@ def test_priorities_level0_with_4_of_5_healthy_keeps_all_traffic(make_pool):
     assert "s1" not in {p.endpoint.config.name for p in picks}
 
 
-def test_priorities_level0_with_3_of_5_healthy_spills_16_percent(make_pool):
+def test_priorities_level0_with_3_of_5_healthy_spills_16_percent(make_pool: MakePool) -> None:
     servers = [dict(health=Health.DOWN)] * 2 + [{}] * 3 + [dict(priority=1)] * 2
     put = make_pool(servers, strategy=Strategy.LEAST_CONNECTIONS)
 
@@ -231,9 +238,9 @@ def test_priorities_level0_with_3_of_5_healthy_spills_16_percent(make_pool):
     assert not any(p.panic for p in picks)
 
 
-def test_priorities_total_health_under_100_normalizes_and_panics(make_pool):
+def test_priorities_total_health_under_100_normalizes_and_panics(make_pool: MakePool) -> None:
     # level 0: 2/5 healthy → 56; level 1: 1/5 → 28; total 84 → loads 2/3 and 1/3, both in panic.
-    servers = [dict(health=Health.DOWN)] * 3 + [{}] * 2
+    servers: list[dict[str, Any]] = [dict(health=Health.DOWN)] * 3 + [{}] * 2
     servers += [dict(priority=1, health=Health.DOWN)] * 4 + [dict(priority=1)]
     put = make_pool(servers, strategy=Strategy.ROUND_ROBIN)
 
@@ -244,7 +251,9 @@ def test_priorities_total_health_under_100_normalizes_and_panics(make_pool):
     assert {p.endpoint.config.name for p in picks} == {f"s{i}" for i in range(1, 11)}
 
 
-def test_panic_under_threshold_spreads_over_unhealthy_servers_of_the_level(make_pool):
+def test_panic_under_threshold_spreads_over_unhealthy_servers_of_the_level(
+    make_pool: MakePool,
+) -> None:
     put = make_pool([dict(health=Health.DOWN)] * 3 + [{}] * 2, strategy=Strategy.ROUND_ROBIN)
     put.eject("s4")  # cap: 2 of 5 may be out; s4 is the first
 
@@ -254,7 +263,7 @@ def test_panic_under_threshold_spreads_over_unhealthy_servers_of_the_level(make_
     assert Counter(p.endpoint.config.name for p in picks) == {f"s{i}": 20 for i in range(1, 6)}
 
 
-def test_panic_not_entered_when_lower_level_absorbs_the_rest(make_pool):
+def test_panic_not_entered_when_lower_level_absorbs_the_rest(make_pool: MakePool) -> None:
     # level 0: 1/4 healthy → 35; level 1: 4/4 → 100: total ≥ 100, so Envoy disregards panic.
     servers = [dict(health=Health.DOWN)] * 3 + [{}] + [dict(priority=1)] * 4
     put = make_pool(servers, strategy=Strategy.LEAST_CONNECTIONS)
@@ -267,7 +276,7 @@ def test_panic_not_entered_when_lower_level_absorbs_the_rest(make_pool):
     assert len(level0) / len(picks) == pytest.approx(0.35, abs=0.02)
 
 
-def test_panic_with_no_healthy_server_uses_level_0(make_pool):
+def test_panic_with_no_healthy_server_uses_level_0(make_pool: MakePool) -> None:
     servers = [dict(health=Health.DOWN)] * 2 + [dict(priority=1, health=Health.DOWN)] * 2
     put = make_pool(servers, strategy=Strategy.LEAST_CONNECTIONS)
 
@@ -277,14 +286,16 @@ def test_panic_with_no_healthy_server_uses_level_0(make_pool):
     assert {p.endpoint.config.name for p in picks} == {"s1", "s2"}
 
 
-def test_panic_threshold_zero_with_no_healthy_server_picks_nothing(make_pool):
+def test_panic_threshold_zero_with_no_healthy_server_picks_nothing(make_pool: MakePool) -> None:
     put = make_pool([dict(health=Health.DOWN)] * 2, panic_threshold=0.0)
 
-    assert put.pick() is None
+    assert put.pick_or_none() is None
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_panic_never_picks_draining_or_disabled_servers(make_pool, strategy):
+def test_panic_never_picks_draining_or_disabled_servers(
+    make_pool: MakePool, strategy: Strategy
+) -> None:
     servers = [dict(health=Health.DOWN)] * 3 + [
         dict(state=AdminState.DRAINING),
         dict(state=AdminState.DISABLED),
@@ -296,8 +307,9 @@ def test_panic_never_picks_draining_or_disabled_servers(make_pool, strategy):
     assert names == {"s1", "s2", "s3"}
 
 
-def test_draining_servers_do_not_count_against_level_health(make_pool):
-    servers = [{}] * 2 + [dict(state=AdminState.DRAINING)] * 2 + [dict(priority=1)]
+def test_draining_servers_do_not_count_against_level_health(make_pool: MakePool) -> None:
+    servers: list[dict[str, Any]] = [{}] * 2 + [dict(state=AdminState.DRAINING)] * 2
+    servers += [dict(priority=1)]
     put = make_pool(servers, strategy=Strategy.LEAST_CONNECTIONS)
 
     picks = [put.pick() for _ in range(1_000)]
@@ -308,7 +320,7 @@ def test_draining_servers_do_not_count_against_level_health(make_pool):
 # --- slow start ------------------------------------------------------------------------------
 
 
-def test_slow_start_weight_ramps_from_10_percent_to_full(make_pool):
+def test_slow_start_weight_ramps_from_10_percent_to_full(make_pool: MakePool) -> None:
     put = make_pool([{"weight": 4}], slow_start_window=30.0)
     endpoint = put.endpoint("s1")
     endpoint.up_since = NOW
@@ -319,7 +331,9 @@ def test_slow_start_weight_ramps_from_10_percent_to_full(make_pool):
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_slow_start_server_at_half_window_gets_a_third_of_two(make_pool, strategy):
+def test_slow_start_server_at_half_window_gets_a_third_of_two(
+    make_pool: MakePool, strategy: Strategy
+) -> None:
     put = make_pool([{}, {}], strategy=strategy, slow_start_window=30.0)
     settle_latencies(put)
     put.endpoint("s2").up_since = NOW - 15.0  # weight 1 × 0.5 against 1
@@ -329,7 +343,7 @@ def test_slow_start_server_at_half_window_gets_a_third_of_two(make_pool, strateg
     assert share(counts, "s2") == pytest.approx(1 / 3, abs=0.02)
 
 
-def test_slow_start_does_not_apply_to_servers_present_at_start(make_pool):
+def test_slow_start_does_not_apply_to_servers_present_at_start(make_pool: MakePool) -> None:
     put = make_pool([{}, {}], strategy=Strategy.ROUND_ROBIN)
 
     assert put.endpoint("s1").effective_weight(0.0, 30.0) == 1.0
@@ -338,7 +352,7 @@ def test_slow_start_does_not_apply_to_servers_present_at_start(make_pool):
 # --- pin, hash, exclude, tools, caps, trials ---------------------------------------------------
 
 
-def test_pin_returns_the_named_server_when_it_may_take_the_call(make_pool):
+def test_pin_returns_the_named_server_when_it_may_take_the_call(make_pool: MakePool) -> None:
     put = make_pool([{}, {}, dict(weight=1, priority=1)])
 
     picks = {put.pick(pin="s3").endpoint.config.name for _ in range(20)}
@@ -351,7 +365,9 @@ def test_pin_returns_the_named_server_when_it_may_take_the_call(make_pool):
     "spec",
     [dict(health=Health.DOWN), dict(state=AdminState.DRAINING), dict(state=AdminState.DISABLED)],
 )
-def test_pin_to_unavailable_server_falls_back_by_priority(make_pool, spec):
+def test_pin_to_unavailable_server_falls_back_by_priority(
+    make_pool: MakePool, spec: dict[str, Any]
+) -> None:
     put = make_pool([spec, {}, {}, {}, dict(priority=1)])  # level 0 stays ≥ 3/4 healthy
 
     picks = [put.pick(pin="s1") for _ in range(50)]
@@ -360,13 +376,13 @@ def test_pin_to_unavailable_server_falls_back_by_priority(make_pool, spec):
     assert all(p.reason is PickReason.BALANCE for p in picks)
 
 
-def test_pin_to_excluded_server_falls_back(make_pool):
+def test_pin_to_excluded_server_falls_back(make_pool: MakePool) -> None:
     put = make_pool([{}, {}])
 
     assert put.pick(pin="s1", exclude={1}).endpoint.config.name == "s2"
 
 
-def test_hash_key_sends_a_key_to_the_same_server_every_time(make_pool):
+def test_hash_key_sends_a_key_to_the_same_server_every_time(make_pool: MakePool) -> None:
     put = make_pool([{}, {}, {}, {}], strategy=Strategy.ROUND_ROBIN)
 
     first = {key: put.pick(hash_key=key).endpoint.config.name for key in map(str, range(400))}
@@ -377,7 +393,7 @@ def test_hash_key_sends_a_key_to_the_same_server_every_time(make_pool):
     assert min(Counter(first.values()).values()) > 60  # spread over all four (100 each ideal)
 
 
-def test_hash_key_skips_a_server_above_its_bounded_load(make_pool):
+def test_hash_key_skips_a_server_above_its_bounded_load(make_pool: MakePool) -> None:
     put = make_pool([{}, {}, {}, {}], hash_balance_factor=1.25)
     favourite = put.pick(hash_key="tenant-7").endpoint
     favourite.stats.in_flight = 5  # limit for the next call: ceil(1.25 × 6 / 4) = 2
@@ -390,16 +406,16 @@ def test_hash_key_skips_a_server_above_its_bounded_load(make_pool):
     assert put.pick(hash_key="tenant-7").endpoint is favourite  # back when loads are even
 
 
-def test_exclude_skips_servers_already_tried(make_pool):
+def test_exclude_skips_servers_already_tried(make_pool: MakePool) -> None:
     put = make_pool([{}, {}, {}], strategy=Strategy.LEAST_CONNECTIONS)
 
     names = {put.pick(exclude={1, 2}).endpoint.config.name for _ in range(50)}
 
     assert names == {"s3"}
-    assert put.pick(exclude={1, 2, 3}) is None
+    assert put.pick_or_none(exclude={1, 2, 3}) is None
 
 
-def test_tool_routes_only_to_servers_that_list_it(make_pool):
+def test_tool_routes_only_to_servers_that_list_it(make_pool: MakePool) -> None:
     put = make_pool([{}, {}, {}], strategy=Strategy.ROUND_ROBIN)
     put.endpoint("s1").tools = frozenset({"search"})
     put.endpoint("s2").tools = frozenset({"fetch"})
@@ -410,7 +426,7 @@ def test_tool_routes_only_to_servers_that_list_it(make_pool):
     assert names == {"s1", "s3"}
 
 
-def test_tool_missing_on_level_0_spills_to_level_1(make_pool):
+def test_tool_missing_on_level_0_spills_to_level_1(make_pool: MakePool) -> None:
     put = make_pool([{}, {}, dict(priority=1)], strategy=Strategy.ROUND_ROBIN)
     for name in ("s1", "s2"):
         put.endpoint(name).tools = frozenset({"fetch"})
@@ -420,7 +436,7 @@ def test_tool_missing_on_level_0_spills_to_level_1(make_pool):
     assert (chosen.endpoint.config.name, chosen.level, chosen.panic) == ("s3", 1, False)
 
 
-def test_max_in_flight_cap_skips_full_servers(make_pool):
+def test_max_in_flight_cap_skips_full_servers(make_pool: MakePool) -> None:
     put = make_pool([dict(max_in_flight=2), {}], strategy=Strategy.ROUND_ROBIN)
     put.endpoint("s1").stats.in_flight = 2
 
@@ -428,10 +444,10 @@ def test_max_in_flight_cap_skips_full_servers(make_pool):
 
     assert names == {"s2"}
     put.endpoint("s2").stats.in_flight = 5
-    assert put.pick(exclude={2}) is None
+    assert put.pick_or_none(exclude={2}) is None
 
 
-def test_full_level_0_falls_back_to_level_1_without_panic(make_pool):
+def test_full_level_0_falls_back_to_level_1_without_panic(make_pool: MakePool) -> None:
     put = make_pool([dict(max_in_flight=1), dict(priority=1)], strategy=Strategy.ROUND_ROBIN)
     put.endpoint("s1").stats.in_flight = 1
 
@@ -440,7 +456,7 @@ def test_full_level_0_falls_back_to_level_1_without_panic(make_pool):
     assert (chosen.endpoint.config.name, chosen.panic) == ("s2", False)
 
 
-def test_half_open_server_gets_exactly_one_trial(make_pool):
+def test_half_open_server_gets_exactly_one_trial(make_pool: MakePool) -> None:
     put = make_pool([{}, {}, {}, {}], strategy=Strategy.ROUND_ROBIN)
     put.eject("s1", now=NOW)
     after = put.endpoint("s1").outlier.ejected_until + 0.1
@@ -448,11 +464,12 @@ def test_half_open_server_gets_exactly_one_trial(make_pool):
     picks = [put.pick(after) for _ in range(40)]
 
     trials = [p for p in picks if p.endpoint.config.name == "s1"]
-    assert len(trials) == 1 and trials[0].trial
+    assert len(trials) == 1
+    assert trials[0].trial
     assert not any(p.trial for p in picks if p.endpoint.config.name != "s1")
 
 
-def test_ejected_server_is_not_picked_outside_panic(make_pool):
+def test_ejected_server_is_not_picked_outside_panic(make_pool: MakePool) -> None:
     put = make_pool([{}, {}, {}], strategy=Strategy.ROUND_ROBIN)
     put.eject("s2")
 
@@ -461,7 +478,7 @@ def test_ejected_server_is_not_picked_outside_panic(make_pool):
     assert names == {"s1", "s3"}
 
 
-def test_pick_counts_picks_on_the_chosen_server(make_pool):
+def test_pick_counts_picks_on_the_chosen_server(make_pool: MakePool) -> None:
     put = make_pool([{}, {}], strategy=Strategy.ROUND_ROBIN)
 
     put.shares(10)
@@ -469,7 +486,7 @@ def test_pick_counts_picks_on_the_chosen_server(make_pool):
     assert [e.stats.picks for e in put.endpoints] == [5, 5]
 
 
-def test_configure_applies_a_new_strategy_to_the_next_pick(make_pool):
+def test_configure_applies_a_new_strategy_to_the_next_pick(make_pool: MakePool) -> None:
     put = make_pool([{}, {}], strategy=Strategy.ROUND_ROBIN)
     put.endpoint("s1").stats.in_flight = 3
     assert put.pick().endpoint.config.name == "s1"  # round robin ignores load
@@ -515,8 +532,18 @@ server_states = st.fixed_dictionaries(
     seed=st.integers(0, 3),
 )
 def test_pick_outside_panic_is_never_an_unusable_server_and_never_refuses_a_usable_one(
-    make_pool, servers, in_flight, ejected, tools, exclude, tool, strategy, hash_key, pin, seed
-):
+    make_pool: MakePool,
+    servers: list[dict[str, Any]],
+    in_flight: list[int],
+    ejected: set[int],
+    tools: list[frozenset[str] | None],
+    exclude: set[int],
+    tool: str | None,
+    strategy: Strategy,
+    hash_key: str | None,
+    pin: str | None,
+    seed: int,
+) -> None:
     put = make_pool(servers, strategy=strategy, seed=seed)
     for endpoint, count, listed in zip(put.endpoints, in_flight, tools, strict=False):
         endpoint.stats.in_flight = count
@@ -535,7 +562,7 @@ def test_pick_outside_panic_is_never_an_unusable_server_and_never_refuses_a_usab
             and not 0 < e.config.max_in_flight <= e.stats.in_flight
             for e in put.endpoints
         )
-        chosen = put.pick(now, tool=tool, exclude=exclude, hash_key=hash_key, pin=pin)
+        chosen = put.pick_or_none(now, tool=tool, exclude=exclude, hash_key=hash_key, pin=pin)
         event("no pick" if chosen is None else "panic" if chosen.panic else "normal pick")
         # A 503 only when no server could have served the call.
         assert chosen is not None or not could_serve
@@ -553,19 +580,20 @@ def test_pick_outside_panic_is_never_an_unusable_server_and_never_refuses_a_usab
             assert not endpoint.outlier.ejected(now)
 
 
-def test_pick_returns_someone_whenever_a_healthy_candidate_exists(make_pool):
+def test_pick_returns_someone_whenever_a_healthy_candidate_exists(make_pool: MakePool) -> None:
     # Complement of the property above: refusing (503) must not happen while a server could serve.
     for states in itertools.product([Health.UP, Health.DOWN], repeat=3):
         put = make_pool([dict(health=h, priority=i % 2) for i, h in enumerate(states)])
         if Health.UP in states:
             chosen = put.pick()
-            assert chosen is not None and chosen.endpoint.config.health is Health.UP
+            assert chosen is not None
+            assert chosen.endpoint.config.health is Health.UP
 
 
 # --- the claim the strategy exists for -------------------------------------------------------
 
 
-def test_health_based_keeps_p99_near_healthy_when_one_replica_is_10x_slower():
+def test_health_based_keeps_p99_near_healthy_when_one_replica_is_10x_slower() -> None:
     from bench.simulate_balancing import Params, simulate, workload
 
     params = Params(servers=3, duration=30.0, seed=4)

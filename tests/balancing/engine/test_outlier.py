@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ NOW = 1000.0
 FAILURES = [Outcome.TRANSPORT_FAILURE, Outcome.TIMEOUT, Outcome.INTERNAL_ERROR]
 
 
-def detector_for(count: int, **policy: float) -> OutlierDetector:
+def detector_for(count: int, **policy: Any) -> OutlierDetector:
     detector = OutlierDetector(OutlierPolicy(**policy), random.Random(11))
     detector.sync(
         ServerConfig(id=i, name=f"s{i}", transport=Transport.STDIO, command="x")
@@ -32,7 +33,7 @@ def fail(state: OutlierState, times: int, now: float = NOW) -> list[Ejected | Re
 
 
 @pytest.mark.parametrize("outcome", FAILURES)
-def test_outlier_five_consecutive_failures_eject(outcome):
+def test_outlier_five_consecutive_failures_eject(outcome: Outcome) -> None:
     state = detector_for(4).state(1)
 
     events = [state.record(outcome, NOW) for _ in range(5)]
@@ -46,7 +47,7 @@ def test_outlier_five_consecutive_failures_eject(outcome):
 
 
 @pytest.mark.parametrize("interruption", [Outcome.SUCCESS, Outcome.TOOL_ERROR])
-def test_outlier_success_or_tool_error_breaks_the_streak(interruption):
+def test_outlier_success_or_tool_error_breaks_the_streak(interruption: Outcome) -> None:
     state = detector_for(4).state(1)
 
     fail(state, 4)
@@ -57,7 +58,7 @@ def test_outlier_success_or_tool_error_breaks_the_streak(interruption):
     assert not state.ejected(NOW)
 
 
-def test_outlier_tool_errors_alone_never_eject():
+def test_outlier_tool_errors_alone_never_eject() -> None:
     state = detector_for(4).state(1)
 
     events = [state.record(Outcome.TOOL_ERROR, NOW) for _ in range(50)]
@@ -66,7 +67,7 @@ def test_outlier_tool_errors_alone_never_eject():
     assert not state.ejected(NOW)
 
 
-def test_outlier_ejection_time_grows_with_each_ejection_and_caps():
+def test_outlier_ejection_time_grows_with_each_ejection_and_caps() -> None:
     state = detector_for(4, jitter=0.0).state(1)
     durations = []
     now = NOW
@@ -83,7 +84,7 @@ def test_outlier_ejection_time_grows_with_each_ejection_and_caps():
     assert max(durations) == pytest.approx(300.0)
 
 
-def test_outlier_jitter_stays_within_ten_percent_of_the_capped_time():
+def test_outlier_jitter_stays_within_ten_percent_of_the_capped_time() -> None:
     detector = detector_for(4)
 
     times = [detector.ejection_time(n) for n in range(1, 40) for _ in range(20)]
@@ -92,7 +93,7 @@ def test_outlier_jitter_stays_within_ten_percent_of_the_capped_time():
     assert len({round(t, 6) for t in times}) > 100  # actually jittered
 
 
-def test_outlier_half_open_lets_exactly_one_trial_through():
+def test_outlier_half_open_lets_exactly_one_trial_through() -> None:
     state = detector_for(4).state(1)
     fail(state, 5)
     reopen = state.ejected_until
@@ -103,7 +104,7 @@ def test_outlier_half_open_lets_exactly_one_trial_through():
     assert not state.may_take(reopen + 1.0)  # everyone else skips it while the trial runs
 
 
-def test_outlier_trial_success_closes_the_server():
+def test_outlier_trial_success_closes_the_server() -> None:
     state = detector_for(4).state(1)
     fail(state, 5)
     reopen = state.ejected_until
@@ -112,10 +113,11 @@ def test_outlier_trial_success_closes_the_server():
     event = state.record(Outcome.SUCCESS, reopen + 0.05)
 
     assert event == Recovered(1)
-    assert state.may_take(reopen + 0.1) and not state.half_open(reopen + 0.1)
+    assert state.may_take(reopen + 0.1)
+    assert not state.half_open(reopen + 0.1)
 
 
-def test_outlier_trial_failure_ejects_again_for_longer():
+def test_outlier_trial_failure_ejects_again_for_longer() -> None:
     state = detector_for(4, jitter=0.0).state(1)
     fail(state, 5)
     reopen = state.ejected_until
@@ -123,11 +125,12 @@ def test_outlier_trial_failure_ejects_again_for_longer():
 
     event = state.record(Outcome.TRANSPORT_FAILURE, reopen + 0.05)
 
-    assert isinstance(event, Ejected) and event.count == 2
+    assert isinstance(event, Ejected)
+    assert event.count == 2
     assert event.until - (reopen + 0.05) == pytest.approx(60.0)
 
 
-def test_outlier_lost_trial_allows_another_after_the_trial_timeout():
+def test_outlier_lost_trial_allows_another_after_the_trial_timeout() -> None:
     state = detector_for(4, trial_timeout=35.0).state(1)
     fail(state, 5)
     reopen = state.ejected_until
@@ -137,7 +140,7 @@ def test_outlier_lost_trial_allows_another_after_the_trial_timeout():
     assert state.may_take(reopen + 35.0)
 
 
-def test_outlier_abandoned_trial_lets_the_next_call_be_the_trial():
+def test_outlier_abandoned_trial_lets_the_next_call_be_the_trial() -> None:
     state = detector_for(4).state(1)
     fail(state, 5)
     reopen = state.ejected_until
@@ -145,10 +148,11 @@ def test_outlier_abandoned_trial_lets_the_next_call_be_the_trial():
 
     state.abandon_trial()
 
-    assert state.may_take(reopen + 1.0) and state.half_open(reopen + 1.0)
+    assert state.may_take(reopen + 1.0)
+    assert state.half_open(reopen + 1.0)
 
 
-def test_outlier_success_of_a_call_started_before_ejection_does_not_end_it():
+def test_outlier_success_of_a_call_started_before_ejection_does_not_end_it() -> None:
     state = detector_for(4).state(1)
     fail(state, 5)
 
@@ -156,18 +160,19 @@ def test_outlier_success_of_a_call_started_before_ejection_does_not_end_it():
     assert state.ejected(NOW + 2.0)
 
 
-def test_outlier_probe_ok_unejects_at_once():
+def test_outlier_probe_ok_unejects_at_once() -> None:
     state = detector_for(4).state(1)
     fail(state, 5)
 
     event = state.mark_probe_ok(NOW + 3.0)
 
     assert event == Recovered(1)
-    assert not state.ejected(NOW + 3.0) and state.may_take(NOW + 3.0)
+    assert not state.ejected(NOW + 3.0)
+    assert state.may_take(NOW + 3.0)
     assert state.mark_probe_ok(NOW + 4.0) is None  # nothing to recover from
 
 
-def test_outlier_ejection_count_decays_while_in_service():
+def test_outlier_ejection_count_decays_while_in_service() -> None:
     state = detector_for(4, jitter=0.0).state(1)
     fail(state, 5)
     state.record(Outcome.TRANSPORT_FAILURE, state.ejected_until)  # n = 2
@@ -176,13 +181,15 @@ def test_outlier_ejection_count_decays_while_in_service():
 
     event = fail(state, 5, back + 30.0)[-1]  # 30 s in service: one step of decay
 
-    assert isinstance(event, Ejected) and event.count == 2  # (2 − 1) + 1
+    assert isinstance(event, Ejected)
+    assert event.count == 2
     state.mark_probe_ok(event.until)
     later = fail(state, 5, event.until + 600.0)[-1]
-    assert isinstance(later, Ejected) and later.count == 1  # fully forgiven
+    assert isinstance(later, Ejected)
+    assert later.count == 1
 
 
-def test_outlier_cap_keeps_at_most_half_the_pool_out():
+def test_outlier_cap_keeps_at_most_half_the_pool_out() -> None:
     detector = detector_for(4)
     states = [detector.state(i) for i in range(1, 5)]
 
@@ -196,7 +203,7 @@ def test_outlier_cap_keeps_at_most_half_the_pool_out():
     assert detector.out_of_service() == 2
 
 
-def test_outlier_half_open_servers_still_count_against_the_cap():
+def test_outlier_half_open_servers_still_count_against_the_cap() -> None:
     detector = detector_for(2)
     first, second = detector.state(1), detector.state(2)
     fail(first, 5)
@@ -207,11 +214,11 @@ def test_outlier_half_open_servers_still_count_against_the_cap():
 
 
 @pytest.mark.parametrize(("count", "ejectable"), [(1, 0), (2, 1), (3, 1), (5, 2), (10, 5)])
-def test_outlier_cap_rounds_down(count, ejectable):
+def test_outlier_cap_rounds_down(count: int, ejectable: int) -> None:
     assert detector_for(count).max_ejected() == ejectable
 
 
-def test_outlier_sync_forgets_removed_servers_and_counts_only_enabled_ones():
+def test_outlier_sync_forgets_removed_servers_and_counts_only_enabled_ones() -> None:
     detector = detector_for(4)
     fail(detector.state(4), 5)
 
@@ -229,7 +236,7 @@ def test_outlier_sync_forgets_removed_servers_and_counts_only_enabled_ones():
     assert detector.max_ejected() == 1  # 2 enabled servers
 
 
-def test_outlier_for_pool_takes_the_pool_settings():
+def test_outlier_for_pool_takes_the_pool_settings() -> None:
     pool = PoolConfig(id=1, slug="p", consecutive_failures=2, ejection_base=10.0)
     detector = OutlierDetector.for_pool(pool, random.Random(1))
     detector.sync(
@@ -238,4 +245,5 @@ def test_outlier_for_pool_takes_the_pool_settings():
 
     event = fail(detector.state(1), 2)[-1]
 
-    assert isinstance(event, Ejected) and 9.0 <= event.until - NOW <= 11.0
+    assert isinstance(event, Ejected)
+    assert 9.0 <= event.until - NOW <= 11.0

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from balancing.engine.config import RetryPolicy
@@ -29,11 +31,13 @@ PLAIN = {"readOnlyHint": False, "destructiveHint": True}
         (RetryPolicy.NEVER, True, READ_ONLY, False),
     ],
 )
-def test_may_retry_follows_policy_delivery_and_tool_hints(policy, delivered, annotations, expected):
+def test_may_retry_follows_policy_delivery_and_tool_hints(
+    policy: RetryPolicy, delivered: bool, annotations: dict[str, Any], expected: bool
+) -> None:
     assert may_retry(policy, delivered, annotations) is expected
 
 
-def test_retry_budget_quiet_pool_allows_the_minimum():
+def test_retry_budget_quiet_pool_allows_the_minimum() -> None:
     budget = RetryBudget(percent=20, minimum=3)
     budget.call_started()
 
@@ -43,7 +47,7 @@ def test_retry_budget_quiet_pool_allows_the_minimum():
     assert (budget.retries_total, budget.refused_total) == (3, 2)
 
 
-def test_retry_budget_busy_pool_allows_twenty_percent():
+def test_retry_budget_busy_pool_allows_twenty_percent() -> None:
     budget = RetryBudget(percent=20, minimum=3)
     for _ in range(100):
         budget.call_started()
@@ -54,7 +58,7 @@ def test_retry_budget_busy_pool_allows_twenty_percent():
     assert budget.refused_total == 30
 
 
-def test_retry_budget_finished_retries_free_their_slot():
+def test_retry_budget_finished_retries_free_their_slot() -> None:
     budget = RetryBudget(percent=20, minimum=1)
     assert budget.try_retry()
     assert not budget.try_retry()
@@ -65,7 +69,7 @@ def test_retry_budget_finished_retries_free_their_slot():
     assert budget.retries_total == 2
 
 
-def test_retry_budget_shrinks_as_calls_finish():
+def test_retry_budget_shrinks_as_calls_finish() -> None:
     budget = RetryBudget(percent=50, minimum=0)
     for _ in range(4):
         budget.call_started()
@@ -75,4 +79,5 @@ def test_retry_budget_shrinks_as_calls_finish():
         budget.call_finished()
     budget.call_finished()  # an extra finish never goes negative
 
-    assert budget.limit() == 0 and not budget.try_retry()
+    assert budget.limit() == 0
+    assert not budget.try_retry()

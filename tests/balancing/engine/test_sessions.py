@@ -110,7 +110,8 @@ async def test_borrow_many_concurrent_calls_stay_within_k_sessions_and_m_calls()
     assert len(results) == 300
     assert len(opener.sessions) == 2  # K, never more
     assert max(s.peak for s in opener.sessions) <= 4  # M calls per session at most
-    assert sp.in_flight == 0 and sp.waiting == 0
+    assert sp.in_flight == 0
+    assert sp.waiting == 0
 
 
 async def test_borrow_all_slots_busy_times_out_naming_the_pool() -> None:
@@ -119,7 +120,8 @@ async def test_borrow_all_slots_busy_times_out_naming_the_pool() -> None:
         with pytest.raises(AcquireTimeout) as info:
             async with sp.borrow(timeout=0.05):
                 pass
-    assert "pool 'p'" in str(info.value) and info.value.delivered is False
+    assert "pool 'p'" in str(info.value)
+    assert info.value.delivered is False
     assert sp.in_flight == 0
 
 
@@ -134,7 +136,8 @@ async def test_borrow_cancelled_while_waiting_leaves_no_waiter_and_no_slot() -> 
         await w
     holder_release.set()
     await h
-    assert sp.waiting == 0 and sp.in_flight == 0
+    assert sp.waiting == 0
+    assert sp.in_flight == 0
     async with sp.borrow(timeout=0.5):  # the slot is usable again
         assert sp.in_flight == 1
 
@@ -237,7 +240,8 @@ async def test_maintain_pings_idle_sessions_and_replaces_failed_ones() -> None:
     clock.now += 31
     await sp.maintain()
     await asyncio.sleep(0)  # closing runs in the background
-    assert opener.sessions[0].closed and len(opener.sessions) == 2
+    assert opener.sessions[0].closed
+    assert len(opener.sessions) == 2
 
 
 async def test_borrow_after_long_idle_validates_first() -> None:
@@ -279,8 +283,10 @@ async def test_maintain_reports_leaked_borrow_with_where_it_was_taken(
     clock.now += 61
     with caplog.at_level(logging.WARNING):
         await sp.maintain()
-    assert "possible leak" in caplog.text and "test_sessions.py" in caplog.text
-    assert sp.leaked() and "test_sessions.py" in sp.leaked()[0]
+    assert "possible leak" in caplog.text
+    assert "test_sessions.py" in caplog.text
+    assert sp.leaked()
+    assert "test_sessions.py" in sp.leaked()[0]
     await borrow.__aexit__(None, None, None)
     assert not sp.leaked()
 

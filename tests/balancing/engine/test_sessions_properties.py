@@ -29,7 +29,11 @@ from balancing.engine.sessions import AcquireTimeout, PoolClosed, SessionPool
 
 SERVER = ServerConfig(id=1, name="a", transport=Transport.STDIO, command="x")
 # Upkeep must not retire or ping on its own within an example: those paths have their own tests.
-QUIET = {"keepalive_interval": 3600.0, "validate_idle_after": 3600.0, "max_lifetime": 3600.0}
+QUIET: dict[str, Any] = {
+    "keepalive_interval": 3600.0,
+    "validate_idle_after": 3600.0,
+    "max_lifetime": 3600.0,
+}
 
 
 class FakeSession:
@@ -196,7 +200,8 @@ async def _scenario(
 
     # every caller is done: every slot is back, nobody waits
     monitor.check()
-    assert sp.in_flight == 0 and sp.waiting == 0, (sp.in_flight, sp.waiting)
+    assert sp.in_flight == 0, (sp.in_flight, sp.waiting)
+    assert sp.waiting == 0, (sp.in_flight, sp.waiting)
     assert all(slot.borrowed == 0 for slot in sp._slots)
     assert not sp._borrows
     await sp.close()

@@ -12,7 +12,7 @@ def measured(stats: ServerStats, now: float, latency: float, failed: bool = Fals
     stats.end(now, latency, failed)
 
 
-def test_stats_latency_jumps_up_to_a_higher_sample_at_once():
+def test_stats_latency_jumps_up_to_a_higher_sample_at_once() -> None:
     stats = ServerStats(decay=10.0)
     measured(stats, 0.0, 0.01)
 
@@ -21,7 +21,7 @@ def test_stats_latency_jumps_up_to_a_higher_sample_at_once():
     assert stats.latency(0.001) == 0.5
 
 
-def test_stats_latency_decays_toward_lower_samples_with_the_time_constant():
+def test_stats_latency_decays_toward_lower_samples_with_the_time_constant() -> None:
     stats = ServerStats(decay=10.0)
     measured(stats, 0.0, 0.1)
 
@@ -31,7 +31,7 @@ def test_stats_latency_decays_toward_lower_samples_with_the_time_constant():
     assert stats.latency(10.0) == pytest.approx(expected)
 
 
-def test_stats_busy_server_forgets_a_lone_slow_call_within_tens_of_calls():
+def test_stats_busy_server_forgets_a_lone_slow_call_within_tens_of_calls() -> None:
     stats = ServerStats(decay=10.0)
     measured(stats, 0.0, 0.1)
 
@@ -42,7 +42,7 @@ def test_stats_busy_server_forgets_a_lone_slow_call_within_tens_of_calls():
     assert stats.latency(0.6) == pytest.approx(0.01 + 0.09 * 0.95**60, rel=1e-6)
 
 
-def test_stats_error_rate_uses_the_same_floor_per_call():
+def test_stats_error_rate_uses_the_same_floor_per_call() -> None:
     stats = ServerStats(decay=10.0)
 
     measured(stats, 0.001, 0.01, failed=True)
@@ -50,17 +50,18 @@ def test_stats_error_rate_uses_the_same_floor_per_call():
     assert stats.error_rate(0.001) == pytest.approx(0.05)
 
 
-def test_stats_failure_never_lowers_the_latency_estimate():
+def test_stats_failure_never_lowers_the_latency_estimate() -> None:
     stats = ServerStats(decay=10.0)
     measured(stats, 0.0, 0.2)
 
     measured(stats, 5.0, 0.001, failed=True)
 
     assert stats.latency(5.0) == 0.2
-    assert stats.failures == 1 and stats.calls == 2
+    assert stats.failures == 1
+    assert stats.calls == 2
 
 
-def test_stats_error_rate_rises_with_failures_and_fades_with_successes():
+def test_stats_error_rate_rises_with_failures_and_fades_with_successes() -> None:
     stats = ServerStats(decay=10.0)
     for i in range(20):
         measured(stats, i * 1.0, 0.01, failed=True)
@@ -73,7 +74,7 @@ def test_stats_error_rate_rises_with_failures_and_fades_with_successes():
     assert stats.error_rate(59.0) < 0.05
 
 
-def test_stats_idle_server_estimate_decays_only_after_a_quiet_decay_period():
+def test_stats_idle_server_estimate_decays_only_after_a_quiet_decay_period() -> None:
     stats = ServerStats(decay=10.0)
     measured(stats, 0.0, 0.5)
 
@@ -83,7 +84,7 @@ def test_stats_idle_server_estimate_decays_only_after_a_quiet_decay_period():
     assert stats.latency(60.0) == 0.5
 
 
-def test_stats_in_flight_counts_calls_and_never_goes_negative():
+def test_stats_in_flight_counts_calls_and_never_goes_negative() -> None:
     stats = ServerStats()
     stats.begin()
     stats.begin()

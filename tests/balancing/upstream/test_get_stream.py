@@ -232,7 +232,8 @@ async def test_get_stream_refused_with_405_stops_and_session_works(
 
         # then it never asks again and calls still work
         assert await session.request("ping", None, timeout=5) == {}
-        assert session.alive and len(server.get_headers) == 1
+        assert session.alive
+        assert len(server.get_headers) == 1
         assert server.posted[1]["method"] == "notifications/initialized"
 
 

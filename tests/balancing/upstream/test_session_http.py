@@ -56,7 +56,8 @@ async def test_http_session_era_negotiated_echo_round_trips(
     assert session.server_info["name"] == "faulty"
     assert "tools" in session.server_capabilities
     assert text_of(result) == "héllo"
-    assert session.alive and session.in_flight == 0
+    assert session.alive
+    assert session.in_flight == 0
 
 
 @pytest.mark.parametrize("era", [Era.MODERN, Era.HANDSHAKE])
@@ -141,8 +142,10 @@ async def test_http_session_hanging_call_times_out_without_blocking_others(
     assert text_of(quick) == "quick"
     with pytest.raises(UpstreamTimeout) as caught:
         await hanging
-    assert caught.value.delivered and caught.value.server_failure
-    assert session.in_flight == 0 and session.alive
+    assert caught.value.delivered
+    assert caught.value.server_failure
+    assert session.in_flight == 0
+    assert session.alive
 
 
 async def test_http_session_failing_tool_is_a_result_not_an_error(
@@ -245,10 +248,10 @@ async def test_http_session_server_dies_mid_call_fails_the_call_as_delivered(
 ) -> None:
     session = await connect(faulty_private.config(era=Era.HANDSHAKE))
 
-    with pytest.raises(Exception) as caught:
-        await session.request("tools/call", tool("crash"), timeout=10)
-
     from balancing.engine.errors import UpstreamClosed
+
+    with pytest.raises(UpstreamClosed) as caught:
+        await session.request("tools/call", tool("crash"), timeout=10)
 
     assert isinstance(caught.value, UpstreamClosed)
     assert caught.value.delivered

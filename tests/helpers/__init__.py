@@ -1,0 +1,1 @@
+"""Helpers shared by tests of several apps (fixtures stay in the `conftest.py` files)."""

@@ -1,0 +1,108 @@
+"""Config writes that race: two PATCHes of one row at once, on the real PostgreSQL.
+
+Each update reads the row, then (in `full_clean`) waits until the other update has either read
+the row too or is blocked on its lock — the interleaving that loses an update when writes are a
+read-modify-write of every column without a lock. Both changes must stick.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.db import connection, connections
+
+from servers import services
+from servers.models import Pool, Server
+from tests.conftest import require_env
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _someone_waits_on_a_lock() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+        row = cursor.fetchone()
+    return bool(row and row[0])
+
+
+def _race(
+    monkeypatch: pytest.MonkeyPatch, model: type[Any], updates: list[Callable[[], Any]]
+) -> None:
+    """Run `updates` in threads, each held after reading until the others read or block."""
+    arrived: list[int] = []
+    original = model.full_clean
+
+    def held_full_clean(self: Any, *args: Any, **kwargs: Any) -> None:
+        arrived.append(threading.get_ident())
+        deadline = time.monotonic() + 10
+        while len(arrived) < len(updates) and not _someone_waits_on_a_lock():
+            assert time.monotonic() < deadline, "the other update neither read nor blocked"
+            time.sleep(0.01)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(model, "full_clean", held_full_clean)
+    errors: list[BaseException] = []
+
+    def run(update: Callable[[], Any]) -> None:
+        try:
+            update()
+        except BaseException as exc:  # reported by the test thread
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run, args=(u,)) for u in updates]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+
+
+@pytest.fixture
+def postgres() -> None:
+    require_env("DATABASE_URL")
+    if connection.vendor != "postgresql":
+        pytest.skip("this race needs PostgreSQL's row locks (DATABASE_URL is not PostgreSQL)")
+
+
+def test_concurrent_pool_patches_keep_both_changes(
+    postgres: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services.save(Pool(name="Race", slug="race"))
+    _race(
+        monkeypatch,
+        Pool,
+        [
+            lambda: services.update_pool("race", {"fall": 7}),
+            lambda: services.update_pool("race", {"strategy": "least_connections"}),
+        ],
+    )
+    pool = Pool.objects.get(slug="race")
+    assert (pool.fall, pool.strategy) == (7, "least_connections")
+
+
+def test_concurrent_server_patches_keep_both_changes(
+    postgres: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = services.save(Pool(name="Race", slug="race"))
+    services.save(
+        Server(pool=pool, name="a", transport="streamable_http", url="http://127.0.0.1:9/mcp")
+    )
+    _race(
+        monkeypatch,
+        Server,
+        [
+            lambda: services.update_server("race", "a", {"weight": 9}),
+            lambda: services.update_server("race", "a", {"priority": 3}),
+        ],
+    )
+    server = Server.objects.get(name="a")
+    assert (server.weight, server.priority) == (9, 3)
