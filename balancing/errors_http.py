@@ -1,9 +1,16 @@
 """The error contract apps see, in one table: stable codes, HTTP statuses, JSON-RPC codes.
 
 REST answers `{"error": {"code": ..., "message": ...}}` with the status of the code; the MCP
-endpoint answers the same code as a JSON-RPC error (`error.data.code`), with HTTP statuses only
-where the transport itself refuses the request (auth, size, rate, unknown pool or session).
+endpoint answers the gateway's own errors with the same code as a JSON-RPC error
+(`error.data.code`), with HTTP statuses only where the transport itself refuses the request
+(auth, size, rate, unknown pool or session). A JSON-RPC error the upstream answered is not the
+gateway's: the MCP endpoint passes it on unchanged, REST keeps its stable code and adds the
+upstream's `code`, `message` and `data` under `upstream`.
 A tool that ran and failed is not an error here: it is a 200 result with `isError: true`.
+
+The gateway's own JSON-RPC codes sit in the implementation-defined band -32000…-32019, clear of
+every code MCP defines or reserves (-32002 and -32042 retired, -32020…-32099 the spec's) and of the
+SDK's -32000/-32001.
 """
 
 from __future__ import annotations
@@ -28,11 +35,18 @@ INVALID_REQUEST: Final = -32600
 METHOD_NOT_FOUND: Final = -32601
 INVALID_PARAMS: Final = -32602
 INTERNAL_ERROR: Final = -32603
-# Server-defined range (-32000 … -32099) for what only a gateway can say.
-GATEWAY_UNAVAILABLE: Final = -32001  # no healthy server / pool saturated
-GATEWAY_TIMEOUT: Final = -32002
-GATEWAY_UPSTREAM: Final = -32003  # the upstream broke the protocol or died mid-call
-GATEWAY_REFUSED: Final = -32004  # auth, permission, rate limit (on the JSON-RPC layer)
+# MCP's own codes the gateway answers with when it refuses a 2026-07-28 request itself.
+RESOURCE_NOT_FOUND: Final = -32002  # MCP's "resource not found" (an upstream's, passed on)
+HEADER_MISMATCH: Final = -32020
+UNSUPPORTED_PROTOCOL_VERSION: Final = -32022
+# What only a gateway can say: implementation-defined codes (see the module docstring).
+GATEWAY_UNAVAILABLE: Final = -32010  # no healthy server / pool saturated
+GATEWAY_TIMEOUT: Final = -32011
+GATEWAY_UPSTREAM: Final = -32012  # the upstream broke the protocol or died mid-call
+GATEWAY_REFUSED: Final = -32013  # auth, permission, rate limit (on the JSON-RPC layer)
+GATEWAY_CODES: Final = frozenset(
+    {GATEWAY_UNAVAILABLE, GATEWAY_TIMEOUT, GATEWAY_UPSTREAM, GATEWAY_REFUSED}
+)
 
 
 class Code(NamedTuple):
@@ -153,4 +167,6 @@ def _from_rejection(exc: CallRejected) -> ApiError:
         return ApiError("invalid_arguments", message, upstream=rpc)
     if exc.code == METHOD_NOT_FOUND:
         return ApiError("not_found", message, upstream=rpc)
+    if exc.code == RESOURCE_NOT_FOUND:
+        return ApiError("unknown_resource", message, upstream=rpc)
     return ApiError("upstream_rejected", message, upstream=rpc)

@@ -26,6 +26,7 @@ from balancing import adapter
 from balancing.engine import liveness
 from balancing.engine.config import ServerConfig
 from balancing.engine.outlier import Ejected, OutlierEvent
+from balancing.engine.request_state import StateSealer
 from balancing.engine.runtime import Runtime
 from balancing.engine.sticky import SessionTable, close_sessions
 from balancing.keys import KeyCache, KeyRecord
@@ -37,7 +38,11 @@ T = TypeVar("T")
 
 class RuntimeHost:
     def __init__(self) -> None:
-        self.runtime = Runtime(on_outlier=self._on_outlier, policy=settings.MCPPOOL_UPSTREAM_POLICY)
+        self.runtime = Runtime(
+            on_outlier=self._on_outlier,
+            policy=settings.MCPPOOL_UPSTREAM_POLICY,
+            sealer=StateSealer(settings.MCPPOOL_SECRETS_KEYS or [settings.SECRET_KEY]),
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._reload_lock = asyncio.Lock()
         self._started = False

@@ -27,6 +27,7 @@ from balancing.api.http import (
     Scope,
     Send,
     accepts,
+    disconnected,
     header,
     headers_dict,
     parse_json_object,
@@ -188,7 +189,7 @@ async def _stream(
             meta={"progressToken": _PROGRESS_TOKEN},
         )
     )
-    watcher = asyncio.ensure_future(_disconnected(receive))
+    watcher = asyncio.ensure_future(disconnected(receive))
     try:
         await asyncio.wait((call, watcher), return_when=asyncio.FIRST_COMPLETED)
         if not call.done():
@@ -216,11 +217,6 @@ async def _stream(
 
 async def _chunk(send: Send, data: bytes, *, more: bool = True) -> None:
     await send({"type": "http.response.body", "body": data, "more_body": more})
-
-
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
 
 
 async def run(scope: Scope, receive: Receive, send: Send) -> bool:

@@ -112,5 +112,11 @@ async def send_error(send: Send, error: ApiError) -> None:
     await send_bytes(send, error.status, error.body(), headers)
 
 
+async def disconnected(receive: Receive) -> None:
+    """Returns when the client has gone away (the hot path's way to notice a cancel)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 def sse_event(event: str, data: bytes) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"

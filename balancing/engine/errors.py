@@ -17,10 +17,12 @@ The balancer and the runtime decide two things from these exceptions:
 | UpstreamTimeout  | True      | True           |
 | UpstreamClosed   | True      | True           |
 | ProtocolError    | True*     | True           |
+| UpstreamRefused  | False     | False          |
 | CallRejected     | True      | only for -32603|
 
-(*) an HTTP 4xx without a JSON-RPC answer is a ProtocolError with delivered=False: the server
-refused the request before running it.
+(*) a 5xx without a JSON-RPC answer may have run part of the call. An HTTP 4xx without a JSON-RPC
+answer is an ``UpstreamRefused``: the server refused the request before running it, which says
+something about the request (a client's bad input), not about the server's health.
 
 ``SessionGone`` is not a server failure: the server forgot our session (restart, idle expiry) and
 the pool simply opens a new one.
@@ -82,6 +84,20 @@ class UpstreamClosed(UpstreamError):
 class ProtocolError(UpstreamError):
     """The server answered something that is not a valid MCP/JSON-RPC answer (bad JSON, an
     unexpected HTTP status, a response without our id...)."""
+
+
+class UpstreamRefused(ProtocolError):
+    """An HTTP 4xx without a JSON-RPC answer: the request was refused before it ran."""
+
+    delivered = False
+
+    def __init__(self, message: str, *, status: int, server: str = "") -> None:
+        super().__init__(message, server=server)
+        self.status = status
+
+    @property
+    def server_failure(self) -> bool:
+        return False
 
 
 class CallRejected(UpstreamError):

@@ -40,6 +40,11 @@ def encode_error(request_id: RequestId | None, code: int, message: str) -> bytes
     )
 
 
+def encode_error_object(request_id: RequestId | None, error: JsonObject) -> bytes:
+    """An error answer carrying ``error`` as it is (code, message, data: someone else's)."""
+    return orjson.dumps({"jsonrpc": "2.0", "id": request_id, "error": error})
+
+
 def decode(raw: bytes | str) -> JsonObject | None:
     """Parse one message; None for bad JSON or anything that is not an object (batches included:
     MCP since 2025-06-18 has none, and no upstream we speak to sends them)."""

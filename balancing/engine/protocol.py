@@ -82,6 +82,35 @@ def with_meta(params: dict[str, Any] | None, meta: dict[str, Any]) -> dict[str, 
     return {**params, "_meta": merged}
 
 
+_ENVELOPE_KEYS: Final = (
+    PROTOCOL_VERSION_META_KEY,
+    CLIENT_INFO_META_KEY,
+    CLIENT_CAPABILITIES_META_KEY,
+)
+
+
+def has_envelope(meta: dict[str, Any]) -> bool:
+    return any(key in meta for key in _ENVELOPE_KEYS)
+
+
+def without_envelope(meta: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in meta.items() if k not in _ENVELOPE_KEYS}
+
+
+def with_envelope(params: dict[str, Any] | None, envelope: dict[str, Any]) -> dict[str, Any]:
+    """``params`` carrying a 2026 envelope: the caller's own ``clientInfo`` and
+    ``clientCapabilities`` (a client's request forwarded as it sent them) win over the session's
+    defaults; the protocol version is the session's, which its headers name."""
+    if not params:
+        return {"_meta": envelope}
+    caller_meta = params.get("_meta")
+    if not isinstance(caller_meta, dict):
+        return {**params, "_meta": envelope}
+    merged = {**envelope, **caller_meta}
+    merged[PROTOCOL_VERSION_META_KEY] = envelope[PROTOCOL_VERSION_META_KEY]
+    return {**params, "_meta": merged}
+
+
 def modern_headers(method: str, params: dict[str, Any] | None) -> dict[str, str]:
     """The per-request routing headers of the modern era (besides ``MCP-Protocol-Version``)."""
     headers = {METHOD_HEADER: method}

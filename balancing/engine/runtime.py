@@ -22,13 +22,14 @@ import random
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
 
 from balancing.engine.affinity import RequestContext, match_rules
-from balancing.engine.balancer import Balancer
+from balancing.engine.balancer import Balancer, Pick
+from balancing.engine.cache import NO_HINTS, Hints, ResultCache, hints_of, strictest
 from balancing.engine.config import (
     AdminState,
     Health,
@@ -43,11 +44,13 @@ from balancing.engine.errors import (
     ProtocolError,
     SessionGone,
     UpstreamError,
+    UpstreamRefused,
     UpstreamTimeout,
 )
 from balancing.engine.metrics import RuntimeMetrics
 from balancing.engine.outlier import Ejected, Outcome, OutlierDetector, OutlierEvent, Recovered
 from balancing.engine.policy import UpstreamPolicy
+from balancing.engine.request_state import Opened, StateSealer
 from balancing.engine.retry import RetryBudget, may_retry
 from balancing.engine.sessions import AcquireTimeout, PoolClosed, Session, SessionPool
 from balancing.engine.stats import ServerStats
@@ -111,6 +114,11 @@ class LivePool:
     tools: dict[str, JsonObject]  # merged tool definitions, first server listing a name wins
     server_tools: dict[int, list[JsonObject]]  # each server's own `tools/list`
     tools_refreshed: dict[int, float]
+    # each server's capabilities as its latest session negotiated them
+    capabilities: dict[int, JsonObject] = field(default_factory=dict)
+    # the strictest caching hints of the servers' `tools/list` answers (ttlMs, cacheScope)
+    tools_hints: Hints = NO_HINTS
+    server_hints: dict[int, Hints] = field(default_factory=dict)
 
     def endpoint_list(self) -> list[Endpoint]:
         return list(self.endpoints.values())
@@ -139,7 +147,7 @@ def _exhausted(slug: str, tried: list[UpstreamError]) -> UpstreamError:
 def _label_of(exc: UpstreamError) -> str:
     if isinstance(exc, UpstreamTimeout):
         return "timeout"
-    if isinstance(exc, CallRejected):
+    if isinstance(exc, CallRejected | UpstreamRefused):
         return "rejected"
     if isinstance(exc, ProtocolError):
         return "protocol_error"
@@ -148,6 +156,15 @@ def _label_of(exc: UpstreamError) -> str:
     if isinstance(exc, NoHealthyServer):
         return "no_server"
     return "transport_error"
+
+
+def _claim_trial(endpoint: Endpoint, now: float) -> bool:
+    """A call that must go to this server (no pick) is its half-open trial when one is due."""
+    outlier = endpoint.outlier
+    if outlier.half_open(now) and outlier.may_take(now):
+        outlier.claim_trial(now)
+        return True
+    return False
 
 
 class Runtime:
@@ -159,10 +176,16 @@ class Runtime:
         on_outlier: EventSink | None = None,
         open_session: Callable[[PoolConfig, ServerConfig], Awaitable[Session]] | None = None,
         policy: UpstreamPolicy | None = None,
+        sealer: StateSealer | None = None,
     ) -> None:
         self.clock = clock
         # The operator's command and outbound policy, enforced at spawn and at connect time.
         self.policy = policy
+        # Seals an `input_required` result's `requestState` around the replica that issued it
+        # (and opens the client's retry): without one, multi-round-trip requests are passed on
+        # as they are and may land on a replica that cannot continue them.
+        self.sealer = sealer
+        self.results = ResultCache(clock)  # fresh list/read results, by their caching hints
         self.rng = rng or random.Random()
         self.metrics = RuntimeMetrics()
         self.pools: dict[str, LivePool] = {}
@@ -241,6 +264,8 @@ class Runtime:
                 live.endpoints.pop(server_id)
                 live.tools_refreshed.pop(server_id, None)
                 live.server_tools.pop(server_id, None)
+                live.server_hints.pop(server_id, None)
+                live.capabilities.pop(server_id, None)
                 sp = live.sessions.pop(server_id, None)
                 if sp is not None:
                     self._retire(sp)
@@ -285,7 +310,9 @@ class Runtime:
             server = live.endpoints[server_id].config
             if self._open_override is not None:
                 return await self._open_override(live.config, server)
-            return await self.open_upstream(live.config, server)
+            session = await self.open_upstream(live.config, server)
+            live.capabilities[server_id] = session.server_capabilities
+            return session
 
         return open_session
 
@@ -297,20 +324,25 @@ class Runtime:
         capabilities: JsonObject | None = None,
         on_event: MessageHandler | None = None,
         listen: bool = False,
+        client_info: JsonObject | None = None,
+        handshake_version: str | None = None,
     ) -> UpstreamSession:
         """Open and negotiate one upstream session (also used by sticky client sessions).
 
         ``listen``: hold the server's GET stream open for messages outside any call (HTTP,
-        handshake era) — for a session with one owner; pooled sessions have nobody to tell."""
+        handshake era) — for a session with one owner; pooled sessions have nobody to tell.
+        A sticky client's session speaks for that client: its ``client_info``, capabilities and
+        ``handshake_version`` are the client's own."""
         return await UpstreamSession.open(
             local_command(server),
             http=self._http,
-            client_info=CLIENT_INFO,
+            client_info=client_info or CLIENT_INFO,
             capabilities=SHARED_CAPABILITIES if capabilities is None else capabilities,
             on_event=on_event,
             timeout=start_timeout(pool, server),
             listen=listen,
             commands=self.policy.commands if self.policy else None,
+            handshake_version=handshake_version,
         )
 
     # ---- calls -------------------------------------------------------------------------
@@ -348,9 +380,18 @@ class Runtime:
         ctx: RequestContext | None = None,
         timeout: float | None = None,
         on_message: MessageHandler | None = None,
+        headers: dict[str, str] | None = None,
     ) -> JsonObject:
-        """Forward one JSON-RPC request through the pool; returns the upstream's `result`."""
+        """Forward one JSON-RPC request through the pool; returns the upstream's `result`.
+        ``headers``: the client's own headers to pass on (2026 HTTP upstreams).
+
+        The retry of a multi-round-trip request (its `requestState` sealed by this runtime) goes
+        to the replica that asked for the input; a state not sealed here raises `InvalidState`.
+        """
         live = self.pool(slug)
+        if params is not None and "requestState" in params and self.sealer is not None:
+            opened = self.sealer.open(slug, params["requestState"])
+            return await self._continue(live, opened, method, params, timeout, on_message, headers)
         config = live.config
         timeout = config.call_timeout if timeout is None else min(timeout, config.call_timeout)
         pin = hash_key = None
@@ -388,7 +429,14 @@ class Runtime:
                 endpoint = pick.endpoint
                 try:
                     return await self._send(
-                        live, endpoint, method, params, timeout, on_message, trial=pick.trial
+                        live,
+                        endpoint,
+                        method,
+                        params,
+                        timeout,
+                        on_message,
+                        trial=pick.trial,
+                        headers=headers,
                     )
                 except UpstreamError as exc:
                     # A call that never left may go on to every other server (no upstream did
@@ -405,11 +453,38 @@ class Runtime:
             if budgeted:
                 budget.retry_finished()
 
+    async def _continue(
+        self,
+        live: LivePool,
+        opened: Opened,
+        method: str,
+        params: JsonObject,
+        timeout: float | None,
+        on_message: MessageHandler | None,
+        headers: dict[str, str] | None,
+    ) -> JsonObject:
+        """Only the replica that issued the state can continue it: no pick, no retry."""
+        endpoint = live.endpoints.get(opened.server_id)
+        if endpoint is None:
+            raise NoHealthyServer(
+                f"pool {live.config.slug!r}: the server that asked for input left the pool"
+            )
+        params = {k: v for k, v in params.items() if k != "requestState"}
+        if opened.state is not None:
+            params["requestState"] = opened.state
+        timeout = (
+            live.config.call_timeout if timeout is None else min(timeout, live.config.call_timeout)
+        )
+        trial = _claim_trial(endpoint, self.clock())
+        return await self._send(
+            live, endpoint, method, params, timeout, on_message, trial=trial, headers=headers
+        )
+
     def _should_retry(self, live: LivePool, exc: UpstreamError, tool: str | None) -> bool:
         annotations = live.tools.get(tool, {}).get("annotations") if tool else None
         if not may_retry(live.config.retry_policy, exc.delivered, annotations):
             return False
-        if isinstance(exc, CallRejected) and not exc.server_failure:
+        if isinstance(exc, CallRejected | UpstreamRefused) and not exc.server_failure:
             return False  # the server answered; another would answer the same
         if not exc.delivered:
             # No upstream did any work for it, so sending it elsewhere adds no load: the budget,
@@ -431,33 +506,60 @@ class Runtime:
         on_message: MessageHandler | None,
         *,
         trial: bool = False,
+        headers: dict[str, str] | None = None,
     ) -> JsonObject:
-        slug, server = live.config.slug, endpoint.config.name
         sp = live.sessions[endpoint.id]
+        started = self.clock()
+
+        async def on_pooled_session() -> JsonObject:
+            for attempt in (1, 2):
+                try:
+                    async with sp.borrow() as session:
+                        self.metrics.acquire_wait[live.config.slug].observe(self.clock() - started)
+                        if headers:
+                            return await session.request(
+                                method, params, timeout=timeout, on_message=on_message,
+                                headers=headers,
+                            )  # fmt: skip
+                        return await session.request(
+                            method, params, timeout=timeout, on_message=on_message
+                        )
+                except (SessionGone, PoolClosed) as exc:
+                    # Never delivered: the session was gone (404, process exited). Once, open a
+                    # fresh session transparently and send again.
+                    if attempt == 2 or isinstance(exc, PoolClosed):
+                        raise
+                    self.metrics.reinitialized[(live.config.slug, endpoint.config.name)] += 1
+            raise AssertionError("unreachable")  # pragma: no cover
+
+        return await self._accounted(live, endpoint, trial, on_pooled_session)
+
+    async def _accounted(
+        self,
+        live: LivePool,
+        endpoint: Endpoint,
+        trial: bool,
+        send: Callable[[], Awaitable[JsonObject]],
+    ) -> JsonObject:
+        """Run one call to `endpoint` and account for it — stats, passive health, metrics — the
+        same way whichever session carries it (pooled, or a sticky client's own)."""
+        slug, server = live.config.slug, endpoint.config.name
         stats = endpoint.stats
         stats.begin()
         started = self.clock()
         outcome = Outcome.SUCCESS
         label = "ok"
         try:
-            for attempt in (1, 2):
-                try:
-                    async with sp.borrow() as session:
-                        waited = self.clock() - started
-                        self.metrics.acquire_wait[slug].observe(waited)
-                        result = await session.request(
-                            method, params, timeout=timeout, on_message=on_message
-                        )
-                        if result.get("isError") is True:
-                            outcome, label = Outcome.TOOL_ERROR, "tool_error"
-                        return result
-                except (SessionGone, PoolClosed) as exc:
-                    # Never delivered: the session was gone (404, process exited). Once, open a
-                    # fresh session transparently and send again.
-                    if attempt == 2 or isinstance(exc, PoolClosed):
-                        raise
-                    self.metrics.reinitialized[(slug, server)] += 1
-            raise AssertionError("unreachable")  # pragma: no cover
+            result = await send()
+            if result.get("isError") is True:
+                outcome, label = Outcome.TOOL_ERROR, "tool_error"
+            elif result.get("resultType") == "input_required" and self.sealer is not None:
+                state = result.get("requestState")
+                sealed = self.sealer.seal(
+                    slug, endpoint.id, state if isinstance(state, str) else None
+                )
+                result = {**result, "requestState": sealed}
+            return result
         except UpstreamError as exc:
             outcome, label = _outcome_of(exc), _label_of(exc)
             raise
@@ -477,6 +579,63 @@ class Runtime:
                 endpoint.outlier.abandon_trial()  # a cancelled trial says nothing: next call tries
             self.metrics.calls[(slug, server, label)] += 1
             self.metrics.durations[(slug, server)].observe(latency)
+
+    # ---- sessions bound to one client (sticky pools) -------------------------------------
+    def pick_binding(self, slug: str, ctx: RequestContext | None = None) -> tuple[LivePool, Pick]:
+        """Choose the server a new sticky client session binds to, as a call's pick would (rules,
+        health, the half-open trial): the binding's opening settles a trial it claimed."""
+        live = self.pool(slug)
+        pin = hash_key = None
+        if live.config.rules and ctx is not None:
+            decision = match_rules(live.config.rules, ctx)
+            if decision is not None:
+                pin, hash_key = decision.pin, decision.hash_key
+        pick = live.balancer.pick(live.endpoint_list(), self.clock(), hash_key=hash_key, pin=pin)
+        if pick is None:
+            self.metrics.calls[(slug, "", "no_server")] += 1
+            raise NoHealthyServer(f"pool {slug!r} has no healthy server")
+        if pick.panic:
+            self.metrics.panics[slug] += 1
+        return live, pick
+
+    def settle_binding(self, live: LivePool, pick: Pick, error: UpstreamError | None) -> None:
+        """Record the outcome of opening a sticky session on the picked server."""
+        endpoint = pick.endpoint
+        if error is not None and not error.server_failure:
+            if pick.trial:
+                endpoint.outlier.abandon_trial()  # says nothing about the server: next one tries
+            return
+        outcome = Outcome.SUCCESS if error is None else _outcome_of(error)
+        event = endpoint.outlier.record(outcome, self.clock())
+        if event is not None:
+            self._report(live, endpoint, event)
+
+    async def request_bound(
+        self,
+        slug: str,
+        server_id: int,
+        upstream: UpstreamSession,
+        method: str,
+        params: JsonObject | None,
+        *,
+        on_message: MessageHandler | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> JsonObject:
+        """Forward one request on a session bound to one client (sticky pools): no pick, no
+        retry (the session's state lives on that server), the same accounting as any call."""
+        live = self.pool(slug)
+        endpoint = live.endpoints.get(server_id)
+        if endpoint is None:
+            raise SessionGone("the session's server left the pool")
+        trial = _claim_trial(endpoint, self.clock())
+        timeout = live.config.call_timeout
+
+        def send() -> Awaitable[JsonObject]:
+            return upstream.request(
+                method, params, timeout=timeout, on_message=on_message, headers=headers
+            )
+
+        return await self._accounted(live, endpoint, trial, send)
 
     def _report(self, live: LivePool, endpoint: Endpoint, event: OutlierEvent) -> None:
         key = (live.config.slug, endpoint.config.name)
@@ -511,24 +670,30 @@ class Runtime:
             for tool in live.server_tools.get(server_id, ()):
                 merged.setdefault(tool["name"], tool)
         live.tools = merged
+        live.tools_hints = strictest(
+            hints for server_id, hints in live.server_hints.items() if server_id in live.endpoints
+        )
 
     async def _refresh_server_tools(self, live: LivePool, endpoint: Endpoint) -> None:
         sp = live.sessions.get(endpoint.id)
         if sp is None or not endpoint.available(self.clock()):
             return
         tools: list[JsonObject] = []
+        pages: list[Hints] = []
         cursor: str | None = None
         async with sp.borrow() as session:
             for _ in range(100):  # pages; bounded against a server that never ends its cursor
                 params = {"cursor": cursor} if cursor else None
                 page = await session.request("tools/list", params, timeout=live.config.call_timeout)
                 tools.extend(t for t in page.get("tools", []) if isinstance(t, dict))
+                pages.append(hints_of(page))
                 cursor = page.get("nextCursor")
                 if not cursor:
                     break
         tools = [t for t in tools if isinstance(t.get("name"), str)]
         endpoint.tools = frozenset(t["name"] for t in tools)
         live.server_tools[endpoint.id] = tools
+        live.server_hints[endpoint.id] = strictest(pages)
         live.tools_refreshed[endpoint.id] = self.clock()
 
     # ---- upkeep ------------------------------------------------------------------------

@@ -48,6 +48,7 @@ class Session(Protocol):
         *,
         timeout: float,
         on_message: Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> dict[str, Any]: ...
 
     async def ping(self, timeout: float) -> float: ...

@@ -33,6 +33,7 @@ from balancing.engine.errors import (
     SessionGone,
     UpstreamClosed,
     UpstreamError,
+    UpstreamRefused,
 )
 from balancing.engine.jsonrpc import JsonObject
 from balancing.engine.policy import OutboundPolicy
@@ -185,6 +186,8 @@ class HttpTransport:
         headers = self._headers
         if self._modern:
             headers = {**headers, **protocol.modern_headers(method, params)}
+            if call.headers:
+                headers.update(call.headers)
         response = await self._post(body, headers)
         try:
             answer = await self._read_answer(response, call)
@@ -270,10 +273,13 @@ class HttpTransport:
             raise SessionGone(f"HTTP {status}: the server forgot our session", server=self._name)
         if message is not None and isinstance(error, dict) and message.get("id") == call.id:
             return message  # a JSON-RPC error with an HTTP status (2026: -32601 → 404, …)
-        # A 4xx refused the request before running it; a 5xx may have run part of it.
-        raise ProtocolError(
-            f"HTTP {status} from {self._url}", server=self._name, delivered=status >= 500
-        )
+        # A 4xx refused the request before running it (the request's fault, not the server's);
+        # a 5xx may have run part of it.
+        if status < 500:
+            raise UpstreamRefused(
+                f"HTTP {status} from {self._url}", status=status, server=self._name
+            )
+        raise ProtocolError(f"HTTP {status} from {self._url}", server=self._name)
 
     async def _read_body(self, response: aiohttp.ClientResponse, limit: int) -> bytes:
         length = response.content_length

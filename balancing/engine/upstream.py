@@ -61,15 +61,31 @@ CLOSE_TIMEOUT: Final = 2.0
 LISTEN_OPEN_WAIT: Final = 2.0
 
 
+class ClientRefused(Exception):
+    """Raised by a handler of a server→client request to answer it with this JSON-RPC error
+    (a client's own refusal, passed on as the client sent it)."""
+
+    def __init__(self, error: JsonObject) -> None:
+        super().__init__(str(error.get("message", "")))
+        self.error = error
+
+
 class Call:
     """One request in flight on a session (the transports only read ``id``)."""
 
-    __slots__ = ("id", "on_message", "progress_token")
+    __slots__ = ("headers", "id", "on_message", "progress_token")
 
-    def __init__(self, request_id: int, on_message: MessageHandler | None) -> None:
+    def __init__(
+        self,
+        request_id: int,
+        on_message: MessageHandler | None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.id = request_id
         self.on_message = on_message
         self.progress_token: Any = None  # the caller's own token, restored on the way back
+        # a client's own HTTP headers to pass on (`Mcp-Param-*`, trace context): HTTP only
+        self.headers = headers
 
 
 Deliver = Callable[[JsonObject, "Call | None"], Awaitable[None]]
@@ -124,7 +140,13 @@ class UpstreamSession:
         self._on_event = on_event
         self._clock = clock
         self._ids = jsonrpc.IdAllocator()
-        self._by_token: dict[int, Call] = {}  # wire progress token (= request id) -> call
+        self._by_token: dict[Any, Call] = {}  # wire progress token -> call
+        # Shared by many clients over stdio (where nothing ties a notification to its call):
+        # progress tokens are rewritten to the session-unique request id, and restored on the
+        # way back. A session with one owner, or HTTP (each call's stream carries its own
+        # progress), sends the client's token as the client wrote it.
+        self._rewrite_tokens = False
+        self.handshake_version = protocol.LATEST_HANDSHAKE_VERSION
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight = 0
         self._closed = False
@@ -155,6 +177,7 @@ class UpstreamSession:
         clock: Clock = time.monotonic,
         listen: bool = False,
         commands: CommandPolicy | None = None,
+        handshake_version: str | None = None,
     ) -> UpstreamSession:
         """Connect (HTTP) or spawn (stdio), then negotiate the era ``server.era`` asks for.
 
@@ -163,6 +186,8 @@ class UpstreamSession:
         in the handshake era, also hold the server's GET stream open for messages outside any
         call (to ``on_event``) while the session lives; stdio sessions always receive them.
         ``commands``: the operator's stdio command policy, checked again just before spawning.
+        A session that listens has one owner. ``handshake_version``: the version to ask for in
+        ``initialize`` (a sticky client's own), the newest we speak by default.
         """
         session = cls(
             server,
@@ -171,7 +196,10 @@ class UpstreamSession:
             on_event=on_event,
             clock=clock,
         )
+        if handshake_version in protocol.HANDSHAKE_PROTOCOL_VERSIONS:
+            session.handshake_version = handshake_version
         if server.transport is Transport.STDIO:
+            session._rewrite_tokens = not listen
             from balancing.engine.transport_stdio import StdioTransport
 
             session._transport = StdioTransport(server, session._deliver, commands)
@@ -258,7 +286,7 @@ class UpstreamSession:
     async def _initialize(self, timeout: float) -> None:
         self._transport.use(Era.HANDSHAKE, None)
         params = {
-            "protocolVersion": protocol.LATEST_HANDSHAKE_VERSION,
+            "protocolVersion": self.handshake_version,
             "capabilities": self._capabilities,
             "clientInfo": self._client_info,
         }
@@ -309,6 +337,7 @@ class UpstreamSession:
         # UpstreamTimeout (a server failure) and to abandon the call upstream.
         timeout: float,
         on_message: MessageHandler | None = None,
+        headers: dict[str, str] | None = None,
     ) -> JsonObject:
         """Send one request and return the server's ``result`` object.
 
@@ -320,18 +349,25 @@ class UpstreamSession:
         if not self.alive:
             raise SessionGone("session is closed", server=self.server.name)
         request_id = self._ids.next()
-        call = Call(request_id, on_message)
+        call = Call(request_id, on_message, headers)
         wire_params = params
+        wire_token: Any = None
         if params is not None:
             meta = params.get("_meta")
-            if isinstance(meta, dict) and "progressToken" in meta:
-                # The request id is unique on this session, so it makes a unique progress token;
-                # the caller's own token is restored on each notification.
-                call.progress_token = meta["progressToken"]
-                wire_params = {**params, "_meta": {**meta, "progressToken": request_id}}
-                self._by_token[request_id] = call
+            if isinstance(meta, dict):
+                if "progressToken" in meta:
+                    call.progress_token = wire_token = meta["progressToken"]
+                    if self._rewrite_tokens:
+                        # The request id is unique on this session, so it makes a unique token.
+                        wire_token = request_id
+                        meta = {**meta, "progressToken": request_id}
+                        wire_params = {**params, "_meta": meta}
+                    self._by_token[wire_token] = call
+                if self._envelope is None and protocol.has_envelope(meta):
+                    # A 2026 client's envelope means nothing to a handshake-era server.
+                    wire_params = {**params, "_meta": protocol.without_envelope(meta)}
         if self._envelope is not None:
-            wire_params = protocol.with_meta(wire_params, self._envelope)
+            wire_params = protocol.with_envelope(wire_params, self._envelope)
         body = jsonrpc.encode_request(request_id, method, wire_params)
         self._in_flight += 1
         try:
@@ -347,8 +383,8 @@ class UpstreamSession:
             raise
         finally:
             self._in_flight -= 1
-            if call.progress_token is not None:
-                del self._by_token[request_id]
+            if wire_token is not None:
+                self._by_token.pop(wire_token, None)
             self.last_used = self._clock()
         result = response.get("result")
         if isinstance(result, dict):
@@ -431,11 +467,15 @@ class UpstreamSession:
         self, message: JsonObject, call: Call | None
     ) -> tuple[JsonObject, Call | None]:
         params = message.get("params")
-        token = params.get("progressToken") if isinstance(params, dict) else None
-        owner = self._by_token.get(token) if isinstance(token, int) else None
+        if not isinstance(params, dict):
+            return message, None
+        token = params.get("progressToken")
+        owner = self._by_token.get(token) if isinstance(token, int | str) else None
         if owner is None or (call is not None and owner is not call):
             return message, None
-        restored = {**params, "progressToken": owner.progress_token}  # type: ignore[dict-item]
+        if not self._rewrite_tokens:
+            return message, owner  # the token on the wire is the caller's own
+        restored = {**params, "progressToken": owner.progress_token}
         return {**message, "params": restored}, owner
 
     async def _answer(self, message: JsonObject, call: Call | None) -> None:
@@ -451,6 +491,8 @@ class UpstreamSession:
             if handler is not None:
                 try:
                     result = await handler(message)
+                except ClientRefused as refused:
+                    body = jsonrpc.encode_error_object(request_id, refused.error)
                 except Exception:
                     logger.exception("%s: handler for %s failed", self.server.name, method)
                     body = jsonrpc.encode_error(request_id, INTERNAL_ERROR, "client handler failed")

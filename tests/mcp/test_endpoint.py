@@ -9,6 +9,7 @@ import mcp_types as types
 import pytest
 from mcp import Client, ClientSession
 
+from balancing.errors_http import GATEWAY_TIMEOUT
 from tests.api.gateway import Gateway
 from tests.mcp.conftest import INIT, post_rpc, transport
 
@@ -205,7 +206,7 @@ async def test_endpoint_upstream_timeout_carries_the_rest_code(gateway: Gateway)
     answer = await post_rpc(gateway, "echo", body, **gateway.auth(), **headers)
     assert answer.status_code == 200
     error = answer.json()["error"]
-    assert (error["code"], error["data"]["code"]) == (-32002, "upstream_timeout")
+    assert (error["code"], error["data"]["code"]) == (GATEWAY_TIMEOUT, "upstream_timeout")
     assert await gateway.sessions_idle()
 
 

@@ -1,0 +1,271 @@
+"""Era negotiation: which protocol revision a POST speaks, its wire rules, and the two ways in.
+
+* Handshake era (2024-11-05 … 2025-11-25): `initialize` makes a client session (`Mcp-Session-Id`);
+  a sticky pool binds it to one server and opens that server's session *as the client*: the
+  client's requested version, `clientInfo` and capabilities.
+* 2026-07-28: no session; each request is checked against the spec's wire rules before anything
+  else (the SDK's own validation ladder: `_meta` envelope → header/body agreement → supported
+  version), so the same request a server would refuse is refused here with the same error:
+  missing envelope 400/-32602, a header that disagrees with the body (`MCP-Protocol-Version`,
+  `Mcp-Method`, `Mcp-Name` — base64 form allowed) 400/-32020, an unsupported version 400/-32022.
+  `server/discover` answers what every server of the pool offers (the intersection, so a call
+  never lands where a feature is missing), restricted to what the gateway forwards.
+
+Like the SDK's server, a POST is on the 2026 wire when its `MCP-Protocol-Version` header names
+anything but a handshake-era version (so `v999.0.0` is refused as unsupported, not taken for a
+handshake request), or, without that header, when its `_meta` names a 2026 version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Final
+
+import orjson
+from mcp.shared.inbound import (
+    InboundLadderRejection,
+    classify_inbound_request,
+    find_duplicated_routing_header,
+)
+
+from balancing.api.http import Scope, Send, headers_dict, send_bytes
+from balancing.engine import protocol
+from balancing.engine.affinity import RequestContext
+from balancing.engine.config import Era, SessionMode
+from balancing.engine.errors import UpstreamError
+from balancing.engine.runtime import LivePool
+from balancing.engine.sticky import ClientSession
+from balancing.errors_http import (
+    HEADER_MISMATCH,
+    INVALID_PARAMS,
+    METHOD_NOT_FOUND,
+    UNSUPPORTED_PROTOCOL_VERSION,
+    ApiError,
+    from_upstream,
+)
+from balancing.host import RuntimeHost
+from balancing.keys import KeyRecord
+from balancing.mcpserver import clients
+from balancing.mcpserver.relays import session_events
+from balancing.mcpserver.replies import frame, json_headers, refuse
+
+SERVER_VERSION: Final = "0.1.0"
+# What the gateway forwards of a server's capabilities: its own answers (the merged tool list) and
+# shared upstream sessions relay no list-changed notifications or subscriptions.
+FORWARDABLE: Final[dict[str, Any]] = {
+    "tools": {"listChanged": False},
+    "resources": {},
+    "prompts": {},
+    "logging": {},
+    "completions": {},
+}
+# Methods the 2026-07-28 wire has that the gateway forwards (or answers: discover, tools/list).
+MODERN_METHODS: Final = frozenset(
+    {
+        "server/discover",
+        "tools/list",
+        "tools/call",
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+        "prompts/list",
+        "prompts/get",
+        "completion/complete",
+    }
+)
+_RUNG_CODES: Final = {
+    INVALID_PARAMS: "invalid_arguments",
+    HEADER_MISMATCH: "invalid_request",
+    UNSUPPORTED_PROTOCOL_VERSION: "invalid_request",
+}
+_ROUTING: Final = (b"mcp-protocol-version", b"mcp-method", b"mcp-name")
+
+
+def is_modern(scope: Scope, message: dict[str, Any]) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"mcp-protocol-version":
+            return value.decode("latin-1") not in protocol.HANDSHAKE_PROTOCOL_VERSIONS
+    params = message.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    return isinstance(meta, dict) and (
+        meta.get(protocol.PROTOCOL_VERSION_META_KEY) in protocol.MODERN_PROTOCOL_VERSIONS
+    )
+
+
+def check_modern_request(scope: Scope, message: dict[str, Any]) -> None:
+    """Refuse a 2026-07-28 request the spec says a server must refuse."""
+    routing = [
+        (name.decode("latin-1"), value.decode("latin-1"))
+        for name, value in scope["headers"]
+        if name in _ROUTING
+    ]
+    duplicated = find_duplicated_routing_header(routing)
+    if duplicated is not None:
+        raise ApiError(
+            "invalid_request", f"{duplicated} header appears more than once", rpc=HEADER_MISMATCH
+        )
+    verdict = classify_inbound_request(message, headers=dict(routing))
+    if isinstance(verdict, InboundLadderRejection):
+        raise _rejection(verdict)
+    method = message["method"]
+    if method not in MODERN_METHODS:
+        # initialize, ping, logging/setLevel, resources/subscribe… are not on this wire.
+        raise ApiError("not_found", f"Method not found: {method}", rpc=METHOD_NOT_FOUND)
+
+
+def _rejection(verdict: InboundLadderRejection) -> ApiError:
+    data = verdict.data if isinstance(verdict.data, dict) else {}
+    code = _RUNG_CODES.get(verdict.code, "invalid_request")
+    return ApiError(code, verdict.message, rpc=verdict.code, **data)
+
+
+# ---- server/discover and the handshake's capabilities ------------------------------------
+
+
+def meet(ours: Any, theirs: Any) -> Any:
+    """What both sides offer: keys in both, recursively; a flag only when both set it."""
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        return {k: meet(v, theirs[k]) for k, v in ours.items() if k in theirs}
+    if isinstance(ours, bool) or isinstance(theirs, bool):
+        return bool(ours) and bool(theirs)
+    return ours
+
+
+async def pool_capabilities(host: RuntimeHost, live: LivePool) -> dict[str, Any]:
+    """The capabilities every available server of the pool offers, as the gateway forwards them."""
+    if not live.capabilities:
+        await host.runtime.list_tools(live.config.slug)  # opens the servers' first sessions
+    now = host.runtime.clock()
+    offered = [
+        caps
+        for server_id, caps in live.capabilities.items()
+        if (endpoint := live.endpoints.get(server_id)) is not None and endpoint.available(now)
+    ]
+    capabilities: Any = FORWARDABLE
+    for caps in offered:
+        capabilities = meet(capabilities, caps)
+    return dict(capabilities)
+
+
+async def discover(host: RuntimeHost, live: LivePool) -> dict[str, Any]:
+    return {
+        "supportedVersions": list(protocol.MODERN_PROTOCOL_VERSIONS),
+        "capabilities": await pool_capabilities(host, live),
+        "resultType": "complete",
+        "ttlMs": 0,
+        "cacheScope": "private",
+        "_meta": {protocol.SERVER_INFO_META_KEY: _server_info(live)},
+    }
+
+
+def _server_info(live: LivePool) -> dict[str, str]:
+    return {"name": f"mcppool/{live.config.slug}", "version": SERVER_VERSION}
+
+
+# ---- initialize (handshake era) --------------------------------------------------------------
+
+
+async def initialize(
+    scope: Scope,
+    send: Send,
+    host: RuntimeHost,
+    key: KeyRecord,
+    live: LivePool,
+    message: dict[str, Any],
+    id_json: bytes,
+) -> None:
+    params = message.get("params")
+    if not isinstance(params, dict):
+        params = {}
+    requested = params.get("protocolVersion")
+    version = (
+        requested
+        if requested in protocol.HANDSHAKE_PROTOCOL_VERSIONS
+        else protocol.LATEST_HANDSHAKE_VERSION
+    )
+    capabilities = params.get("capabilities")
+    capabilities = capabilities if isinstance(capabilities, dict) else {}
+    now = host.runtime.clock()
+    session = ClientSession(
+        id="",
+        pool=live.config.slug,
+        key_id=key.id,
+        protocol_version=version,
+        created_at=now,
+        last_used=now,
+        client_capabilities=capabilities,
+    )
+    result: dict[str, Any] = {"protocolVersion": version, "serverInfo": _server_info(live)}
+    if live.config.session_mode is SessionMode.STICKY:
+        try:
+            upstream = await _bind(scope, host, key, live, session, params, version)
+        except ApiError as error:
+            await refuse(send, error, id_json)
+            return
+        # The client's own session on its server: what that server negotiated with it.
+        result["protocolVersion"] = session.protocol_version = upstream.protocol_version
+        result["capabilities"] = upstream.server_capabilities
+        if upstream.instructions:
+            result["instructions"] = upstream.instructions
+    else:
+        try:
+            result["capabilities"] = await pool_capabilities(host, live)
+        except UpstreamError:
+            result["capabilities"] = FORWARDABLE
+        session.id = clients.session_ids().mint(0)
+    for expired in host.client_sessions.add(session):
+        clients.end(host, expired)
+    await send_bytes(
+        send, 200, frame(id_json, b"result", orjson.dumps(result)), json_headers(session)
+    )
+
+
+async def _bind(
+    scope: Scope,
+    host: RuntimeHost,
+    key: KeyRecord,
+    live: LivePool,
+    session: ClientSession,
+    params: dict[str, Any],
+    version: str,
+) -> Any:
+    """Sticky: pick this client's server as any call would (rules, health, the half-open trial)
+    and open its own session there, speaking as the client."""
+    client_info = params.get("clientInfo")
+    client_info = client_info if isinstance(client_info, dict) else None
+    ctx = None
+    if live.config.rules:
+        name = client_info.get("name", "") if client_info else ""
+        ctx = RequestContext(
+            api_key_name=key.name, client_id=str(name), headers=headers_dict(scope)
+        )
+    runtime = host.runtime
+    try:
+        live, pick = runtime.pick_binding(live.config.slug, ctx)
+    except UpstreamError as exc:
+        raise from_upstream(exc) from None
+    server = pick.endpoint.config
+    if server.era is Era.AUTO:
+        # Sticky sessions exist for session state (log level, subscriptions, sampling and
+        # elicitation mid-call), which only the handshake era has.
+        server = replace(server, era=Era.HANDSHAKE)
+    session.server_id = server.id
+    session.id = clients.session_ids().mint(server.id)
+    on_event = session_events(session, live.config.call_timeout)
+    try:
+        # `listen`: over HTTP, the upstream's GET stream carries exactly these messages.
+        upstream = await runtime.open_upstream(
+            live.config,
+            server,
+            capabilities=session.client_capabilities,
+            on_event=on_event,
+            listen=True,
+            client_info=client_info,
+            handshake_version=version,
+        )
+    except UpstreamError as exc:
+        runtime.settle_binding(live, pick, exc)
+        raise from_upstream(exc) from None
+    runtime.settle_binding(live, pick, None)
+    session.upstream = upstream
+    return upstream

@@ -1,0 +1,276 @@
+"""Forwarding a client's request: through the runtime, as the client sent it.
+
+Every request takes the runtime's call path — a shared pool's balanced call with affinity,
+retries and passive health, or a sticky session's call on its own upstream session with the same
+accounting — so health, metrics and limits cannot differ by path. What reaches the upstream is the
+client's request: its params with their `_meta` (a 2026 client's protocol version, `clientInfo`,
+`clientCapabilities`, `traceparent`/`tracestate`, unknown keys, `progressToken`), its
+`Mcp-Param-*` and trace-context headers. An upstream's JSON-RPC error comes back unchanged.
+
+The gateway answers only what is its own by nature: `ping`, `tools/list` of a shared pool (the
+merged list of its servers, with their strictest caching hints), `logging/setLevel` on a shared
+pool (sent along with each of that client's calls), and `public`/`private` results still fresh
+in its cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Final
+
+from balancing.api.access import charge
+from balancing.api.call import check_tool
+from balancing.api.http import Receive, Scope, disconnected, header, headers_dict
+from balancing.engine import protocol
+from balancing.engine.affinity import RequestContext
+from balancing.engine.errors import (
+    CallRejected,
+    ConnectFailed,
+    SessionGone,
+    UpstreamClosed,
+    UpstreamError,
+)
+from balancing.engine.request_state import INVALID_MESSAGE, InvalidState
+from balancing.engine.runtime import LivePool
+from balancing.engine.sticky import ClientSession
+from balancing.errors_http import INVALID_PARAMS, METHOD_NOT_FOUND, ApiError, from_upstream
+from balancing.host import RuntimeHost
+from balancing.keys import KeyRecord
+from balancing.mcpserver import clients
+from balancing.mcpserver.era import discover
+from balancing.mcpserver.relays import call_key
+from balancing.mcpserver.replies import Reply
+
+# Methods forwarded upstream as they are on a shared pool.
+FORWARDED: Final = frozenset(
+    {
+        "tools/call",
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+        "prompts/list",
+        "prompts/get",
+        "completion/complete",
+    }
+)
+_STICKY_ONLY: Final = frozenset({"resources/subscribe", "resources/unsubscribe"})
+# Results a shared pool may serve from its cache while their hints say they are fresh.
+_CACHED: Final = frozenset(
+    {"resources/list", "resources/templates/list", "resources/read", "prompts/list"}
+)
+_TRACE_HEADERS: Final = (b"traceparent", b"tracestate", b"baggage")
+
+
+class Request:
+    """One client request on its way through: who asks, where, and how to answer."""
+
+    __slots__ = ("host", "id", "key", "live", "method", "params", "reply", "session")
+
+    def __init__(
+        self,
+        host: RuntimeHost,
+        key: KeyRecord,
+        live: LivePool,
+        session: ClientSession | None,
+        message: dict[str, Any],
+        params: dict[str, Any] | None,
+        reply: Reply,
+    ) -> None:
+        self.host = host
+        self.key = key
+        self.live = live
+        self.session = session
+        self.id = message["id"]
+        self.method: str = message["method"]
+        self.params = params
+        self.reply = reply
+
+    @property
+    def sticky(self) -> bool:
+        return self.session is not None and self.session.sticky
+
+
+async def answer(request: Request, receive: Receive) -> None:
+    """Run the request and answer it (result or error); a tool call is cancelled when the
+    client goes away or (handshake era) cancels it."""
+    reply = request.reply
+    try:
+        if request.method == "tools/call":
+            result = await _watching_disconnect(request, receive)
+            if result is None:
+                return
+        else:
+            result = await dispatch(request)
+    except CallRejected as exc:
+        await reply.upstream_error(exc.error)
+        return
+    except ApiError as error:
+        await reply.error(error)
+        return
+    await reply.result(result, request.method)
+
+
+async def dispatch(request: Request) -> dict[str, Any]:
+    method, live, host = request.method, request.live, request.host
+    if method == "ping":
+        return {}
+    if method == "server/discover":
+        return await discover(host, live)
+    sticky = request.sticky
+    if method == "tools/list" and not sticky:
+        tools = await host.runtime.list_tools(live.config.slug)
+        ttl, scope = live.tools_hints
+        return {"tools": tools, "ttlMs": ttl, "cacheScope": scope}
+    if method == "logging/setLevel" and not sticky:
+        level = (request.params or {}).get("level")
+        if not isinstance(level, str):
+            raise ApiError("invalid_arguments", "level must be a string", rpc=INVALID_PARAMS)
+        if request.session is not None:
+            request.session.log_level = level  # sent along with this session's calls
+        return {}
+    if method not in FORWARDED and not (sticky and (method in _STICKY_ONLY or "/" in method)):
+        raise ApiError("not_found", f"Method not found: {method}", rpc=METHOD_NOT_FOUND)
+    if method in FORWARDED:
+        await charge(host, request.key, live)
+    if sticky:
+        return await _forward_sticky(request)
+    return await _forward_shared(request)
+
+
+def upstream_params(request: Request) -> dict[str, Any] | None:
+    """The client's params as it sent them; a shared pool's handshake-era client gets the log
+    level it asked for sent along with each call."""
+    params = request.params or None
+    session = request.session
+    level = session.log_level if session is not None and not session.sticky else ""
+    if not level:
+        return params
+    meta = params.get("_meta") if params else None
+    meta = {**meta} if isinstance(meta, dict) else {}
+    meta[protocol.LOG_LEVEL_META_KEY] = level
+    return {**(params or {}), "_meta": meta}
+
+
+def client_headers(scope: Scope) -> dict[str, str] | None:
+    """The client's headers a 2026 upstream must see: `Mcp-Param-*` and trace context."""
+    out: dict[str, str] | None = None
+    for name, value in scope["headers"]:
+        if name.startswith(b"mcp-param-") or name in _TRACE_HEADERS:
+            if out is None:
+                out = {}
+            out[name.decode("latin-1")] = value.decode("latin-1")
+    return out
+
+
+async def _forward_shared(request: Request) -> dict[str, Any]:
+    live, host, reply, method = request.live, request.host, request.reply, request.method
+    params = upstream_params(request)
+    tool = params.get("name") if method == "tools/call" and params else None
+    if tool is not None:
+        try:
+            check_tool(live, tool)
+        except ApiError:
+            raise ApiError("unknown_tool", f"Unknown tool: {tool}", rpc=INVALID_PARAMS) from None
+    slug = live.config.slug
+    cache = host.runtime.results if method in _CACHED else None
+    if cache is not None and (hit := cache.get(slug, method, params, request.key.id)):
+        return hit
+    ctx = None
+    if live.config.rules:
+        client = header(reply.scope, b"mcp-client-id") or b""
+        ctx = RequestContext(api_key_name=request.key.name, client_id=client.decode("latin-1"),
+                             tool=tool, headers=headers_dict(reply.scope))  # fmt: skip
+    try:
+        result = await host.runtime.request(
+            slug,
+            method,
+            params,
+            tool=tool,
+            ctx=ctx,
+            on_message=reply.emit,
+            headers=client_headers(reply.scope) if reply.modern else None,
+        )
+    except InvalidState:
+        raise ApiError(
+            "invalid_arguments", INVALID_MESSAGE, rpc=INVALID_PARAMS, reason="invalid_request_state"
+        ) from None
+    except CallRejected:
+        raise
+    except UpstreamError as exc:
+        raise from_upstream(exc) from None
+    if cache is not None:
+        cache.put(slug, method, params, request.key.id, result)
+    return result
+
+
+async def _forward_sticky(request: Request) -> dict[str, Any]:
+    """On the client's own upstream session, through the runtime's accounting."""
+    session, host, live = request.session, request.host, request.live
+    assert session is not None
+    if not session.upstream.alive or session.server_id not in live.endpoints:
+        clients.end(host, session)
+        raise ApiError("unknown_session", "the session's server left the pool: initialize again")
+    emit = request.reply.emit
+    session.active_emit = emit
+    session.in_flight += 1
+    try:
+        return await host.runtime.request_bound(
+            live.config.slug,
+            session.server_id,
+            session.upstream,
+            request.method,
+            upstream_params(request),
+            on_message=emit,
+        )
+    except CallRejected:
+        raise
+    except UpstreamError as exc:
+        if isinstance(exc, ConnectFailed | SessionGone | UpstreamClosed):
+            # The bound server (or our session on it) is gone; whatever state the client had
+            # there is lost, so the client must start over — on a healthy server.
+            clients.end(host, session)
+            if not exc.delivered:
+                raise ApiError(
+                    "unknown_session", f"the session's server went away: {exc}"
+                ) from None
+        raise from_upstream(exc) from None
+    finally:
+        session.in_flight -= 1
+        if session.active_emit is emit:
+            session.active_emit = None
+
+
+async def _watching_disconnect(request: Request, receive: Receive) -> dict[str, Any] | None:
+    """A tool call runs while the client's connection is watched: a client that goes away
+    (the 2026 era's way to cancel) cancels the call upstream, and so does a handshake-era
+    `notifications/cancelled` naming it. None: nobody is left to answer.
+
+    The call runs in this task and one small watcher task cancels it on a disconnect; that is
+    a third of the cost of running both as tasks under `asyncio.wait` (measured on the hot path).
+    """
+    me = asyncio.current_task()
+    assert me is not None
+    watcher = asyncio.ensure_future(_cancel_on_disconnect(receive, me))
+    session = request.session
+    key = call_key(request.id)
+    if session is not None:
+        session.calls[key] = me
+    try:
+        return await dispatch(request)
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled():
+            me.uncancel()
+            return None  # the client left: nobody to answer
+        if session is not None and me.cancelling() and key not in session.calls:
+            me.uncancel()  # cancelled by the client's notifications/cancelled
+            raise ApiError("invalid_request", "Request cancelled") from None
+        raise
+    finally:
+        watcher.cancel()
+        if session is not None:
+            session.calls.pop(key, None)
+
+
+async def _cancel_on_disconnect(receive: Receive, victim: asyncio.Task[Any]) -> None:
+    await disconnected(receive)
+    victim.cancel()
