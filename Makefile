@@ -32,7 +32,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy mcppool servers balancing monitoring
+	$(BIN)/mypy mcppool servers balancing monitoring audit
 
 check: lint typecheck test
 

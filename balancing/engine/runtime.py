@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -50,6 +50,9 @@ from balancing.engine.retry import RetryBudget, may_retry
 from balancing.engine.sessions import AcquireTimeout, PoolClosed, Session, SessionPool
 from balancing.engine.stats import ServerStats
 from balancing.engine.upstream import UpstreamSession
+
+if TYPE_CHECKING:
+    from balancing.engine.tracing import Observer
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +150,8 @@ class Runtime:
         self._maintainer: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[Any]] = set()
         self._started = False
+        # Traces and the audit trail (`engine/tracing.py`); None when both are off.
+        self.observer: Observer | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------
     async def start(self, snapshot: Snapshot) -> None:
@@ -341,8 +346,10 @@ class Runtime:
         first_failure: UpstreamError | None = None
         budget = live.budget
         budget.call_started()
+        obs = self.observer
         try:
             while True:
+                mark = obs.mark() if obs is not None else 0
                 now = self.clock()
                 pick = live.balancer.pick(
                     live.endpoint_list(),
@@ -352,6 +359,8 @@ class Runtime:
                     hash_key=hash_key,
                     pin=pin,
                 )
+                if obs is not None:
+                    obs.picked(mark, config, pick, retry=retrying)
                 if pick is None:
                     if first_failure is not None:
                         # No other server to retry on: the first failure says why, not "none".
@@ -414,12 +423,18 @@ class Runtime:
         started = self.clock()
         outcome = Outcome.SUCCESS
         label = "ok"
+        observed = None
+        if self.observer is not None:
+            observed = self.observer.attempt(live.config, endpoint.config, method, params)
+            params = observed.params
         try:
             for attempt in (1, 2):
                 try:
                     async with sp.borrow() as session:
                         waited = self.clock() - started
                         self.metrics.acquire_wait[slug].observe(waited)
+                        if observed is not None:
+                            observed.session(session)
                         result = await session.request(
                             method, params, timeout=timeout, on_message=on_message
                         )
@@ -452,6 +467,8 @@ class Runtime:
                 endpoint.outlier.abandon_trial()  # a cancelled trial says nothing: next call tries
             self.metrics.calls[(slug, server, label)] += 1
             self.metrics.durations[(slug, server)].observe(latency)
+            if observed is not None:
+                observed.end(label)
 
     def _report(self, live: LivePool, endpoint: Endpoint, event: OutlierEvent) -> None:
         key = (live.config.slug, endpoint.config.name)
