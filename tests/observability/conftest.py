@@ -72,7 +72,10 @@ def setup_pools(slow_url: str, fast_url: str) -> dict[str, str]:
     services.save(Server(pool=single, name="fast", transport="streamable_http", url=fast_url))
     PoolAuditSettings.objects.create(pool=single, store_calls=True, payload_bytes=64)
     PoolAuditSettings.objects.create(pool=pool, store_calls=True, payload_bytes=0)
-    return {"app": add_key("app", ["replicas", "single"])}
+    return {
+        "app": add_key("app", ["replicas", "single"]),
+        "admin": add_key("admin", all_pools=True, is_admin=True),
+    }
 
 
 @pytest.fixture
