@@ -29,7 +29,6 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from balancing.api import call
 from balancing.api.http import Message, Receive, Scope, Send
 from balancing.audit import AuditRecord, cap_payload, trail
 from balancing.engine import tracing
@@ -104,6 +103,23 @@ def span(
     return obs.span(name, attributes)
 
 
+def probed(pool: Any, server: Any, ok: bool, seconds: float, error: str) -> None:
+    """A health probe of `server` that took `seconds` ended now: its span, when tracing."""
+    obs = observer()
+    if obs is None or obs.tracer is None:
+        return
+    end = time.time_ns()
+    span = obs.tracer.start_span(
+        "mcppool.health.probe",
+        start_time=end - int(seconds * 1e9),
+        attributes={"mcppool.pool": pool.slug, "mcppool.server": server.name, "mcppool.ok": ok},
+    )
+    if not ok:
+        span.set_attribute("error.type", "probe_failed")
+        span.set_status(Status(StatusCode.ERROR, error))
+    span.end(end_time=end)
+
+
 def flush() -> None:
     """Write the audit records still buffered (sync; the host calls it when it stops). Spans
     still queued are the SDK's: it exports them at exit, bounded by the exporter's timeout."""
@@ -114,6 +130,7 @@ async def serve_rest(
     obs: Observer, slug: str, tool: str, scope: Scope, receive: Receive, send: Send
 ) -> None:
     """`serve` for the REST tool call of `tool` in pool `slug`."""
+    from balancing.api import call  # not at import time: call → access → host → this module
 
     async def handle(scope: Scope, receive: Receive, send: Send) -> None:
         await call.handle(scope, receive, send, slug, tool)

@@ -28,6 +28,7 @@ import orjson
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 
+from balancing import observe
 from balancing.api.access import authenticate, charge, pool_for, started_host
 from balancing.api.call import check_tool
 from balancing.api.http import (
@@ -549,6 +550,10 @@ async def _forward_sticky(
     started = runtime.clock()
     endpoint.stats.begin()
     label, failed = "ok", False
+    observed = None
+    if runtime.observer is not None:  # traces and audit: the one attempt on the bound server
+        observed = runtime.observer.attempt(live.config, endpoint.config, method, params)
+        params = observed.params
     session.active_emit = reply.emit
     session.in_flight += 1
     try:
@@ -577,6 +582,8 @@ async def _forward_sticky(
         endpoint.stats.end(now, now - started, failed)
         runtime.metrics.calls[(slug, server, label)] += 1
         runtime.metrics.durations[(slug, server)].observe(now - started)
+        if observed is not None:
+            observed.end(label)
 
 
 async def _call_watching_disconnect(
@@ -706,6 +713,17 @@ async def _get(
 
 
 async def _relay_request(
+    session: ClientSession,
+    message: dict[str, Any],
+    send_out: Callable[[dict[str, Any]], Awaitable[None]],
+    timeout: float | None,
+) -> dict[str, Any]:
+    method = str(message.get("method"))
+    with observe.span(method, {"mcp.method.name": method, "mcppool.relayed": True}):
+        return await _relay(session, message, send_out, timeout)
+
+
+async def _relay(
     session: ClientSession,
     message: dict[str, Any],
     send_out: Callable[[dict[str, Any]], Awaitable[None]],

@@ -3,6 +3,8 @@ replicas of the fault-injecting upstream (one too slow for the pool's timeout), 
 
 from __future__ import annotations
 
+import io
+import logging
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -14,6 +16,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from audit.models import PoolAuditSettings
 from balancing import observe
+from balancing.audit import LOGGER_NAME, JsonFormatter, trail
 from servers import services
 from servers.models import Pool, Server
 from tests.api.gateway import Gateway, add_key, serve_gateway
@@ -86,3 +89,18 @@ async def gateway(
     async with serve_gateway() as gw:
         gw.keys.update(keys)
         yield gw
+
+
+@pytest.fixture
+def audit_lines() -> Iterator[io.StringIO]:
+    """The JSON audit stream, switched on and captured."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.addHandler(handler)
+    previous = trail.log_enabled
+    trail.log_enabled = True
+    yield stream
+    trail.log_enabled = previous
+    logger.removeHandler(handler)

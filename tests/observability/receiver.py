@@ -142,3 +142,23 @@ def tree(spans: list[ReceivedSpan]) -> list[tuple[int, ReceivedSpan]]:
     for root in sorted((s for s in spans if s.parent_span_id not in ids), key=lambda s: s.start_ns):
         walk(root, 0)
     return out
+
+
+SHOWN = ("mcp.method.name", "gen_ai.tool.name", "mcppool.pool", "mcppool.server",
+         "mcppool.attempt", "mcppool.attempts", "mcppool.retry", "mcppool.outcome", "error.type",
+         "mcppool.upstream.session", "server.address", "server.port", "network.transport",
+         "mcp.protocol.version", "client.address", "jsonrpc.request.id")  # fmt: skip
+
+
+def render(spans: list[ReceivedSpan]) -> str:
+    """The spans as an indented tree: name, kind, duration, status and the telling attributes."""
+    lines = []
+    for depth, span in tree(spans):
+        status = " ERROR" if span.status_code == 2 else ""
+        lines.append(
+            f"{'    ' * depth}{span.name}  [{span.kind}{status}]  {span.duration_ms:.1f} ms"
+        )
+        shown = {k: span.attributes[k] for k in SHOWN if k in span.attributes}
+        for key, value in shown.items():
+            lines.append(f"{'    ' * depth}    {key} = {value!r}")
+    return "\n".join(lines)

@@ -7,8 +7,6 @@ import asyncio
 import datetime as dt
 import io
 import json
-import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,7 +18,6 @@ from django.utils import timezone
 from audit.models import AuditEntry, Kind
 from audit.tasks import prune_audit_entries
 from audit.writer import database_sink
-from balancing.audit import LOGGER_NAME, JsonFormatter, trail
 from servers import services
 from servers.models import Pool, Server
 from tests.api.gateway import Gateway
@@ -65,21 +62,6 @@ async def _rows(count: int, **filters: Any) -> list[AuditEntry]:
             return rows
         await asyncio.sleep(0.05)
     raise AssertionError(f"{count} audit rows never arrived")
-
-
-@pytest.fixture
-def audit_lines() -> Iterator[io.StringIO]:
-    """The JSON audit stream, switched on and captured."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger(LOGGER_NAME)
-    logger.addHandler(handler)
-    previous = trail.log_enabled
-    trail.log_enabled = True
-    yield stream
-    trail.log_enabled = previous
-    logger.removeHandler(handler)
 
 
 async def test_rest_call_is_audited_with_key_server_bytes_and_client(
