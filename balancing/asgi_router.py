@@ -13,6 +13,7 @@ from typing import Any
 
 from django.conf import settings
 
+from balancing import observe
 from balancing.api import call
 from balancing.api.http import ClientGone, Message, Receive, Scope, Send, read_body, send_error
 from balancing.errors_http import ApiError
@@ -31,9 +32,15 @@ class GatewayRouter:
             if path.startswith(MCP_PREFIX):
                 from balancing.mcpserver.endpoint import handle as handle_mcp
 
+                if (obs := observe.observer()) is not None:  # traces or audit on
+                    await observe.serve(obs, observe.MCP, handle_mcp, scope, receive, send)
+                    return
                 await handle_mcp(scope, receive, send)
                 return
             if path.startswith(API_PREFIX):
+                if (obs := observe.observer()) is not None and (target := call.match(path)):
+                    await observe.serve_rest(obs, *target, scope, receive, send)
+                    return
                 if await call.run(scope, receive, send):
                     return
                 await self._capped(scope, receive, send)

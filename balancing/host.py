@@ -22,7 +22,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import close_old_connections, connections
 
-from balancing import adapter
+from balancing import adapter, observe
 from balancing.engine import liveness
 from balancing.engine.config import ServerConfig
 from balancing.engine.outlier import Ejected, OutlierEvent
@@ -88,6 +88,7 @@ class RuntimeHost:
         try:
             snapshot = await self._db(adapter.load_snapshot)
             self.keys.replace(await self._db(adapter.load_api_keys))
+            self.runtime.observer = await self._db(observe.refresh)
             await self.runtime.start(snapshot)
             self._tasks = [
                 asyncio.create_task(self._poll_forever(), name="mcppool-config-poll"),
@@ -114,6 +115,7 @@ class RuntimeHost:
         if self._pending_reports:
             await asyncio.gather(*self._pending_reports, return_exceptions=True)
         if self._db_thread is not None:
+            await self._db(observe.flush)
             await self._db(connections.close_all)
             self._db_thread.shutdown(wait=True)
             self._db_thread = None
@@ -127,12 +129,16 @@ class RuntimeHost:
                 version = await self._db(adapter.config_version)
                 if version <= if_newer_than:
                     return False
-            snapshot = await self._db(adapter.load_snapshot)
-            if snapshot.version == self.runtime.version and if_newer_than is not None:
-                return False
-            keys = await self._db(adapter.load_api_keys)  # both read before either applies
-            await self.runtime.apply(snapshot)
-            self.keys.replace(keys)
+            with observe.span("mcppool.config.reload") as span:
+                snapshot = await self._db(adapter.load_snapshot)
+                if snapshot.version == self.runtime.version and if_newer_than is not None:
+                    return False
+                keys = await self._db(adapter.load_api_keys)  # both read before either applies
+                await self.runtime.apply(snapshot)
+                self.keys.replace(keys)
+                self.runtime.observer = await self._db(observe.refresh)
+                if span is not None:
+                    span.set_attribute("mcppool.config.version", snapshot.version)
             log.info("config v%d applied", snapshot.version)
             return True
 

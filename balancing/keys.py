@@ -97,6 +97,10 @@ class KeyCache:
     def get(self, prefix: str) -> KeyRecord | None:
         return self._records.get(prefix)
 
+    def prefix_of(self, secret: str) -> str | None:
+        """The lookup prefix of a presented secret (None: not shaped like a key)."""
+        return self._parse(secret)
+
     def __len__(self) -> int:
         return len(self._records)
 

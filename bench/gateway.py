@@ -101,10 +101,18 @@ def command(server: str, port: int) -> list[str]:
             "--port", str(port), "--lifespan", "on", "--no-access-log"]  # fmt: skip
 
 
-def start(var_dir: Path, token: str, *, server: str = "uvicorn", ready_path: str = "") -> Gateway:
-    """Serve the prepared var dir; returns once `ready_path` (a REST call URL) answers 200."""
+def start(
+    var_dir: Path,
+    token: str,
+    *,
+    server: str = "uvicorn",
+    ready_path: str = "",
+    extra_env: dict[str, str] | None = None,
+) -> Gateway:
+    """Serve the prepared var dir; returns once `ready_path` (a REST call URL) answers 200.
+    `extra_env`: more environment for the process (tracing's `OTEL_*`, say)."""
     port = free_port()
-    env = environment(var_dir)
+    env = {**environment(var_dir), **(extra_env or {})}
     log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by UpstreamProcess.stop
     process = subprocess.Popen(
         command(server, port),

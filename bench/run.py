@@ -59,6 +59,7 @@ EXTRA_SCRIPTS: tuple[tuple[str, list[str], float, bool], ...] = (
     ("failure_detection", ["--quick", "--json", "{json}"], 180, True),
     ("api_overhead", ["--duration", "1"], 240, False),
     ("metrics_cost", [], 120, True),
+    ("tracing_cost", ["--duration", "1", "--json", "{json}", "--no-docs"], 300, True),
 )
 
 

@@ -93,6 +93,7 @@ INSTALLED_APPS = [
     "servers",
     "balancing",
     "monitoring",
+    "audit",
 ]
 
 MIDDLEWARE = [
@@ -109,6 +110,7 @@ MIDDLEWARE = [
     # Near the end: process_exception hooks are asked bottom-up, so this one answers first (the
     # Prometheus one after it only counts). A lost database is a 503 page, not a 500.
     "mcppool.middleware.DatabaseUnavailableMiddleware",
+    "audit.changes.ActorMiddleware",  # who makes a config change (admin user, API key)
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
@@ -275,10 +277,29 @@ def _upstream_policy() -> UpstreamPolicy:
 
 MCPPOOL_UPSTREAM_POLICY = _upstream_policy()
 
+# The audit trail (docs/observability.md): a JSON line per tool call and config change on the
+# `mcppool.audit` logger; database rows for pools that opt in, written in batches.
+MCPPOOL_AUDIT_LOG = env_bool("MCPPOOL_AUDIT_LOG", default=False)
+MCPPOOL_AUDIT_RETENTION_DAYS = env_int("MCPPOOL_AUDIT_RETENTION_DAYS", 30, minimum=1)
+MCPPOOL_AUDIT_FLUSH_SECONDS = env_float("MCPPOOL_AUDIT_FLUSH_SECONDS", 1.0, minimum=0.05)
+MCPPOOL_AUDIT_BUFFER = env_int("MCPPOOL_AUDIT_BUFFER", 100_000, minimum=100)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "json": {"()": "balancing.audit.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        # The audit stream: one JSON object per line on stdout, for the log pipeline.
+        "audit": {
+            "class": "logging.StreamHandler",
+            "formatter": "json",
+            "stream": "ext://sys.stdout",
+        },
+    },
+    "loggers": {"mcppool.audit": {"handlers": ["audit"], "level": "INFO", "propagate": False}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO").upper()},
 }

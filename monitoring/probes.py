@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 import aiohttp
 import orjson
 
+from balancing import observe
 from balancing.engine.config import PoolConfig, ServerConfig, Transport
 from balancing.engine.errors import CallRejected, SessionGone, UpstreamError
 from balancing.engine.runtime import local_command
@@ -142,7 +143,9 @@ class Prober:
             finally:
                 if not self.keep_sessions:
                     await self._drop(server.id)
-            return replace(result, seconds=self._clock() - started)
+            result = replace(result, seconds=self._clock() - started)
+            observe.probed(pool, server, result.ok, result.seconds, result.error)  # a span
+            return result
 
     async def probe_pool(
         self,

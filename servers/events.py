@@ -12,12 +12,16 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.dispatch import Signal
 
 CONTROL_GROUP = "mcppool-control"
 CONFIG_CHANGED = "config.changed"
 HEALTH_CHANGED = "health.changed"
 
 log = logging.getLogger(__name__)
+
+# Sent after a config change committed, with `version` and `reason` (the audit trail listens).
+config_committed = Signal()
 
 
 def publish(event_type: str, **payload: Any) -> bool:
@@ -34,6 +38,10 @@ def publish(event_type: str, **payload: Any) -> bool:
 
 def publish_config_changed(version: int, reason: str) -> bool:
     return publish(CONFIG_CHANGED, version=version, reason=reason)
+
+
+def announce_committed(version: int, reason: str) -> None:
+    config_committed.send(None, version=version, reason=reason)
 
 
 def publish_health_changed(server_id: int, health: str, reason: str) -> bool:

@@ -77,6 +77,7 @@ def config_change(reason: str) -> Iterator[None]:
         yield
         version = bump_config_version()
         transaction.on_commit(lambda: events.publish_config_changed(version, reason))
+        transaction.on_commit(lambda: events.announce_committed(version, reason))  # the audit
 
 
 def bump_config_version() -> int:

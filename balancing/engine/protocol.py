@@ -122,6 +122,15 @@ def modern_headers(method: str, params: dict[str, Any] | None) -> dict[str, str]
     return headers
 
 
+def trace_headers(params: dict[str, Any]) -> dict[str, str] | None:
+    """The W3C trace context a request carries in ``_meta`` (the gateway's span, or a client's
+    passed along), as HTTP headers too: HTTP-aware tracing in front of the server sees it."""
+    meta = params.get("_meta")
+    if not isinstance(meta, dict) or "traceparent" not in meta:
+        return None
+    return {k: v for k in ("traceparent", "tracestate") if isinstance(v := meta.get(k), str)}
+
+
 def discover_version(result: dict[str, Any]) -> str | None:
     """The newest modern version a ``server/discover`` result shares with us, or None when the
     server only advertises handshake-era versions (go-sdk's stateful default does that)."""

@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -56,6 +56,9 @@ from balancing.engine.sessions import AcquireTimeout, PoolClosed, Session, Sessi
 from balancing.engine.stats import ServerStats
 from balancing.engine.transport_http import client_session
 from balancing.engine.upstream import UpstreamSession
+
+if TYPE_CHECKING:
+    from balancing.engine.tracing import Attempt, Observer
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +199,8 @@ class Runtime:
         self._maintainer: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[Any]] = set()
         self._started = False
+        # Traces and the audit trail (`engine/tracing.py`); None when both are off.
+        self.observer: Observer | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------
     async def start(self, snapshot: Snapshot) -> None:
@@ -404,8 +409,10 @@ class Runtime:
         tried: list[UpstreamError] = []  # each server's failure, in order
         budget = live.budget
         budget.call_started()
+        obs = self.observer
         try:
             while True:
+                mark = obs.mark() if obs is not None else 0
                 now = self.clock()
                 pick = live.balancer.pick(
                     live.endpoint_list(),
@@ -415,6 +422,8 @@ class Runtime:
                     hash_key=hash_key,
                     pin=pin,
                 )
+                if obs is not None:
+                    obs.picked(mark, config, pick, retry=bool(tried))
                 if pick is None:
                     if tried:
                         # No other server to retry on: the failures say why, not "none".
@@ -511,11 +520,13 @@ class Runtime:
         sp = live.sessions[endpoint.id]
         started = self.clock()
 
-        async def on_pooled_session() -> JsonObject:
+        async def on_pooled_session(params: JsonObject | None, observed: Attempt | None) -> JsonObject:
             for attempt in (1, 2):
                 try:
                     async with sp.borrow() as session:
                         self.metrics.acquire_wait[live.config.slug].observe(self.clock() - started)
+                        if observed is not None:
+                            observed.session(session)
                         if headers:
                             return await session.request(
                                 method, params, timeout=timeout, on_message=on_message,
@@ -532,14 +543,16 @@ class Runtime:
                     self.metrics.reinitialized[(live.config.slug, endpoint.config.name)] += 1
             raise AssertionError("unreachable")  # pragma: no cover
 
-        return await self._accounted(live, endpoint, trial, on_pooled_session)
+        return await self._accounted(live, endpoint, trial, method, params, on_pooled_session)
 
     async def _accounted(
         self,
         live: LivePool,
         endpoint: Endpoint,
         trial: bool,
-        send: Callable[[], Awaitable[JsonObject]],
+        method: str,
+        params: JsonObject | None,
+        send: Callable[[JsonObject | None, Attempt | None], Awaitable[JsonObject]],
     ) -> JsonObject:
         """Run one call to `endpoint` and account for it — stats, passive health, metrics — the
         same way whichever session carries it (pooled, or a sticky client's own)."""
@@ -549,8 +562,12 @@ class Runtime:
         started = self.clock()
         outcome = Outcome.SUCCESS
         label = "ok"
+        observed = None
+        if self.observer is not None:
+            observed = self.observer.attempt(live.config, endpoint.config, method, params)
+            params = observed.params
         try:
-            result = await send()
+            result = await send(params, observed)
             if result.get("isError") is True:
                 outcome, label = Outcome.TOOL_ERROR, "tool_error"
             elif result.get("resultType") == "input_required" and self.sealer is not None:
@@ -579,6 +596,8 @@ class Runtime:
                 endpoint.outlier.abandon_trial()  # a cancelled trial says nothing: next call tries
             self.metrics.calls[(slug, server, label)] += 1
             self.metrics.durations[(slug, server)].observe(latency)
+            if observed is not None:
+                observed.end(label)
 
     # ---- sessions bound to one client (sticky pools) -------------------------------------
     def pick_binding(self, slug: str, ctx: RequestContext | None = None) -> tuple[LivePool, Pick]:
@@ -630,12 +649,14 @@ class Runtime:
         trial = _claim_trial(endpoint, self.clock())
         timeout = live.config.call_timeout
 
-        def send() -> Awaitable[JsonObject]:
+        def send(params: JsonObject | None, observed: Attempt | None) -> Awaitable[JsonObject]:
+            if observed is not None:
+                observed.session(upstream)
             return upstream.request(
                 method, params, timeout=timeout, on_message=on_message, headers=headers
             )
 
-        return await self._accounted(live, endpoint, trial, send)
+        return await self._accounted(live, endpoint, trial, method, params, send)
 
     def _report(self, live: LivePool, endpoint: Endpoint, event: OutlierEvent) -> None:
         key = (live.config.slug, endpoint.config.name)

@@ -188,6 +188,8 @@ class HttpTransport:
             headers = {**headers, **protocol.modern_headers(method, params)}
             if call.headers:
                 headers.update(call.headers)
+        if params is not None and (context := protocol.trace_headers(params)):
+            headers = {**headers, **context}  # the trace context in `_meta`, as HTTP sees it
         response = await self._post(body, headers)
         try:
             answer = await self._read_answer(response, call)

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 import orjson
 
+from balancing import observe
 from balancing.api.http import Receive, Scope, Send, disconnected, header, send_bytes
 from balancing.engine.errors import UpstreamError
 from balancing.engine.sticky import ClientSession
@@ -63,6 +64,17 @@ async def relay_request(
     """Relay a server→client request to the client under a gateway id and return the result of
     its answer, which arrives as a POST (`client_response`). A client's error answer raises
     `ClientRefused` carrying it, so the server gets the error the client sent."""
+    method = str(message.get("method"))
+    with observe.span(method, {"mcp.method.name": method, "mcppool.relayed": True}):
+        return await _relay(session, message, send_out, timeout)
+
+
+async def _relay(
+    session: ClientSession,
+    message: dict[str, Any],
+    send_out: SendOut,
+    timeout: float | None,
+) -> dict[str, Any]:
     relay_id = session.relay_id()
     future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
     session.pending[relay_id] = future

@@ -134,10 +134,21 @@ async def garble(text: str) -> str:
 
 
 @mcp.tool(annotations=ToolAnnotations(read_only_hint=True))
-async def whoami() -> dict[str, Any]:
-    """Tell which replica answered."""
+async def whoami(ctx: Context) -> dict[str, Any]:
+    """Tell which replica answered, and the trace context the request carried (`_meta` and the
+    HTTP `traceparent` header)."""
     await _delay()
-    return {"name": Knobs.name, "pid": os.getpid(), "port": Knobs.port}
+    meta = ctx.request_context.meta
+    if meta is not None and not isinstance(meta, dict):
+        meta = meta.model_dump() if hasattr(meta, "model_dump") else {}
+    headers = ctx.headers or {}
+    return {
+        "name": Knobs.name,
+        "pid": os.getpid(),
+        "port": Knobs.port,
+        "meta_traceparent": (meta or {}).get("traceparent", ""),
+        "header_traceparent": headers.get("traceparent", ""),
+    }
 
 
 @mcp.tool()

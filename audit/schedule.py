@@ -1,0 +1,37 @@
+"""The daily prune of the audit trail in beat's schedule (django-celery-beat), kept by migrate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.apps import AppConfig
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.models.signals import post_migrate
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+PRUNE_TASK = "audit.tasks.prune_audit"
+PRUNE_NAME = "mcppool: prune audit trail"
+PRUNE_EXPIRES = 3600
+
+
+def sync_prune() -> PeriodicTask:
+    daily, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.DAYS)
+    task, _ = PeriodicTask.objects.update_or_create(
+        name=PRUNE_NAME,
+        defaults={
+            "task": PRUNE_TASK,
+            "interval": daily,
+            "expire_seconds": PRUNE_EXPIRES,
+            "description": "Delete audit entries older than MCPPOOL_AUDIT_RETENTION_DAYS",
+        },
+    )
+    return task
+
+
+def _migrated(sender: AppConfig, using: str = DEFAULT_DB_ALIAS, **_: Any) -> None:
+    if PeriodicTask._meta.db_table in connections[using].introspection.table_names():
+        sync_prune()
+
+
+def connect(app: AppConfig) -> None:
+    post_migrate.connect(_migrated, sender=app, dispatch_uid="mcppool-audit-schedule")

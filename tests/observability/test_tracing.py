@@ -1,0 +1,156 @@
+"""Traces of calls through a live gateway, read back from a real OTLP/HTTP receiver."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from balancing import observe
+from tests.api.gateway import Gateway
+from tests.observability.conftest import tracer_provider
+from tests.observability.receiver import ReceivedSpan, Receiver, otlp_receiver
+from tests.upstreams import procs
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.upstream]
+
+CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CLIENT_SPAN = "00f067aa0ba902b7"
+TRACEPARENT = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
+
+
+async def _tools_known(gw: Gateway, pool: str) -> None:
+    """The runtime has read the pool's tool list (annotations decide whether a call retries)."""
+    live = gw.host.runtime.pools[pool]
+    for _ in range(200):
+        if "whoami" in live.tools:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the pool's tools were never listed")
+
+
+async def _rest_whoami(gw: Gateway, pool: str, **headers: str) -> tuple[int, Any]:
+    async with gw.http.post(
+        f"{gw.url}/api/v1/pools/{pool}/tools/whoami/call",
+        json={"arguments": {}},
+        headers={**gw.auth(), **headers},
+    ) as response:
+        return response.status, await response.json()
+
+
+def _gateway_spans(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
+    return [s for s in spans if s.trace_id == CLIENT_TRACE]
+
+
+def _retried(spans: list[ReceivedSpan]) -> bool:
+    return sum(s.kind == "CLIENT" for s in _gateway_spans(spans)) >= 2 and any(
+        s.kind == "SERVER" for s in _gateway_spans(spans)
+    )
+
+
+async def test_trace_of_retried_rest_call_shows_both_attempts_under_the_clients_span(
+    tracing: TracerProvider, receiver: Receiver, gateway: Gateway
+) -> None:
+    # given: a pool whose first pick (the slow replica) times out on a read-only tool
+    await _tools_known(gateway, "replicas")
+    # when
+    status, body = await _rest_whoami(gateway, "replicas", traceparent=TRACEPARENT)
+    # then: the fast replica answered, after one retry
+    assert status == 200, body
+    answer = orjson.loads(body["content"][0]["text"])
+    assert answer["name"] == "fast"
+    spans = _gateway_spans(await receiver.wait_for(_retried))
+    (server,) = [s for s in spans if s.kind == "SERVER"]
+    assert server.name == "tools/call whoami"
+    assert server.parent_span_id == CLIENT_SPAN  # the client's traceparent is the parent
+    assert server.attributes["mcp.method.name"] == "tools/call"
+    assert server.attributes["gen_ai.tool.name"] == "whoami"
+    assert server.attributes["mcppool.attempts"] == 2
+    children = sorted((s for s in spans if s.parent_span_id == server.span_id),
+                      key=lambda s: s.start_ns)  # fmt: skip
+    assert [s.name for s in children] == [
+        "mcppool.pick",
+        "tools/call whoami",
+        "mcppool.pick",
+        "tools/call whoami",
+    ]
+    first, second = children[1], children[3]
+    assert first.kind == second.kind == "CLIENT"  # siblings, each an attempt
+    assert first.attributes["mcppool.server"] == "slow"
+    assert first.attributes["error.type"] == "timeout" and first.status_code == 2
+    assert second.attributes["mcppool.server"] == "fast"
+    assert second.attributes["mcppool.outcome"] == "ok" and second.status_code != 2
+    assert children[2].attributes["mcppool.retry"] is True
+    # the upstream saw the gateway's attempt span as its parent, in _meta and as a header
+    expected = f"00-{CLIENT_TRACE}-{second.span_id}-01"
+    assert answer["meta_traceparent"] == expected
+    assert answer["header_traceparent"] == expected
+
+
+async def test_trace_parent_comes_from_meta_on_the_mcp_endpoint(
+    tracing: TracerProvider, receiver: Receiver, gateway: Gateway
+) -> None:
+    # given: a modern-era tools/call carrying the client's trace context in _meta
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+            "io.modelcontextprotocol/clientCapabilities": {},
+            "traceparent": TRACEPARENT}  # fmt: skip
+    body = {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": "whoami", "arguments": {}, "_meta": meta}}  # fmt: skip
+    headers = {**gateway.auth(), "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call",
+               "Mcp-Name": "whoami", "Accept": "application/json, text/event-stream"}  # fmt: skip
+    # when
+    async with gateway.http.post(f"{gateway.url}/mcp/single/", json=body, headers=headers) as r:
+        assert r.status == 200
+        answer = orjson.loads((await r.json())["result"]["content"][0]["text"])
+    # then
+    spans = _gateway_spans(
+        await receiver.wait_for(lambda got: any(s.kind == "CLIENT" for s in _gateway_spans(got)))
+    )
+    (server,) = [s for s in spans if s.kind == "SERVER"]
+    (attempt,) = [s for s in spans if s.kind == "CLIENT"]
+    assert server.parent_span_id == CLIENT_SPAN
+    assert server.attributes["jsonrpc.request.id"] == "7"
+    assert server.attributes["mcppool.transport"] == "mcp"
+    assert attempt.parent_span_id == server.span_id
+    assert answer["meta_traceparent"] == f"00-{CLIENT_TRACE}-{attempt.span_id}-01"
+
+
+async def test_calls_succeed_while_the_collector_is_down(gateway: Gateway) -> None:
+    # given: tracing on, exporting to a port nobody listens on
+    provider = tracer_provider(f"http://127.0.0.1:{procs.free_port()}/v1/traces")
+    gateway.host.runtime.observer = observe.configure(provider)
+    try:
+        # when
+        results = await asyncio.gather(*(_rest_whoami(gateway, "single") for _ in range(20)))
+    finally:
+        observe.configure(None)
+        gateway.host.runtime.observer = observe.refresh()
+        provider.shutdown()
+    # then: every call answered
+    assert [status for status, _ in results] == [200] * 20
+
+
+async def test_config_reload_is_traced(
+    tracing: TracerProvider, receiver: Receiver, gateway: Gateway
+) -> None:
+    # when
+    await gateway.host.reload()
+    # then
+    spans = await receiver.wait_for(lambda got: any(s.name == "mcppool.config.reload" for s in got))
+    (reload,) = [s for s in spans if s.name == "mcppool.config.reload"]
+    assert reload.attributes["mcppool.config.version"] >= 1
+
+
+async def test_receiver_decodes_what_the_sdk_exports() -> None:
+    # a self-check of the test's own receiver: one span in, the same span out
+    async with otlp_receiver() as receiver:
+        provider = tracer_provider(receiver.url)
+        with provider.get_tracer("t").start_as_current_span("hello", attributes={"n": 3}):
+            pass
+        spans = await receiver.wait_for(lambda got: len(got) == 1)
+        provider.shutdown()
+    assert (spans[0].name, spans[0].attributes["n"]) == ("hello", 3)
