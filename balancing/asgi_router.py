@@ -19,6 +19,7 @@ from balancing.errors_http import ApiError
 
 MCP_PREFIX = "/mcp/"
 API_PREFIX = "/api/"
+WELL_KNOWN_RESOURCE = "/.well-known/oauth-protected-resource/"  # balancing.api.resource
 
 
 class GatewayRouter:
@@ -32,6 +33,12 @@ class GatewayRouter:
                 from balancing.mcpserver.endpoint import handle as handle_mcp
 
                 await handle_mcp(scope, receive, send)
+                return
+            if path.startswith(WELL_KNOWN_RESOURCE):
+                from balancing.api import resource
+                from balancing.api.access import started_host
+
+                await resource.handle(scope, receive, send, await started_host())
                 return
             if path.startswith(API_PREFIX):
                 if await call.run(scope, receive, send):

@@ -27,7 +27,9 @@ from balancing.engine.config import ServerConfig
 from balancing.engine.outlier import Ejected, OutlierEvent
 from balancing.engine.runtime import Runtime
 from balancing.engine.sticky import SessionTable, close_sessions
+from balancing.identity import AccessBook
 from balancing.keys import KeyCache, KeyRecord
+from balancing.oauth import TokenValidator
 from balancing.ratelimit import RateLimiter, build_rate_limiter
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,13 @@ class RuntimeHost:
         # config (creating or revoking a key bumps the version), so it is never staler than it.
         self.keys = KeyCache(lookup=self._find_key)
         self.limiter: RateLimiter = build_rate_limiter(settings.REDIS_URL)
+        # Token issuers, tool grants and per-user upstream credentials (balancing.identity).
+        self.access = AccessBook(
+            TokenValidator(
+                min_refetch=settings.MCPPOOL_JWKS_MIN_REFETCH_SECONDS,
+                max_age=settings.MCPPOOL_JWKS_MAX_AGE_SECONDS,
+            )
+        )
         # The MCP endpoint's client sessions (sticky ones own upstream sessions: closed on stop).
         self.client_sessions = SessionTable(clock=self.runtime.clock)
 
@@ -79,6 +88,7 @@ class RuntimeHost:
         try:
             snapshot = await self._db(adapter.load_snapshot)
             self.keys.replace(await self._db(adapter.load_api_keys))
+            self.access.replace(await self._db(adapter.load_access))
             await self.runtime.start(snapshot)
             self._tasks = [
                 asyncio.create_task(self._poll_forever(), name="mcppool-config-poll"),
@@ -101,6 +111,7 @@ class RuntimeHost:
         await self.runtime.close(grace=settings.MCPPOOL_SHUTDOWN_GRACE_SECONDS)
         with contextlib.suppress(Exception):
             await self.limiter.close()
+        await self.access.validator.close()
         if self._pending_reports:
             await asyncio.gather(*self._pending_reports, return_exceptions=True)
         if self._db_thread is not None:
@@ -120,9 +131,11 @@ class RuntimeHost:
             snapshot = await self._db(adapter.load_snapshot)
             if snapshot.version == self.runtime.version and if_newer_than is not None:
                 return False
-            keys = await self._db(adapter.load_api_keys)  # both read before either applies
+            keys = await self._db(adapter.load_api_keys)  # all read before any applies
+            access = await self._db(adapter.load_access)
             await self.runtime.apply(snapshot)
             self.keys.replace(keys)
+            self.access.replace(access)
             log.info("config v%d applied", snapshot.version)
             return True
 

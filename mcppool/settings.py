@@ -86,6 +86,7 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "django_prometheus",
     "servers",
+    "servers.identity",
     "balancing",
     "monitoring",
 ]
@@ -215,6 +216,11 @@ MCPPOOL_SHUTDOWN_GRACE_SECONDS = env_float("MCPPOOL_SHUTDOWN_GRACE_SECONDS", 10.
 MCPPOOL_MAX_BODY_BYTES = env_int("MCPPOOL_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
 MCPPOOL_HEALTH_RETENTION_DAYS = env_int("MCPPOOL_HEALTH_RETENTION_DAYS", 7, minimum=1)
 MCPPOOL_RUNTIME_ENABLED = env_bool("MCPPOOL_RUNTIME_ENABLED", default=True)
+# OAuth protected resource (docs/security.md): the public base URL pools' resource URLs (token
+# audiences) are built from; "" derives it from each request's scheme and Host.
+MCPPOOL_PUBLIC_URL = env_str("MCPPOOL_PUBLIC_URL", "").rstrip("/")
+MCPPOOL_JWKS_MAX_AGE_SECONDS = env_float("MCPPOOL_JWKS_MAX_AGE_SECONDS", 300.0, minimum=10.0)
+MCPPOOL_JWKS_MIN_REFETCH_SECONDS = env_float("MCPPOOL_JWKS_MIN_REFETCH_SECONDS", 10.0, minimum=0.0)
 
 LOGGING = {
     "version": 1,

@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 
 JsonObject = dict[str, Any]
 MessageHandler = Callable[[JsonObject], Awaitable[JsonObject | None]]
+# The caller's headers for the server a call goes to, by server id (`balancing.identity`).
+HeadersFor = Callable[[int], Mapping[str, str] | None]
 EventSink = Callable[[str, ServerConfig, OutlierEvent], None]
 
 CLIENT_INFO: JsonObject = {"name": "mcppool", "version": "0.1.0"}
@@ -307,12 +309,20 @@ class Runtime:
         timeout: float | None = None,
         on_message: MessageHandler | None = None,
         meta: Mapping[str, Any] | None = None,
+        upstream_headers: HeadersFor | None = None,
     ) -> JsonObject:
         params: JsonObject = {"name": name, "arguments": dict(arguments or {})}
         if meta:
             params["_meta"] = dict(meta)
         return await self.request(
-            slug, "tools/call", params, tool=name, ctx=ctx, timeout=timeout, on_message=on_message
+            slug,
+            "tools/call",
+            params,
+            tool=name,
+            ctx=ctx,
+            timeout=timeout,
+            on_message=on_message,
+            upstream_headers=upstream_headers,
         )
 
     async def request(
@@ -325,8 +335,10 @@ class Runtime:
         ctx: RequestContext | None = None,
         timeout: float | None = None,
         on_message: MessageHandler | None = None,
+        upstream_headers: HeadersFor | None = None,
     ) -> JsonObject:
-        """Forward one JSON-RPC request through the pool; returns the upstream's `result`."""
+        """Forward one JSON-RPC request through the pool; returns the upstream's `result`.
+        `upstream_headers(server_id)` gives the caller's headers for the server picked."""
         live = self.pool(slug)
         config = live.config
         timeout = config.call_timeout if timeout is None else min(timeout, config.call_timeout)
@@ -365,8 +377,16 @@ class Runtime:
                     self.metrics.panics[slug] += 1
                 endpoint = pick.endpoint
                 try:
+                    headers = upstream_headers(endpoint.id) if upstream_headers else None
                     return await self._send(
-                        live, endpoint, method, params, timeout, on_message, trial=pick.trial
+                        live,
+                        endpoint,
+                        method,
+                        params,
+                        timeout,
+                        on_message,
+                        trial=pick.trial,
+                        headers=headers,
                     )
                 except UpstreamError as exc:
                     if retrying or not self._should_retry(live, exc, tool):
@@ -406,6 +426,7 @@ class Runtime:
         on_message: MessageHandler | None,
         *,
         trial: bool = False,
+        headers: Mapping[str, str] | None = None,
     ) -> JsonObject:
         slug, server = live.config.slug, endpoint.config.name
         sp = live.sessions[endpoint.id]
@@ -421,7 +442,11 @@ class Runtime:
                         waited = self.clock() - started
                         self.metrics.acquire_wait[slug].observe(waited)
                         result = await session.request(
-                            method, params, timeout=timeout, on_message=on_message
+                            method,
+                            params,
+                            timeout=timeout,
+                            on_message=on_message,
+                            headers=headers,
                         )
                         if result.get("isError") is True:
                             outcome, label = Outcome.TOOL_ERROR, "tool_error"

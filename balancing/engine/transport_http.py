@@ -165,6 +165,8 @@ class HttpTransport:
         headers = self._headers
         if self._modern:
             headers = {**headers, **protocol.modern_headers(method, params)}
+        if call.headers:
+            headers = {**headers, **call.headers}
         response = await self._post(body, headers)
         try:
             answer = await self._read_answer(response, call)

@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from balancing.engine import jsonrpc, protocol
@@ -63,12 +63,19 @@ LISTEN_OPEN_WAIT: Final = 2.0
 class Call:
     """One request in flight on a session (the transports only read ``id``)."""
 
-    __slots__ = ("id", "on_message", "progress_token")
+    __slots__ = ("headers", "id", "on_message", "progress_token")
 
-    def __init__(self, request_id: int, on_message: MessageHandler | None) -> None:
+    def __init__(
+        self,
+        request_id: int,
+        on_message: MessageHandler | None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         self.id = request_id
         self.on_message = on_message
         self.progress_token: Any = None  # the caller's own token, restored on the way back
+        # Per-caller HTTP headers (the caller's identity, as the operator defined it); HTTP only.
+        self.headers = headers
 
 
 Deliver = Callable[[JsonObject, "Call | None"], Awaitable[None]]
@@ -306,6 +313,7 @@ class UpstreamSession:
         # UpstreamTimeout (a server failure) and to abandon the call upstream.
         timeout: float,
         on_message: MessageHandler | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> JsonObject:
         """Send one request and return the server's ``result`` object.
 
@@ -317,7 +325,7 @@ class UpstreamSession:
         if not self.alive:
             raise SessionGone("session is closed", server=self.server.name)
         request_id = self._ids.next()
-        call = Call(request_id, on_message)
+        call = Call(request_id, on_message, headers)
         wire_params = params
         if params is not None:
             meta = params.get("_meta")

@@ -28,7 +28,15 @@ import orjson
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 
-from balancing.api.access import authenticate, charge, pool_for, started_host
+from balancing.api.access import (
+    allowed_tool,
+    authenticate,
+    charge,
+    pool_for,
+    started_host,
+    upstream_headers,
+    visible_tools,
+)
 from balancing.api.call import check_tool
 from balancing.api.http import (
     ClientGone,
@@ -45,7 +53,7 @@ from balancing.engine import protocol
 from balancing.engine.affinity import RequestContext, match_rules
 from balancing.engine.config import AdminState, Era, Health, SessionMode
 from balancing.engine.errors import ConnectFailed, SessionGone, UpstreamClosed, UpstreamError
-from balancing.engine.runtime import LivePool
+from balancing.engine.runtime import HeadersFor, LivePool
 from balancing.engine.sticky import ClientSession, SessionIds, close_sessions
 from balancing.errors_http import (
     INVALID_PARAMS,
@@ -116,7 +124,7 @@ async def handle(scope: Scope, receive: Receive, send: Send) -> None:
             raise ApiError("not_found", "the MCP endpoint of a pool is /mcp/<pool>/")
         check_origin(scope)
         host = await started_host()
-        key = await authenticate(host, header(scope, b"authorization"))
+        key = await authenticate(host, header(scope, b"authorization"), scope=scope, slug=slug)
         live = pool_for(host, key, slug)
         method = scope["method"]
         if method == "POST":
@@ -460,7 +468,8 @@ async def _dispatch(
     if method == "server/discover":
         return _discover(live)
     if method == "tools/list" and not (session is not None and session.sticky):
-        return {"tools": await host.runtime.list_tools(live.config.slug)}
+        tools = await host.runtime.list_tools(live.config.slug)
+        return {"tools": visible_tools(host, key, live.config.slug, tools)}
     if method == "logging/setLevel" and not (session is not None and session.sticky):
         level = (params or {}).get("level")
         if not isinstance(level, str):
@@ -473,9 +482,15 @@ async def _dispatch(
         raise _rpc_refusal("not_found", METHOD_NOT_FOUND, f"Method not found: {method}")
     if method in _FORWARDED:
         await charge(host, key, live)
-    return await _forward(
+    result = await _forward(
         host, key, live, session, method, _upstream_params(params, session), reply
     )
+    if method == "tools/list":  # a sticky session's own listing
+        result = {
+            **result,
+            "tools": visible_tools(host, key, live.config.slug, result.get("tools") or []),
+        }
+    return result
 
 
 def _upstream_params(
@@ -512,8 +527,11 @@ async def _forward(
     tool = params.get("name") if method == "tools/call" and params else None
     if method == "tools/call" and not isinstance(tool, str):
         raise _rpc_refusal("invalid_arguments", INVALID_PARAMS, "tools/call needs a tool name")
+    if tool is not None:
+        await allowed_tool(host, key, live, tool)
+    identity = upstream_headers(host, key)
     if session is not None and session.sticky:
-        return await _forward_sticky(host, live, session, method, params, reply)
+        return await _forward_sticky(host, live, session, method, params, reply, identity)
     if tool is not None:
         try:
             check_tool(live, tool)
@@ -525,7 +543,13 @@ async def _forward(
                              headers=headers_dict(reply.scope))  # fmt: skip
     try:
         return await host.runtime.request(
-            live.config.slug, method, params, tool=tool, ctx=ctx, on_message=reply.emit
+            live.config.slug,
+            method,
+            params,
+            tool=tool,
+            ctx=ctx,
+            on_message=reply.emit,
+            upstream_headers=identity,
         )
     except UpstreamError as exc:
         raise from_upstream(exc) from None
@@ -538,6 +562,7 @@ async def _forward_sticky(
     method: str,
     params: dict[str, Any] | None,
     reply: Reply,
+    identity: HeadersFor | None = None,
 ) -> dict[str, Any]:
     """On the client's own upstream session; accounted like a pooled call."""
     runtime = host.runtime
@@ -553,7 +578,11 @@ async def _forward_sticky(
     session.in_flight += 1
     try:
         result: dict[str, Any] = await session.upstream.request(
-            method, params, timeout=live.config.call_timeout, on_message=reply.emit
+            method,
+            params,
+            timeout=live.config.call_timeout,
+            on_message=reply.emit,
+            headers=identity(session.server_id) if identity is not None else None,
         )
         if result.get("isError") is True:
             label = "tool_error"
