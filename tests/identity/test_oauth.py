@@ -18,6 +18,7 @@ from mcp import ClientSession
 from mcp.client.auth import AuthorizationCodeResult, OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
+from yarl import URL
 
 from tests.api.gateway import Gateway
 from tests.identity.authserver import CALLBACK, AuthServer
@@ -131,7 +132,7 @@ class Browser:
                     assert response.status in (302, 303), await response.text()
                     url = response.headers["location"]
                     if url.startswith(("/", "?")):
-                        url = str(response.url.join(aiohttp.client.URL(url)))
+                        url = str(response.url.join(URL(url)))
                 if url.startswith(CALLBACK):
                     query = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
                     assert "code" in query, query
