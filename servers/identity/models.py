@@ -173,11 +173,14 @@ class AccessGrant(models.Model):
 
     def clean(self) -> None:
         errors: dict[str, str] = {}
-        if bool(self.api_key_id) == bool(self.issuer_id):
+        # The related objects, not their ids: a config file plans a grant of an issuer it is
+        # creating in the same change, which has no id yet.
+        for_token = self.issuer is not None
+        if (self.api_key is not None) == for_token:
             errors["__all__"] = "A grant is for an API key or for an issuer's tokens, not both."
-        if self.issuer_id and not _CLAIM_NAME.match(self.claim or ""):
+        if for_token and not _CLAIM_NAME.match(self.claim or ""):
             errors["claim"] = "Give the claim to match, e.g. scope or groups."
-        if self.issuer_id and not self.value:
+        if for_token and not self.value:
             errors["value"] = "Give the value the claim must hold (* for any token)."
         _check_globs(self.allow_tools, "allow_tools", errors)
         _check_globs(self.deny_tools, "deny_tools", errors)
@@ -246,3 +249,8 @@ class UserSecret(models.Model):
 
     def __str__(self) -> str:
         return f"{self.subject} on {self.server}"
+
+
+# What a config file may hold of this app (per-user secrets and API-key grants never: they are
+# secrets, or belong to keys, which are never in the file either).
+FileObject = TrustedIssuer | AccessGrant | ServerIdentity
