@@ -28,8 +28,14 @@ from balancing.engine.config import (
     Transport,
 )
 from balancing.engine.liveness import Liveness
+from balancing.engine.toolpolicy import ClaimRule, Grant
+from balancing.identity import AccessSnapshot
+from balancing.identity import ServerIdentity as IdentityForwarding
 from balancing.keys import KeyRecord
+from balancing.oauth import IssuerConfig
 from servers import events, secrets, services
+from servers.identity.models import AccessGrant, TrustedIssuer, UserSecret
+from servers.identity.models import ServerIdentity as ServerIdentityRow
 from servers.models import POOL_TUNING, AffinityRule, ApiKey, Pool, RuntimeReport, Server
 
 
@@ -281,3 +287,59 @@ def update_rule(slug: str, rule_id: int, fields: Mapping[str, Any]) -> dict[str,
 
 
 delete_rule = services.delete_rule
+
+
+# ---- identity: trusted issuers, grants, per-user upstream credentials (balancing.identity) ----
+
+
+def _grant(row: AccessGrant) -> Grant:
+    return Grant(
+        pools=(row.pool.slug,) if row.pool is not None else ("*",),
+        allow=tuple(row.allow_tools),
+        deny=tuple(row.deny_tools),
+        tool_limits=tuple((glob, int(n)) for glob, n in sorted(row.tool_rate_limits.items())),
+    )
+
+
+def load_access() -> AccessSnapshot:
+    """Issuers, grants and per-user credentials, in four queries."""
+    issuers = {row.pk: row for row in TrustedIssuer.objects.filter(enabled=True)}
+    rules: list[ClaimRule] = []
+    key_grants: dict[int, list[Grant]] = {}
+    for row in AccessGrant.objects.select_related("pool").order_by("id"):
+        if row.api_key_id is not None:
+            key_grants.setdefault(row.api_key_id, []).append(_grant(row))
+        elif row.issuer_id in issuers:
+            issuer = issuers[row.issuer_id].issuer
+            rules.append(ClaimRule(issuer, row.claim, row.value, _grant(row)))
+    identities = {
+        row.server_id: IdentityForwarding(
+            row.identity_header, row.identity_claim, row.secret_header
+        )
+        for row in ServerIdentityRow.objects.all()
+    }
+    user_secrets: dict[tuple[int, str, str], str] = {}
+    for secret in UserSecret.objects.all():
+        if secret.issuer_id is not None and secret.issuer_id not in issuers:
+            continue
+        issuer_url = issuers[secret.issuer_id].issuer if secret.issuer_id is not None else ""
+        what = f"user secret of {secret.subject!r} for server id {secret.server_id}"
+        user_secrets[(secret.server_id, issuer_url, secret.subject)] = secrets.decrypt(
+            secret.secret, what=what
+        )
+    return AccessSnapshot(
+        issuers=tuple(
+            IssuerConfig(
+                issuer=row.issuer,
+                jwks_uri=row.jwks_uri,
+                algorithms=tuple(row.algorithms),
+                subject_claim=row.subject_claim,
+                leeway=float(row.leeway_seconds),
+            )
+            for row in issuers.values()
+        ),
+        claim_rules=tuple(rules),
+        key_grants={k: tuple(v) for k, v in key_grants.items()},
+        identities=identities,
+        user_secrets=user_secrets,
+    )

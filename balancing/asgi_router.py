@@ -20,6 +20,7 @@ from balancing.errors_http import ApiError
 
 MCP_PREFIX = "/mcp/"
 API_PREFIX = "/api/"
+WELL_KNOWN_RESOURCE = "/.well-known/oauth-protected-resource/"  # balancing.api.resource
 
 
 class GatewayRouter:
@@ -36,6 +37,12 @@ class GatewayRouter:
                     await observe.serve(obs, observe.MCP, handle_mcp, scope, receive, send)
                     return
                 await handle_mcp(scope, receive, send)
+                return
+            if path.startswith(WELL_KNOWN_RESOURCE):
+                from balancing.api import resource
+                from balancing.api.access import started_host
+
+                await resource.handle(scope, receive, send, await started_host())
                 return
             if path.startswith(API_PREFIX):
                 if (obs := observe.observer()) is not None and (target := call.match(path)):

@@ -62,10 +62,13 @@ CODES: Final[dict[str, Code]] = {
     "invalid_api_key": Code(401, GATEWAY_REFUSED),
     "api_key_revoked": Code(401, GATEWAY_REFUSED),
     "api_key_expired": Code(401, GATEWAY_REFUSED),
+    "invalid_token": Code(401, GATEWAY_REFUSED),
     "pool_forbidden": Code(403, GATEWAY_REFUSED),
     "admin_required": Code(403, GATEWAY_REFUSED),
     "stdio_forbidden": Code(403, GATEWAY_REFUSED),
     "origin_forbidden": Code(403, GATEWAY_REFUSED),
+    # A tool outside the caller's policy: on MCP the spec's error for a tool not offered.
+    "tool_forbidden": Code(403, INVALID_PARAMS),
     "unknown_pool": Code(404, INVALID_PARAMS),
     "unknown_tool": Code(404, INVALID_PARAMS),
     "unknown_resource": Code(404, INVALID_PARAMS),

@@ -29,7 +29,9 @@ from balancing.engine.outlier import Ejected, OutlierEvent
 from balancing.engine.request_state import StateSealer
 from balancing.engine.runtime import Runtime
 from balancing.engine.sticky import SessionTable, close_sessions
+from balancing.identity import AccessBook
 from balancing.keys import KeyCache, KeyRecord
+from balancing.oauth import TokenValidator
 from balancing.ratelimit import RateLimiter, build_rate_limiter
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,13 @@ class RuntimeHost:
             self._find_key, parse=adapter.parse_api_key, verify=adapter.secret_matches
         )
         self.limiter: RateLimiter = build_rate_limiter(settings.REDIS_URL)
+        # Token issuers, tool grants and per-user upstream credentials (balancing.identity).
+        self.access = AccessBook(
+            TokenValidator(
+                min_refetch=settings.MCPPOOL_JWKS_MIN_REFETCH_SECONDS,
+                max_age=settings.MCPPOOL_JWKS_MAX_AGE_SECONDS,
+            )
+        )
         # The MCP endpoint's client sessions (sticky ones own upstream sessions: closed on stop).
         self.client_sessions = SessionTable(clock=self.runtime.clock)
 
@@ -89,6 +98,7 @@ class RuntimeHost:
             snapshot = await self._db(adapter.load_snapshot)
             self.keys.replace(await self._db(adapter.load_api_keys))
             self.runtime.observer = await self._db(observe.refresh)
+            self.access.replace(await self._db(adapter.load_access))
             await self.runtime.start(snapshot)
             self._tasks = [
                 asyncio.create_task(self._poll_forever(), name="mcppool-config-poll"),
@@ -112,6 +122,7 @@ class RuntimeHost:
         await self.runtime.close(grace=settings.MCPPOOL_SHUTDOWN_GRACE_SECONDS)
         with contextlib.suppress(Exception):
             await self.limiter.close()
+        await self.access.validator.close()
         if self._pending_reports:
             await asyncio.gather(*self._pending_reports, return_exceptions=True)
         if self._db_thread is not None:
@@ -133,9 +144,11 @@ class RuntimeHost:
                 snapshot = await self._db(adapter.load_snapshot)
                 if snapshot.version == self.runtime.version and if_newer_than is not None:
                     return False
-                keys = await self._db(adapter.load_api_keys)  # both read before either applies
+                keys = await self._db(adapter.load_api_keys)  # all read before any applies
+                access = await self._db(adapter.load_access)
                 await self.runtime.apply(snapshot)
                 self.keys.replace(keys)
+                self.access.replace(access)
                 self.runtime.observer = await self._db(observe.refresh)
                 if span is not None:
                     span.set_attribute("mcppool.config.version", snapshot.version)

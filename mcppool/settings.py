@@ -91,6 +91,7 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "django_prometheus",
     "servers",
+    "servers.identity",
     "balancing",
     "monitoring",
     "audit",
@@ -283,6 +284,12 @@ MCPPOOL_AUDIT_LOG = env_bool("MCPPOOL_AUDIT_LOG", default=False)
 MCPPOOL_AUDIT_RETENTION_DAYS = env_int("MCPPOOL_AUDIT_RETENTION_DAYS", 30, minimum=1)
 MCPPOOL_AUDIT_FLUSH_SECONDS = env_float("MCPPOOL_AUDIT_FLUSH_SECONDS", 1.0, minimum=0.05)
 MCPPOOL_AUDIT_BUFFER = env_int("MCPPOOL_AUDIT_BUFFER", 100_000, minimum=100)
+
+# OAuth protected resource (docs/security.md): the public base URL pools' resource URLs (token
+# audiences) are built from; "" derives it from each request's scheme and Host.
+MCPPOOL_PUBLIC_URL = env_str("MCPPOOL_PUBLIC_URL", "").rstrip("/")
+MCPPOOL_JWKS_MAX_AGE_SECONDS = env_float("MCPPOOL_JWKS_MAX_AGE_SECONDS", 300.0, minimum=10.0)
+MCPPOOL_JWKS_MIN_REFETCH_SECONDS = env_float("MCPPOOL_JWKS_MIN_REFETCH_SECONDS", 10.0, minimum=0.0)
 
 LOGGING = {
     "version": 1,

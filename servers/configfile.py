@@ -25,6 +25,9 @@ from django.db.models import Prefetch
 
 from servers import secrets, services
 from servers.choices import AffinityAction
+from servers.identity.configfile import IdentityPlanner
+from servers.identity.configfile import export_data as identity_export
+from servers.identity.models import FileObject
 from servers.models import AffinityRule, Pool, Server
 from servers.services import POOL_FIELDS as POOL_FIELDS
 from servers.services import RULE_FIELDS as RULE_FIELDS
@@ -45,7 +48,7 @@ POOL_CHILDREN = ("servers", "affinity_rules")
 _MAX_DEPTH = 12
 
 KeyPath = tuple[str | int, ...]
-ConfigObject = Pool | Server | AffinityRule
+ConfigObject = Pool | Server | AffinityRule | FileObject
 
 
 @dataclass(frozen=True)
@@ -208,13 +211,27 @@ class _Planner:
                     servers, rules = len(pool.servers.all()), len(pool.affinity_rules.all())
                     label = f"pool {slug} (with {servers} servers, {rules} rules)"
                     self.deletes.append(Change("delete", pool, label))
+        self._identity(existing)
         if self.problems:
             raise ConfigFileError(self.doc.source, self.problems)
         # Rules before servers before pools, and all after the saves: a kept rule is re-pointed
         # before the server it used to pin is deleted, so the cascade never takes it along.
         rank = {AffinityRule: 0, Server: 1, Pool: 2}
-        self.deletes.sort(key=lambda change: rank[type(change.obj)])
+        self.deletes.sort(key=lambda change: rank.get(type(change.obj), -1))
         return Plan(self.doc, self.saves + self.deletes)
+
+    def _identity(self, existing: dict[str, Pool]) -> None:
+        """The `identity:` section (servers.identity.configfile), against the planned pools."""
+        pools: dict[str, Pool] = dict(existing)
+        servers = {(p.slug, s.name): s for p in existing.values() for s in p.servers.all()}
+        for change in self.saves:
+            if isinstance(change.obj, Pool):
+                pools[change.obj.slug] = change.obj
+            elif isinstance(change.obj, Server):
+                servers[(change.obj.pool.slug, change.obj.name)] = change.obj
+        saves, deletes = IdentityPlanner(self.doc, self.problems, pools, servers, self.prune).run()
+        self.saves += saves
+        self.deletes += deletes
 
     def _top_level(self) -> list[Any]:
         data = self.doc.data
@@ -224,8 +241,8 @@ class _Planner:
             )
             raise ConfigFileError(self.doc.source, self.problems)
         for key in data:
-            if key != "pools":
-                self.problems.append(self.doc.problem((key,), _unknown(key, ("pools",))))
+            if key not in ("pools", "identity"):
+                self.problems.append(self.doc.problem((key,), _unknown(key, ("pools", "identity"))))
         pools = data["pools"]
         if not isinstance(pools, list):
             self.problems.append(self.doc.problem(("pools",), "must be a list of pools"))
@@ -594,6 +611,10 @@ def _relink(obj: ConfigObject) -> None:
         obj.pool = obj.pool
         if obj.pin_server is not None:
             obj.pin_server = obj.pin_server
+    elif not isinstance(obj, Pool):  # the identity section's rows
+        for field in obj._meta.concrete_fields:
+            if isinstance(field, models.ForeignKey) and field.is_cached(obj):
+                setattr(obj, field.name, getattr(obj, field.name))
 
 
 def apply_text(text: str, source: str, *, prune: bool = False, dry_run: bool = False) -> Plan:
@@ -621,7 +642,7 @@ def export_data(*, include_secrets: bool = False) -> dict[str, Any]:
             queryset=AffinityRule.objects.select_related("pin_server").order_by("order", "id"),
         ),
     )
-    return {
+    data: dict[str, Any] = {
         "pools": [
             {
                 **{name: getattr(pool, name) for name in POOL_FIELDS},
@@ -631,6 +652,10 @@ def export_data(*, include_secrets: bool = False) -> dict[str, Any]:
             for pool in pools
         ]
     }
+    identity = identity_export()
+    if identity:
+        data["identity"] = identity
+    return data
 
 
 def _server_data(server: Server, include_secrets: bool) -> dict[str, Any]:

@@ -1,11 +1,18 @@
-"""Who may do what: API-key authentication, pool permission and rate limits, for REST and MCP."""
+"""Who may do what: authentication (API keys, or access tokens of trusted issuers), pool and tool
+permission, and rate limits, for REST and MCP."""
 
 from __future__ import annotations
 
-from balancing.engine.runtime import LivePool
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from balancing.api.http import Scope
+from balancing.api.resource import challenge, resource_url
+from balancing.engine.runtime import HeadersFor, LivePool
 from balancing.errors_http import ApiError, rate_limited
 from balancing.host import RuntimeHost, get_host
 from balancing.keys import KeyRecord, bearer_secret
+from balancing.oauth import TokenRejected, looks_like_jwt
 
 
 async def started_host() -> RuntimeHost:
@@ -16,8 +23,35 @@ async def started_host() -> RuntimeHost:
     return host
 
 
-async def authenticate(host: RuntimeHost, authorization: bytes | str | None) -> KeyRecord:
-    return await host.keys.authenticate(bearer_secret(authorization))
+async def authenticate(
+    host: RuntimeHost,
+    authorization: bytes | str | None,
+    *,
+    scope: Scope | None = None,
+    slug: str = "",
+) -> KeyRecord:
+    """The caller: an API key's record, or (given the request's `scope` and the pool, whose
+    resource URL is the token's audience) a `TokenSubject` for a valid access token. A 401
+    carries the `WWW-Authenticate` challenge that points a client to the pool's metadata."""
+    secret = bearer_secret(authorization)
+    try:
+        if secret is None or scope is None or not looks_like_jwt(secret):
+            return await host.keys.authenticate(secret)
+        if not host.access.has_issuers:
+            raise ApiError("invalid_token", "this gateway trusts no token issuer")
+        try:
+            token = await host.access.validator.validate(secret, resource_url(scope, slug))
+        except TokenRejected as exc:
+            raise ApiError("invalid_token", str(exc)) from None
+        return host.access.subject_for(token)
+    except ApiError as error:
+        if scope is None or error.status != 401:
+            raise
+        error_code = "invalid_token" if secret is not None else ""
+        value = challenge(host, scope, slug, error_code, error.message if secret else "")
+        raise ApiError(
+            error.code, error.message, headers=((b"www-authenticate", value),), **error.details
+        ) from None
 
 
 def pool_for(host: RuntimeHost, key: KeyRecord, slug: str) -> LivePool:
@@ -45,3 +79,30 @@ async def charge(host: RuntimeHost, key: KeyRecord, live: LivePool) -> None:
         if wait > 0:
             host.runtime.metrics.rate_limited[live.config.slug] += 1
             raise rate_limited(wait, "pool")
+
+
+async def allowed_tool(host: RuntimeHost, key: KeyRecord, live: LivePool, tool: str) -> None:
+    """403 (`tool_forbidden`) for a tool outside the caller's policy on this pool; 429 when the
+    caller's per-tool rate limit is spent."""
+    slug = live.config.slug
+    policy = host.access.on_pool(key, slug)
+    if not policy.allows(tool):
+        raise ApiError("tool_forbidden", f"Tool not allowed for this caller: {tool}")
+    per_minute = policy.limit(tool)
+    if per_minute:
+        wait = await host.limiter.take("tool", f"{key.prefix}:{slug}:{tool}", per_minute)
+        if wait > 0:
+            host.runtime.metrics.rate_limited[slug] += 1
+            raise rate_limited(wait, f"tool ({tool})")
+
+
+def visible_tools(
+    host: RuntimeHost, key: KeyRecord, slug: str, tools: Sequence[Mapping[str, Any]]
+) -> list[Any]:
+    """The tools of a listing this caller may call (a client sees only what it may call)."""
+    return list(host.access.on_pool(key, slug).visible(tools))
+
+
+def upstream_headers(host: RuntimeHost, key: KeyRecord) -> HeadersFor | None:
+    """Headers that tell each upstream server who calls, as its operator configured."""
+    return host.access.upstream_headers(key)

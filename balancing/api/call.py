@@ -19,7 +19,14 @@ from typing import Any, Final
 import orjson
 from django.conf import settings
 
-from balancing.api.access import authenticate, charge, pool_for, started_host
+from balancing.api.access import (
+    allowed_tool,
+    authenticate,
+    charge,
+    pool_for,
+    started_host,
+    upstream_headers,
+)
 from balancing.api.http import (
     SSE_HEADERS,
     ClientGone,
@@ -39,7 +46,7 @@ from balancing.api.http import (
 )
 from balancing.engine.affinity import RequestContext
 from balancing.engine.errors import CallRejected, UpstreamError
-from balancing.engine.runtime import LivePool, Runtime
+from balancing.engine.runtime import HeadersFor, LivePool, Runtime
 from balancing.errors_http import INVALID_PARAMS, ApiError, from_upstream
 
 PREFIX: Final = "/api/v1/pools/"
@@ -95,11 +102,13 @@ async def handle(scope: Scope, receive: Receive, send: Send, slug: str, tool: st
         if length is not None and length.isdigit() and int(length) > limit:
             raise too_large(limit)  # before anything else: nothing of it is read
         host = await started_host()
-        key = await authenticate(host, header(scope, b"authorization"))
+        key = await authenticate(host, header(scope, b"authorization"), scope=scope, slug=slug)
         live = pool_for(host, key, slug)
         await charge(host, key, live)
         request = CallRequest(parse_json_object(await read_body(scope, receive, limit)))
         check_tool(live, tool)
+        await allowed_tool(host, key, live, tool)
+        identity = upstream_headers(host, key)
         ctx = None
         if live.config.rules:
             ctx = RequestContext(
@@ -109,11 +118,16 @@ async def handle(scope: Scope, receive: Receive, send: Send, slug: str, tool: st
                 tool=tool,
             )
         if accepts(scope, b"text/event-stream"):
-            await _stream(scope, receive, send, host.runtime, slug, tool, request, ctx)
+            await _stream(scope, receive, send, host.runtime, slug, tool, request, ctx, identity)
             return
         try:
             result = await host.runtime.call_tool(
-                slug, tool, request.arguments, ctx=ctx, timeout=request.timeout
+                slug,
+                tool,
+                request.arguments,
+                ctx=ctx,
+                timeout=request.timeout,
+                upstream_headers=identity,
             )
         except UpstreamError as exc:
             raise call_error(exc, tool) from None
@@ -152,6 +166,7 @@ async def _stream(
     tool: str,
     request: CallRequest,
     ctx: RequestContext | None,
+    identity: HeadersFor | None = None,
 ) -> None:
     """SSE: progress and log events while the tool runs, then its result (or error).
 
@@ -187,6 +202,7 @@ async def _stream(
             timeout=request.timeout,
             on_message=on_message,
             meta={"progressToken": _PROGRESS_TOKEN},
+            upstream_headers=identity,
         )
     )
     watcher = asyncio.ensure_future(disconnected(receive))

@@ -24,7 +24,7 @@ from ninja.security import HttpBearer
 
 from balancing import adapter
 from balancing.api import config
-from balancing.api.access import authenticate, charge, pool_for, started_host
+from balancing.api.access import authenticate, charge, pool_for, started_host, visible_tools
 from balancing.api.docs import LocalSwagger
 from balancing.api.schemas import (
     CallIn,
@@ -219,7 +219,8 @@ async def list_servers(request: HttpRequest, slug: str) -> list[ServerOut]:
 async def list_tools(request: HttpRequest, slug: str) -> HttpResponse:
     """The pool's tools, merged from its servers, with their annotations (MCP `Tool` objects)."""
     host, _ = await _pool(request, slug)
-    return _json({"tools": await host.runtime.list_tools(slug)})
+    tools = await host.runtime.list_tools(slug)
+    return _json({"tools": visible_tools(host, _key(request), slug, tools)})
 
 
 @api.post(

@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 
 JsonObject = dict[str, Any]
 MessageHandler = Callable[[JsonObject], Awaitable[JsonObject | None]]
+# The caller's headers for the server a call goes to, by server id (`balancing.identity`).
+HeadersFor = Callable[[int], Mapping[str, str] | None]
 EventSink = Callable[[str, ServerConfig, OutlierEvent], None]
 
 CLIENT_INFO: JsonObject = {"name": "mcppool", "version": "0.1.0"}
@@ -367,12 +369,20 @@ class Runtime:
         timeout: float | None = None,
         on_message: MessageHandler | None = None,
         meta: Mapping[str, Any] | None = None,
+        upstream_headers: HeadersFor | None = None,
     ) -> JsonObject:
         params: JsonObject = {"name": name, "arguments": dict(arguments or {})}
         if meta:
             params["_meta"] = dict(meta)
         return await self.request(
-            slug, "tools/call", params, tool=name, ctx=ctx, timeout=timeout, on_message=on_message
+            slug,
+            "tools/call",
+            params,
+            tool=name,
+            ctx=ctx,
+            timeout=timeout,
+            on_message=on_message,
+            upstream_headers=upstream_headers,
         )
 
     async def request(
@@ -385,10 +395,12 @@ class Runtime:
         ctx: RequestContext | None = None,
         timeout: float | None = None,
         on_message: MessageHandler | None = None,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        upstream_headers: HeadersFor | None = None,
     ) -> JsonObject:
         """Forward one JSON-RPC request through the pool; returns the upstream's `result`.
-        ``headers``: the client's own headers to pass on (2026 HTTP upstreams).
+        ``headers``: the client's own headers to pass on (2026 HTTP upstreams);
+        ``upstream_headers(server_id)``: the caller's identity headers for the server picked.
 
         The retry of a multi-round-trip request (its `requestState` sealed by this runtime) goes
         to the replica that asked for the input; a state not sealed here raises `InvalidState`.
@@ -396,7 +408,9 @@ class Runtime:
         live = self.pool(slug)
         if params is not None and "requestState" in params and self.sealer is not None:
             opened = self.sealer.open(slug, params["requestState"])
-            return await self._continue(live, opened, method, params, timeout, on_message, headers)
+            return await self._continue(
+                live, opened, method, params, timeout, on_message, headers, upstream_headers
+            )
         config = live.config
         timeout = config.call_timeout if timeout is None else min(timeout, config.call_timeout)
         pin = hash_key = None
@@ -446,6 +460,7 @@ class Runtime:
                         on_message,
                         trial=pick.trial,
                         headers=headers,
+                        upstream_headers=upstream_headers,
                     )
                 except UpstreamError as exc:
                     # A call that never left may go on to every other server (no upstream did
@@ -470,7 +485,8 @@ class Runtime:
         params: JsonObject,
         timeout: float | None,
         on_message: MessageHandler | None,
-        headers: dict[str, str] | None,
+        headers: Mapping[str, str] | None,
+        upstream_headers: HeadersFor | None,
     ) -> JsonObject:
         """Only the replica that issued the state can continue it: no pick, no retry."""
         endpoint = live.endpoints.get(opened.server_id)
@@ -486,7 +502,15 @@ class Runtime:
         )
         trial = _claim_trial(endpoint, self.clock())
         return await self._send(
-            live, endpoint, method, params, timeout, on_message, trial=trial, headers=headers
+            live,
+            endpoint,
+            method,
+            params,
+            timeout,
+            on_message,
+            trial=trial,
+            headers=headers,
+            upstream_headers=upstream_headers,
         )
 
     def _should_retry(self, live: LivePool, exc: UpstreamError, tool: str | None) -> bool:
@@ -515,10 +539,13 @@ class Runtime:
         on_message: MessageHandler | None,
         *,
         trial: bool = False,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        upstream_headers: HeadersFor | None = None,
     ) -> JsonObject:
         sp = live.sessions[endpoint.id]
         started = self.clock()
+        if upstream_headers is not None and (identity := upstream_headers(endpoint.id)):
+            headers = {**(headers or {}), **identity}
 
         async def on_pooled_session(params: JsonObject | None, observed: Attempt | None) -> JsonObject:
             for attempt in (1, 2):
@@ -638,7 +665,8 @@ class Runtime:
         params: JsonObject | None,
         *,
         on_message: MessageHandler | None = None,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        upstream_headers: HeadersFor | None = None,
     ) -> JsonObject:
         """Forward one request on a session bound to one client (sticky pools): no pick, no
         retry (the session's state lives on that server), the same accounting as any call."""
@@ -646,6 +674,8 @@ class Runtime:
         endpoint = live.endpoints.get(server_id)
         if endpoint is None:
             raise SessionGone("the session's server left the pool")
+        if upstream_headers is not None and (identity := upstream_headers(server_id)):
+            headers = {**(headers or {}), **identity}
         trial = _claim_trial(endpoint, self.clock())
         timeout = live.config.call_timeout
 

@@ -20,7 +20,7 @@ import logging
 import random
 import sys
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -48,7 +48,7 @@ class Session(Protocol):
         *,
         timeout: float,
         on_message: Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]] | None = None,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> dict[str, Any]: ...
 
     async def ping(self, timeout: float) -> float: ...

@@ -186,8 +186,8 @@ class HttpTransport:
         headers = self._headers
         if self._modern:
             headers = {**headers, **protocol.modern_headers(method, params)}
-            if call.headers:
-                headers.update(call.headers)
+        if call.headers:  # the client's own (`Mcp-Param-*`) and the caller's identity headers
+            headers = {**headers, **call.headers}
         if params is not None and (context := protocol.trace_headers(params)):
             headers = {**headers, **context}  # the trace context in `_meta`, as HTTP sees it
         response = await self._post(body, headers)

@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from balancing.engine import jsonrpc, protocol
@@ -79,12 +79,13 @@ class Call:
         self,
         request_id: int,
         on_message: MessageHandler | None,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.id = request_id
         self.on_message = on_message
         self.progress_token: Any = None  # the caller's own token, restored on the way back
-        # a client's own HTTP headers to pass on (`Mcp-Param-*`, trace context): HTTP only
+        # a client's own HTTP headers to pass on (`Mcp-Param-*`, trace context) and the caller's
+        # identity as the operator defined it: HTTP only
         self.headers = headers
 
 
@@ -337,7 +338,7 @@ class UpstreamSession:
         # UpstreamTimeout (a server failure) and to abandon the call upstream.
         timeout: float,
         on_message: MessageHandler | None = None,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> JsonObject:
         """Send one request and return the server's ``result`` object.
 

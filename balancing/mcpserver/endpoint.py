@@ -40,7 +40,7 @@ async def handle(scope: Scope, receive: Receive, send: Send) -> None:
             raise ApiError("not_found", "the MCP endpoint of a pool is /mcp/<pool>/")
         check_origin(scope)
         host = await started_host()
-        key = await authenticate(host, header(scope, b"authorization"))
+        key = await authenticate(host, header(scope, b"authorization"), scope=scope, slug=slug)
         live = pool_for(host, key, slug)
         method = scope["method"]
         if method == "POST":

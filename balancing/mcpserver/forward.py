@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Final
 
-from balancing.api.access import charge
+from balancing.api.access import allowed_tool, charge, upstream_headers, visible_tools
 from balancing.api.call import check_tool
 from balancing.api.http import Receive, Scope, disconnected, header, headers_dict
 from balancing.engine import protocol
@@ -120,7 +120,8 @@ async def dispatch(request: Request) -> dict[str, Any]:
     if method == "tools/list" and not sticky:
         tools = await host.runtime.list_tools(live.config.slug)
         ttl, scope = live.tools_hints
-        return {"tools": tools, "ttlMs": ttl, "cacheScope": scope}
+        visible = visible_tools(host, request.key, live.config.slug, tools)
+        return {"tools": visible, "ttlMs": ttl, "cacheScope": scope}
     if method == "logging/setLevel" and not sticky:
         level = (request.params or {}).get("level")
         if not isinstance(level, str):
@@ -130,11 +131,17 @@ async def dispatch(request: Request) -> dict[str, Any]:
         return {}
     if method not in FORWARDED and not (sticky and (method in _STICKY_ONLY or "/" in method)):
         raise ApiError("not_found", f"Method not found: {method}", rpc=METHOD_NOT_FOUND)
+    if method == "tools/call" and isinstance(tool := (request.params or {}).get("name"), str):
+        await allowed_tool(host, request.key, live, tool)  # the caller's per-tool policy
     if method in FORWARDED:
         await charge(host, request.key, live)
-    if sticky:
-        return await _forward_sticky(request)
-    return await _forward_shared(request)
+    if not sticky:
+        return await _forward_shared(request)
+    result = await _forward_sticky(request)
+    if method == "tools/list":  # a sticky session's own listing: what this caller may call
+        tools = visible_tools(host, request.key, live.config.slug, result.get("tools") or [])
+        result = {**result, "tools": tools}
+    return result
 
 
 def upstream_params(request: Request) -> dict[str, Any] | None:
@@ -189,6 +196,7 @@ async def _forward_shared(request: Request) -> dict[str, Any]:
             ctx=ctx,
             on_message=reply.emit,
             headers=client_headers(reply.scope) if reply.modern else None,
+            upstream_headers=upstream_headers(host, request.key),
         )
     except InvalidState:
         raise ApiError(
@@ -221,6 +229,7 @@ async def _forward_sticky(request: Request) -> dict[str, Any]:
             request.method,
             upstream_params(request),
             on_message=emit,
+            upstream_headers=upstream_headers(host, request.key),
         )
     except CallRejected:
         raise
