@@ -59,7 +59,7 @@ class ActorMiddleware:
         token = _request.set(request)
         try:
             response = self.get_response(request)
-            assert not isinstance(response, HttpResponse)
+            assert not isinstance(response, HttpResponse)  # noqa: S101  # narrows the type only
             return await response
         finally:
             _request.reset(token)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from django.db import IntegrityError
 from django.db.models import Prefetch
 
 from balancing.engine.config import (

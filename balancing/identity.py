@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from balancing.engine.runtime import HeadersFor
 from balancing.engine.toolpolicy import (
     UNRESTRICTED,
     ClaimRule,
@@ -22,7 +23,6 @@ from balancing.engine.toolpolicy import (
     claim_values,
     policy_for_claims,
 )
-from balancing.engine.runtime import HeadersFor
 from balancing.keys import KeyRecord
 from balancing.oauth import IssuerConfig, TokenValidator, ValidToken
 

@@ -232,7 +232,7 @@ class _Call:
         return params if isinstance(params, dict) else None
 
     def start_span(self, meta: Any) -> trace.Span:
-        assert self.obs.tracer is not None
+        assert self.obs.tracer is not None  # noqa: S101  # narrows the type only
         self.span = span = self.obs.tracer.start_span(
             tracing.span_name(self.method, self.tool or None),
             context=_parent_context(self.scope, meta),

@@ -547,7 +547,9 @@ class Runtime:
         if upstream_headers is not None and (identity := upstream_headers(endpoint.id)):
             headers = {**(headers or {}), **identity}
 
-        async def on_pooled_session(params: JsonObject | None, observed: Attempt | None) -> JsonObject:
+        async def on_pooled_session(
+            params: JsonObject | None, observed: Attempt | None
+        ) -> JsonObject:
             for attempt in (1, 2):
                 try:
                     async with sp.borrow() as session:

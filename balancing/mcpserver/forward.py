@@ -214,7 +214,7 @@ async def _forward_shared(request: Request) -> dict[str, Any]:
 async def _forward_sticky(request: Request) -> dict[str, Any]:
     """On the client's own upstream session, through the runtime's accounting."""
     session, host, live = request.session, request.host, request.live
-    assert session is not None
+    assert session is not None  # noqa: S101  # a sticky request always has its session
     if not session.upstream.alive or session.server_id not in live.endpoints:
         clients.end(host, session)
         raise ApiError("unknown_session", "the session's server left the pool: initialize again")
@@ -258,7 +258,7 @@ async def _watching_disconnect(request: Request, receive: Receive) -> dict[str, 
     a third of the cost of running both as tasks under `asyncio.wait` (measured on the hot path).
     """
     me = asyncio.current_task()
-    assert me is not None
+    assert me is not None  # noqa: S101  # called from a task
     watcher = asyncio.ensure_future(_cancel_on_disconnect(receive, me))
     session = request.session
     key = call_key(request.id)

@@ -85,7 +85,7 @@ def handshake_result(result: dict[str, Any]) -> dict[str, Any]:
         return result
     out = {k: v for k, v in result.items() if k not in _MODERN_ONLY}
     if leaks:
-        assert isinstance(meta, dict)
+        assert isinstance(meta, dict)  # noqa: S101  # narrows the type only
         kept = {k: v for k, v in meta.items() if not k.startswith(_MODERN_META_PREFIX)}
         if kept:
             out["_meta"] = kept

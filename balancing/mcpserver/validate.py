@@ -57,7 +57,7 @@ def id_json(message: dict[str, Any]) -> bytes:
     raise refusal("the request id must be a string or an integer")
 
 
-def check_params(method: str, params: Any) -> dict[str, Any] | None:
+def check_params(method: str, params: Any) -> dict[str, Any] | None:  # noqa: C901  # one rule a line, as the spec lists them
     """The request's `params` (None when absent), refused when MCP says they cannot be right."""
     if params is None:
         if method in _NAMED:

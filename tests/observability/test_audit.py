@@ -75,7 +75,9 @@ async def test_rest_call_is_audited_with_key_server_bytes_and_client(
     assert (row.transport, row.pool, row.tool, row.server) == ("rest", "single", "echo", "fast")
     assert (row.key_name, row.key_prefix) == ("app", secret.split("_")[1])
     assert (row.attempts, row.outcome, row.status) == (1, "ok", 200)
-    assert row.bytes_in > 0 and row.bytes_out > 0 and row.latency_ms > 0
+    assert row.bytes_in > 0
+    assert row.bytes_out > 0
+    assert row.latency_ms > 0
     assert row.client_address == "127.0.0.1"
     assert row.arguments == {"text": "hi"}  # the pool keeps arguments up to 64 bytes
     # and the same call as a JSON line, without the secret
@@ -104,7 +106,8 @@ async def test_arguments_over_the_cap_are_cut(gateway: Gateway) -> None:
     assert await _rest(gateway, "single", "echo", {"text": "x" * 200}) == 200
     # then: what is kept is a string of at most the cap, saying it was cut
     (row,) = await _rows(1)
-    assert isinstance(row.arguments, str) and row.arguments.endswith("[truncated]")
+    assert isinstance(row.arguments, str)
+    assert row.arguments.endswith("[truncated]")
     assert len(row.arguments.removesuffix("…[truncated]").encode()) <= 64
     assert isinstance(row.result, str)  # the result too: its JSON is over 64 bytes
 
@@ -123,7 +126,8 @@ async def test_pool_without_payload_opt_in_keeps_no_arguments_and_shows_the_retr
     # then
     (row,) = await _rows(1, pool="replicas")
     assert (row.server, row.attempts, row.outcome) == ("fast", 2, "ok")
-    assert row.arguments is None and row.result is None
+    assert row.arguments is None
+    assert row.result is None
 
 
 async def test_pool_without_audit_settings_writes_no_rows(gateway: Gateway) -> None:
@@ -162,7 +166,8 @@ async def test_config_change_over_rest_names_the_key(gateway: Gateway) -> None:
         return list(AuditEntry.objects.filter(kind=Kind.CONFIG_CHANGE, transport="api"))
 
     (row,) = await sync_to_async(changes)()
-    assert row.key_name == "admin" and "single" not in row.key_prefix
+    assert row.key_name == "admin"
+    assert "single" not in row.key_prefix
     assert row.change
 
 
@@ -212,7 +217,9 @@ def test_admin_exports_the_selection_as_csv(admin_client: Client) -> None:
     body = b"".join(response.streaming_content).decode()  # type: ignore[attr-defined]
     header, row = body.splitlines()[:2]
     assert header.startswith("at,kind,transport,key_name")
-    assert '"t,with comma"' in row and ",app," in row
+    assert '"t,with comma"' in row
+    assert ",app," in row
     # and the list filters by outcome
     page = admin_client.get(reverse("admin:audit_auditentry_changelist") + "?outcome=ok")
-    assert page.status_code == 200 and b"t,with comma" in page.content
+    assert page.status_code == 200
+    assert b"t,with comma" in page.content

@@ -53,7 +53,8 @@ async def test_docs_example_trace_and_audit_line(
     # then: the rendering shows the server span over two picks and two attempts
     text = render(spans)
     assert text.splitlines()[0].startswith("tools/call whoami  [SERVER]")
-    assert text.count("tools/call whoami  [CLIENT") == 2 and text.count("mcppool.pick") == 2
+    assert text.count("tools/call whoami  [CLIENT") == 2
+    assert text.count("mcppool.pick") == 2
     line = json.loads(audit_lines.getvalue().splitlines()[-1])
     assert (line["server"], line["attempts"], line["trace_id"]) == ("fast", 2, CLIENT_TRACE)
     if os.environ.get("MCPPOOL_WRITE_DOCS") == "1":

@@ -52,7 +52,7 @@ def test_loader_environment_is_refused_even_for_an_allowed_program() -> None:
     policy = CommandPolicy.parse(["python"])
     for name in ("LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONSTARTUP", "NODE_OPTIONS",
                  "PATH", "DYLD_INSERT_LIBRARIES", "BASH_ENV"):  # fmt: skip
-        assert _refused(policy, "python", "-m", "x", **{name: "/tmp/evil"}) == "env", name
+        assert _refused(policy, "python", "-m", "x", **{name: "/tmp/evil"}) == "env", name  # noqa: S108  # never written
     policy.check("python", ["-m", "x"], {"TZ": "UTC"})
 
 

@@ -145,12 +145,14 @@ async def test_connect_time_check_refuses_a_name_that_now_resolves_to_a_denied_a
     with pytest.raises(UpstreamError, match="outbound policy"):
         await _open(url, OutboundPolicy.build(deny_private=True))
     # then not one connection reached the listener
-    assert listener.connections == 0 and not listener.received
+    assert listener.connections == 0
+    assert not listener.received
 
     # control: the same connection with loopback allowed does reach it
     with pytest.raises(UpstreamError):
         await _open(url, OutboundPolicy.build())
-    assert listener.connections > 0 and b"POST" in listener.received
+    assert listener.connections > 0
+    assert b"POST" in listener.received
 
 
 def test_socket_factory_refuses_denied_addresses_with_an_os_error() -> None:

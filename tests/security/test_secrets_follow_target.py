@@ -79,7 +79,7 @@ def test_save_with_new_command_args_or_cwd_drops_secret_env() -> None:
             secret_env=secrets.seal({"DB_PASSWORD": "hunter2-longer"}, {}),
         )
     )
-    for field, value in (("args", ["-m", "other"]), ("cwd", "/tmp"), ("command", "python3")):
+    for field, value in (("args", ["-m", "other"]), ("cwd", "/tmp"), ("command", "python3")):  # noqa: S108
         server.secret_env = secrets.seal({"DB_PASSWORD": "hunter2-longer"}, {})
         services.save(server)
         setattr(server, field, value)

@@ -11,12 +11,14 @@ POOL = PoolConfig(id=1, slug="p", panic_threshold=50.0)
 def test_panic_state_under_threshold_is_panic_with_counts_in_the_reason() -> None:
     state = panic_state(POOL, [(0, True), (0, False), (0, False)])
     assert (state.panic, state.healthy, state.enabled) == (True, 1, 3)
-    assert "1 of 3 servers healthy" in state.reason and "50%" in state.reason
+    assert "1 of 3 servers healthy" in state.reason
+    assert "50%" in state.reason
 
 
 def test_panic_state_at_threshold_is_calm() -> None:
     state = panic_state(POOL, [(0, True), (0, False)])
-    assert not state.panic and state.reason == ""
+    assert not state.panic
+    assert state.reason == ""
 
 
 def test_panic_state_nothing_healthy_is_panic() -> None:
@@ -36,4 +38,5 @@ def test_panic_state_threshold_zero_turns_panic_off() -> None:
 
 def test_panic_state_names_the_level_when_there_are_several() -> None:
     state = panic_state(POOL, [(0, False), (0, False), (1, False), (1, True), (1, False)])
-    assert state.panic and "at priority 0" in state.reason
+    assert state.panic
+    assert "at priority 0" in state.reason

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from balancing.engine.toolpolicy import ClaimRule, Grant, ToolPolicy, claim_values, policy_for_claims
+from balancing.engine.toolpolicy import (
+    ClaimRule,
+    Grant,
+    ToolPolicy,
+    claim_values,
+    policy_for_claims,
+)
 
 ISSUER = "https://id.example.com"
 
