@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from balancing.engine.config import PoolConfig, ServerConfig, Transport
@@ -37,6 +37,7 @@ class FakeSession:
         *,
         timeout: float,
         on_message: Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         if method == "tools/list":
             return {"tools": self.tools}

@@ -45,7 +45,13 @@ class FakeSession:
         self.alive = True
 
     async def request(
-        self, method: str, params: Any, *, timeout: float, on_message: Any = None
+        self,
+        method: str,
+        params: Any,
+        *,
+        timeout: float,
+        on_message: Any = None,
+        headers: Any = None,
     ) -> dict[str, Any]:
         await asyncio.sleep(0)
         if self.name in self.broken:

@@ -29,7 +29,13 @@ class FakeSession:
         self.ping_fails = False
 
     async def request(
-        self, method: str, params: Any, *, timeout: float, on_message: Any = None
+        self,
+        method: str,
+        params: Any,
+        *,
+        timeout: float,
+        on_message: Any = None,
+        headers: Any = None,
     ) -> Any:
         self.active += 1
         self.peak = max(self.peak, self.active)

@@ -43,7 +43,13 @@ class FakeSession:
         self.closed = False
 
     async def request(
-        self, method: str, params: Any, *, timeout: float, on_message: Any = None
+        self,
+        method: str,
+        params: Any,
+        *,
+        timeout: float,
+        on_message: Any = None,
+        headers: Any = None,
     ) -> Any:
         await asyncio.sleep(0)
         if not self.alive:
