@@ -3,7 +3,11 @@ them so a live update looks exactly like the first render."""
 
 from __future__ import annotations
 
+import shlex
+
 from django import template
+
+from servers.models import Server
 
 register = template.Library()
 NONE = "—"
@@ -24,3 +28,9 @@ def pct(value: float | None) -> str:
 @register.filter
 def rate(value: float | None) -> str:
     return NONE if value is None else f"{value:.1f}"
+
+
+@register.filter
+def target(server: Server) -> str:
+    """Where a server is: its URL, or the whole command line of a stdio server."""
+    return server.url or shlex.join([server.command, *server.args])
