@@ -120,6 +120,11 @@ def test_admin_labels_give_units(admin_client: Client, db: Any) -> None:
             assert labels[f"id_{name}"].rstrip(":").endswith(f"({unit})"), name
 
 
+def test_health_check_list_gives_latency_in_ms(admin_client: Client, db: Any) -> None:
+    page = admin_client.get(reverse("admin:monitoring_healthcheck_changelist")).content.decode()
+    assert "latency (ms)" in page.lower()
+
+
 def test_pool_page_help_text_shows_the_slug_placeholder(admin_client: Client, pool: Pool) -> None:
     html = admin_client.get(reverse("admin:servers_pool_change", args=[pool.pk])).content.decode()
     assert "Used in URLs: /mcp/&lt;slug&gt;/" in html
