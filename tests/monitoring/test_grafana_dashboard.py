@@ -169,8 +169,10 @@ def test_alert_rules_are_well_formed(rules: list[dict[str, Any]]) -> None:
         assert condition["type"] == "threshold", rule["title"]
         assert condition["expression"] in refs, rule["title"]
         query = refs[condition["expression"]]
-        assert query["datasourceUid"] == uid and query["model"]["instant"], rule["title"]
-        assert rule["annotations"]["summary"] and rule["labels"]["severity"], rule["title"]
+        assert query["datasourceUid"] == uid, rule["title"]
+        assert query["model"]["instant"], rule["title"]
+        assert rule["annotations"]["summary"], rule["title"]
+        assert rule["labels"]["severity"], rule["title"]
 
 
 def test_alert_and_annotation_queries_name_documented_exported_metrics(
@@ -194,7 +196,8 @@ def test_dashboard_annotates_health_flips_and_config_changes(dashboard: dict[str
 
 def test_dashboard_headline_shows_servers_down_as_a_number(dashboard: dict[str, Any]) -> None:
     [down] = [p for p in dashboard["panels"] if p["title"] == "Servers down"]
-    assert down["type"] == "stat" and down["gridPos"]["y"] <= 1  # first thing on the page
+    assert down["type"] == "stat"
+    assert down["gridPos"]["y"] <= 1  # first thing on the page
     assert down["targets"][0]["expr"].endswith("or vector(0)")  # 0, not "No data", when all up
 
 
