@@ -178,7 +178,7 @@ class PoolHealthAdmin(PoolAdmin):
 class HealthCheckAdmin(_HealthCheckAdmin):
     """Every probe's result, newest first; written only by the checks."""
 
-    list_display = ("at", "server", "ok", "latency_ms", "era", "tools_count", "short_error")
+    list_display = ("at", "server", "ok", "latency", "era", "tools_count", "short_error")
     list_filter = ("ok", "era", "server__pool")
     search_fields = ("server__name", "server__pool__slug", "error")
     list_select_related = ("server__pool",)
@@ -191,6 +191,10 @@ class HealthCheckAdmin(_HealthCheckAdmin):
     @admin.display(description="error")
     def short_error(self, check: HealthCheck) -> str:
         return Truncator(check.error).chars(80)
+
+    @admin.display(description="latency (ms)", ordering="latency_ms")
+    def latency(self, check: HealthCheck) -> str:
+        return "–" if check.latency_ms is None else f"{check.latency_ms:.1f}"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

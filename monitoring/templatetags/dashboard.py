@@ -3,9 +3,12 @@ them so a live update looks exactly like the first render."""
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from django import template
+
+from servers.models import Server
 
 register = template.Library()
 NONE = "—"
@@ -32,3 +35,9 @@ def rate(value: float | None) -> str:
 def panicking(pools: list[Any]) -> bool:
     """Is any of these pools in panic (the overview's banner)?"""
     return any(getattr(p, "panic", False) for p in pools)
+
+
+@register.filter
+def target(server: Server) -> str:
+    """Where a server is: its URL, or the whole command line of a stdio server."""
+    return server.url or shlex.join([server.command, *server.args])

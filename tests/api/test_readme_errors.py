@@ -120,3 +120,18 @@ async def test_readme_error_table_matches_the_gateway(gateway: Gateway) -> None:
                 assert (got_status, body.get("isError")) == (200, True), body
             else:
                 assert (got_status, body["error"]["code"]) == (status, code), body
+
+
+async def test_rest_refuses_an_out_of_range_number_with_the_admins_bound(gateway: Gateway) -> None:
+    # the admin's number inputs carry the model's bounds (tests/servers/test_admin_operator.py);
+    # the REST API gives the same "at least 1" for a weight of 0 or -2, and changes nothing
+    for weight in (0, -2):
+        url = f"{gateway.url}/api/v1/pools/echo/servers/one"
+        headers = {**gateway.auth("admin"), "Content-Type": "application/json"}
+        async with gateway.http.patch(
+            url, data=orjson.dumps({"weight": weight}), headers=headers
+        ) as r:
+            body = orjson.loads(await r.read())
+        assert r.status == 400, body
+        assert "greater than or equal to 1" in orjson.dumps(body).decode(), body
+    assert gateway.host.runtime.pool("echo").config.servers[0].weight == 1

@@ -1,10 +1,12 @@
-"""The dashboard in a real browser against the real service: a stopped upstream turns its row down
-without a reload.
+"""The dashboard and the admin in a real browser against the real service: a stopped upstream turns
+its row down without a reload; every admin and dashboard page fits a 1366 px screen; `make run`'s
+worker serves its metrics.
 
 Runs `make run`'s launcher (uvicorn + Celery worker with beat, embedded SQLite in a temp dir) with
 a pool of two faulty HTTP upstreams checked every second, drives Debian's chromium through
 Playwright, stops one upstream, and waits for the health checks → flip → runtime reload →
-WebSocket push to turn its chip and row red. Screenshots land in `test-artifacts/`.
+WebSocket push to turn its chip and row red. Screenshots land in `test-artifacts/`; with
+`MCPPOOL_UPDATE_SCREENSHOTS=1` the 1366 px page screenshots also replace `docs/screenshots/`.
 
 Skipped locally when chromium or Playwright is missing; in CI (CI=true) that is a failure.
 """
@@ -29,6 +31,8 @@ from tests.upstreams import procs
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = procs.ROOT / "test-artifacts"
+DOC_SHOTS = procs.ROOT / "docs" / "screenshots"
+LAPTOP = {"width": 1366, "height": 768}
 START_TIMEOUT = 60.0
 # The first checks wait for the Celery worker and beat to start (slow on a busy 2-core machine);
 # after that a check runs every second, 2 failures mark a server down, the runtime reloads
@@ -60,6 +64,7 @@ class Service:
     password: str
     process: subprocess.Popen[bytes]
     log: Path
+    worker_metrics_port: int
 
 
 POOLS = """
@@ -102,13 +107,14 @@ def service(
     upstreams: list[procs.UpstreamProcess], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Service]:
     var = tmp_path_factory.mktemp("service")
-    port = procs.free_port()
+    port, worker_metrics_port = procs.free_port(), procs.free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env.update(
         DJANGO_SETTINGS_MODULE="mcppool.settings",
         MCPPOOL_VAR_DIR=str(var),
         MCPPOOL_HOST="127.0.0.1",
         MCPPOOL_PORT=str(port),
+        MCPPOOL_WORKER_METRICS_PORT=str(worker_metrics_port),
         SECRET_KEY="browser-test-only",
         PYTHONUNBUFFERED="1",
     )
@@ -135,7 +141,7 @@ def service(
     try:
         _wait_for(f"{url}/admin/login/", process, log)
         password = (var / "admin-password").read_text().strip()
-        yield Service(url, password, process, log)
+        yield Service(url, password, process, log, worker_metrics_port)
     finally:
         _stop_group(process)
 
@@ -208,6 +214,115 @@ def test_browser_stopped_upstream_turns_down_without_reload(
     except Exception:
         _shot(page, "failure")
         print(f"service log (tail):\n{service.log.read_text()[-6000:]}")  # shown by pytest
+        raise
+    finally:
+        page.close()
+
+
+def test_make_run_worker_serves_its_metrics(service: Service) -> None:
+    # the launcher starts the worker with MCPPOOL_WORKER_METRICS_PORT (9808 unless set), and the
+    # checks it runs every second show up there
+    url = f"http://127.0.0.1:{service.worker_metrics_port}/metrics"
+    deadline = time.monotonic() + FIRST_CHECK_TIMEOUT_MS / 1000
+    text = ""
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(url, timeout=2) as response:
+                text = response.read().decode()
+            if 'mcppool_health_checks_total{outcome="ok",pool="live"' in text:
+                return
+        time.sleep(0.5)
+    pytest.fail(f"no health checks on {url}:\n{text[-2000:]}\n{service.log.read_text()[-3000:]}")
+
+
+# Every page an operator opens first, at 1366 px: (screenshot name, path).
+PAGES = (
+    ("admin-index", "/admin/"),
+    ("admin-servers", "/admin/servers/server/"),
+    ("admin-pool", "/admin/servers/pool/{pool_id}/change/"),
+    ("admin-server", "/admin/servers/server/{server_id}/change/"),
+    ("admin-pools", "/admin/servers/pool/"),
+    ("admin-api-key-add", "/admin/servers/apikey/add/"),
+    ("admin-health-checks", "/admin/monitoring/healthcheck/"),
+    ("dashboard-overview", "/dashboard/"),
+    ("dashboard-pool", "/dashboard/pools/live/"),
+    ("dashboard-server", "/dashboard/pools/live/servers/r0/"),
+)
+# Everything wider than the viewport, or cut off inside a scrolling box: tables, the page itself.
+OVERFLOW = """() => {
+  const width = window.innerWidth, out = [], page = document.documentElement.scrollWidth;
+  if (page > width) out.push("page " + page);
+  document.querySelectorAll("table").forEach((t, i) => {
+    const right = Math.round(t.getBoundingClientRect().right);
+    const box = t.parentElement;
+    if (right > width) out.push(`table ${i} (${t.id || t.className}) ends at ${right}`);
+    if (box && box.scrollWidth > box.clientWidth + 1)
+      out.push(`table ${i} (${t.id || t.className}) scrolls: ${box.scrollWidth}`);
+  });
+  return out;
+}"""
+
+
+def _login(page: Any, service: Service, next_path: str) -> None:
+    page.goto(f"{service.url}/admin/login/?next={next_path}")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", service.password)
+    page.click("input[type=submit]")
+    page.wait_for_url(f"{service.url}{next_path}")
+
+
+def _ids(service: Service) -> dict[str, str]:
+    code = (
+        "import django; django.setup(); from servers.models import Server; "
+        "s = Server.objects.get(pool__slug='live', name='r0'); print(s.pool_id, s.pk)"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(
+        DJANGO_SETTINGS_MODULE="mcppool.settings",
+        MCPPOOL_VAR_DIR=str(service.log.parent),
+        SECRET_KEY="browser-test-only",
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=procs.ROOT, capture_output=True, text=True,
+        check=True, timeout=60,
+    )  # fmt: skip
+    pool_id, server_id = out.stdout.split()[-2:]
+    return {"pool_id": pool_id, "server_id": server_id}
+
+
+def test_browser_admin_and_dashboard_pages_fit_a_laptop_screen(
+    browser: Any, service: Service
+) -> None:
+    page = browser.new_page(viewport=LAPTOP)
+    page.set_default_timeout(HEALTH_TIMEOUT_MS)
+    ids = _ids(service)
+    update_docs = os.environ.get("MCPPOOL_UPDATE_SCREENSHOTS") == "1"
+    try:
+        # `/` is the way in: the login, then the dashboard
+        page.goto(f"{service.url}/")
+        page.wait_for_url("**/admin/login/?next=/dashboard/")
+        _login(page, service, "/dashboard/")
+        page.wait_for_selector(".chip[data-health=up]", timeout=FIRST_CHECK_TIMEOUT_MS)
+        for name, path in PAGES:
+            page.goto(service.url + path.format(**ids))
+            page.wait_for_load_state("networkidle")
+            assert page.evaluate(OVERFLOW) == [], name
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+            if update_docs:
+                DOC_SHOTS.mkdir(exist_ok=True)
+                page.screenshot(path=str(DOC_SHOTS / f"{name}.png"), full_page=True)
+        # the server list's first columns are what on-call reads: all on screen
+        page.goto(f"{service.url}/admin/servers/server/")
+        for column in ("name", "health_badge", "state", "checked", "short_error", "tools"):
+            right = page.evaluate(
+                f"document.querySelector('th.column-{column}').getBoundingClientRect().right"
+            )
+            assert right <= LAPTOP["width"], column
+        assert "mcppool administration" in page.inner_text("#site-name")
+    except Exception:
+        _shot(page, "admin-failure")
+        print(f"service log (tail):\n{service.log.read_text()[-6000:]}")
         raise
     finally:
         page.close()

@@ -16,7 +16,7 @@ from balancing.engine.errors import UpstreamTimeout
 from balancing.engine.runtime import Runtime
 from monitoring import live, views
 from monitoring.models import HealthCheck
-from monitoring.templatetags.dashboard import ms
+from monitoring.templatetags.dashboard import ms, target
 from servers import services
 from servers.choices import ServerState
 from servers.models import AffinityRule, Flip, Pool, Server
@@ -234,3 +234,11 @@ def test_overview_with_live_runtime_shows_its_numbers(
     assert ">2/2<" in page
     assert ">4.0<" in page
     assert ">0.0 %<" in page
+
+
+def test_server_page_heading_shows_a_stdio_servers_whole_command() -> None:
+    stdio = Server(
+        transport="stdio", command="python", args=["-m", "mcp_server_time", "--tz", "a b"]
+    )
+    assert target(stdio) == "python -m mcp_server_time --tz 'a b'"
+    assert target(Server(transport="streamable_http", url="http://h/mcp")) == "http://h/mcp"

@@ -195,7 +195,7 @@ def test_dashboard_annotates_health_flips_and_config_changes(dashboard: dict[str
 def test_dashboard_headline_shows_servers_down_as_a_number(dashboard: dict[str, Any]) -> None:
     [down] = [p for p in dashboard["panels"] if p["title"] == "Servers down"]
     assert down["type"] == "stat"
-    assert down["gridPos"]["y"] <= 1
+    assert down["gridPos"]["y"] <= 1  # first thing on the page
     assert down["targets"][0]["expr"].endswith("or vector(0)")  # 0, not "No data", when all up
 
 

@@ -12,6 +12,7 @@ from django.db.models import FloatField, IntegerField, Model
 from django.test import Client
 from django.urls import reverse
 
+from monitoring.models import HealthCheck
 from servers import configfile, services
 from servers.admin import UNITS, bounds
 from servers.models import ApiKey, Pool, Server
@@ -118,6 +119,13 @@ def test_admin_labels_give_units(admin_client: Client, db: Any) -> None:
     for name, unit in UNITS.items():
         if hasattr(Pool, name):
             assert labels[f"id_{name}"].rstrip(":").endswith(f"({unit})"), name
+
+
+def test_health_check_list_gives_latency_in_ms(admin_client: Client, http_server: Server) -> None:
+    HealthCheck.objects.create(server=http_server, ok=True, latency_ms=12.34)
+    page = admin_client.get(reverse("admin:monitoring_healthcheck_changelist")).content.decode()
+    assert "latency (ms)" in page.lower()
+    assert ">12.3<" in page
 
 
 def test_pool_page_help_text_shows_the_slug_placeholder(admin_client: Client, pool: Pool) -> None:
