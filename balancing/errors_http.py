@@ -66,6 +66,7 @@ CODES: Final[dict[str, Code]] = {
     "body_too_large": Code(413, INVALID_REQUEST),
     "unsupported_media_type": Code(415, INVALID_REQUEST),
     "rate_limited": Code(429, GATEWAY_REFUSED),
+    "session_limit": Code(429, GATEWAY_REFUSED),
     "upstream_error": Code(502, GATEWAY_UPSTREAM),
     "upstream_rejected": Code(502, GATEWAY_UPSTREAM),
     "no_healthy_server": Code(503, GATEWAY_UNAVAILABLE),
@@ -122,6 +123,20 @@ def rate_limited(retry_after: float, scope: str) -> ApiError:
     return ApiError(
         "rate_limited",
         f"rate limit of this {scope} exceeded; retry in {seconds} s",
+        headers=((b"retry-after", str(seconds).encode()),),
+        retry_after=seconds,
+    )
+
+
+# A sticky session frees its slot when its client ends it or it idles out: a retry soon may pass.
+SESSION_RETRY_AFTER: Final = 10
+
+
+def session_limit(message: str) -> ApiError:
+    seconds = SESSION_RETRY_AFTER
+    return ApiError(
+        "session_limit",
+        f"{message}; end a session (DELETE) or retry in {seconds} s",
         headers=((b"retry-after", str(seconds).encode()),),
         retry_after=seconds,
     )

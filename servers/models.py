@@ -46,6 +46,8 @@ POOL_TUNING = (
     "panic_threshold",
     "slow_start_window",
     "rate_limit_per_minute",
+    "max_sticky_sessions",
+    "max_sticky_sessions_per_key",
 )
 
 
@@ -92,6 +94,18 @@ class Pool(models.Model):
     )
     # Admission: calls per minute for the whole pool, over every key (0 = unlimited).
     rate_limit_per_minute = models.PositiveIntegerField(default=0, help_text="0 = unlimited")
+    # Sticky client sessions each own an upstream session (a child process over stdio): capped
+    # per web process, for the pool and for each key, so one key cannot spawn without bound.
+    max_sticky_sessions = models.PositiveIntegerField(
+        default=100,
+        validators=_between(1, 10_000),
+        help_text="Sticky client sessions of this pool at once, per web process",
+    )
+    max_sticky_sessions_per_key = models.PositiveIntegerField(
+        default=20,
+        validators=_between(1, 10_000),
+        help_text="Sticky client sessions one API key may hold in this pool, per web process",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

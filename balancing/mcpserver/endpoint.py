@@ -28,7 +28,7 @@ import orjson
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 
-from balancing.api.access import authenticate, charge, pool_for, started_host
+from balancing.api.access import admit_session, authenticate, charge, pool_for, started_host
 from balancing.api.call import check_tool
 from balancing.api.http import (
     ClientGone,
@@ -205,7 +205,8 @@ async def _post(
     method = message.get("method")
     is_request = "id" in message
     if method == "initialize" and is_request:
-        await _initialize(scope, send, host, key, live, message)
+        async with admit_session(host, key, live):  # charged like a call; sticky: capped
+            await _initialize(scope, send, host, key, live, message)
         return
     session_header = header(scope, b"mcp-session-id")
     session = None
