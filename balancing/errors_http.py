@@ -62,6 +62,7 @@ CODES: Final[dict[str, Code]] = {
     "not_found": Code(404, METHOD_NOT_FOUND),
     "method_not_allowed": Code(405, INVALID_REQUEST),
     "not_acceptable": Code(406, INVALID_REQUEST),
+    "body_timeout": Code(408, INVALID_REQUEST),
     "conflict": Code(409, INVALID_PARAMS),
     "body_too_large": Code(413, INVALID_REQUEST),
     "unsupported_media_type": Code(415, INVALID_REQUEST),

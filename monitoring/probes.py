@@ -37,10 +37,12 @@ from typing import Any, TypeVar
 
 import aiohttp
 import orjson
+from django.conf import settings
 
 from balancing.engine.config import PoolConfig, ServerConfig, Transport
 from balancing.engine.errors import CallRejected, SessionGone, UpstreamError
 from balancing.engine.runtime import local_command
+from balancing.engine.transport_http import client_session
 from balancing.engine.upstream import UpstreamSession
 
 log = logging.getLogger(__name__)
@@ -208,20 +210,19 @@ class Prober:
                 return kept[1]
             await self._drop(server.id)
         timeout = pool.check_timeout
+        policy = getattr(settings, "MCPPOOL_UPSTREAM_POLICY", None)  # the operator's, as the web's
         if server.transport is Transport.STDIO:
             timeout = max(timeout, STDIO_START_TIMEOUT)
         elif self._http is None:
-            self._http = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
-                timeout=aiohttp.ClientTimeout(total=None),
-                skip_auto_headers=("User-Agent",),
-            )
+            # The runtime's client: the outbound policy is checked on every connect.
+            self._http = client_session(policy.outbound if policy else None)
         session = await UpstreamSession.open(
             local_command(server),
             http=self._http,
             client_info=CLIENT_INFO,
             capabilities={},
             timeout=timeout,
+            commands=policy.commands if policy else None,
         )
         self._sessions[server.id] = (where, session)
         return session
