@@ -2,9 +2,10 @@
 
 `/mcp/<pool>/` (the MCP endpoint) and `POST /api/v1/pools/<pool>/tools/<tool>/call` (the REST
 tool call) are served here without Django's middleware and request objects; the design's cost
-table puts a bare ASGI callable at ~0.08 ms per request against ~1 ms for a Django view. The rest
-of `/api/` goes to Django, but its body is read here first, capped at `MCPPOOL_MAX_BODY_BYTES`,
-because Django's ASGI handler reads the whole body before any view can refuse it.
+table puts a bare ASGI callable at ~0.08 ms per request against ~1 ms for a Django view. Every
+other HTTP request goes to Django, but its body is read here first, capped at
+`MCPPOOL_MAX_BODY_BYTES` and within `MCPPOOL_BODY_TIMEOUT_SECONDS` (413 / 408), because Django's
+ASGI handler reads the whole body before any view can refuse it, and uvicorn sets no deadline.
 """
 
 from __future__ import annotations
@@ -52,10 +53,12 @@ class GatewayRouter:
                     return
                 await self._capped(scope, receive, send)
                 return
+            await self._capped(scope, receive, send)
+            return
         await self.django_app(scope, receive, send)
 
     async def _capped(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Hand Django a body already read within the limit (413 otherwise)."""
+        """Hand Django a body already read within the size and time limits (413 / 408)."""
         try:
             body = await read_body(scope, receive, settings.MCPPOOL_MAX_BODY_BYTES)
         except ApiError as error:

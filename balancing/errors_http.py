@@ -79,10 +79,12 @@ CODES: Final[dict[str, Code]] = {
     "not_found": Code(404, METHOD_NOT_FOUND),
     "method_not_allowed": Code(405, INVALID_REQUEST),
     "not_acceptable": Code(406, INVALID_REQUEST),
+    "body_timeout": Code(408, INVALID_REQUEST),
     "conflict": Code(409, INVALID_PARAMS),
     "body_too_large": Code(413, INVALID_REQUEST),
     "unsupported_media_type": Code(415, INVALID_REQUEST),
     "rate_limited": Code(429, GATEWAY_REFUSED),
+    "session_limit": Code(429, GATEWAY_REFUSED),
     "upstream_error": Code(502, GATEWAY_UPSTREAM),
     "upstream_rejected": Code(502, GATEWAY_UPSTREAM),
     "no_healthy_server": Code(503, GATEWAY_UNAVAILABLE),
@@ -139,6 +141,20 @@ def rate_limited(retry_after: float, scope: str) -> ApiError:
     return ApiError(
         "rate_limited",
         f"rate limit of this {scope} exceeded; retry in {seconds} s",
+        headers=((b"retry-after", str(seconds).encode()),),
+        retry_after=seconds,
+    )
+
+
+# A sticky session frees its slot when its client ends it or it idles out: a retry soon may pass.
+SESSION_RETRY_AFTER: Final = 10
+
+
+def session_limit(message: str) -> ApiError:
+    seconds = SESSION_RETRY_AFTER
+    return ApiError(
+        "session_limit",
+        f"{message}; end a session (DELETE) or retry in {seconds} s",
         headers=((b"retry-after", str(seconds).encode()),),
         retry_after=seconds,
     )

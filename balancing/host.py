@@ -152,8 +152,23 @@ class RuntimeHost:
                 self.runtime.observer = await self._db(observe.refresh)
                 if span is not None:
                     span.set_attribute("mcppool.config.version", snapshot.version)
+                self._end_orphaned_sessions()
             log.info("config v%d applied", snapshot.version)
             return True
+
+    def _end_orphaned_sessions(self) -> None:
+        """Client sessions of a deleted pool, or bound to a deleted or disabled server, end now:
+        their upstream sessions (child processes over stdio) are closed in the background, not
+        left for the idle sweep, which only runs when some request comes in."""
+        serving = {
+            slug: set(live.endpoints) for slug, live in self.runtime.pools.items()
+        }  # the runtime keeps no endpoint for a disabled server
+        orphans = self.client_sessions.orphans(serving)
+        if orphans:
+            log.info("ending %d client sessions of removed pools or servers", len(orphans))
+            task = asyncio.ensure_future(close_sessions(orphans))
+            self._pending_reports.add(task)
+            task.add_done_callback(self._pending_reports.discard)
 
     async def _poll_forever(self) -> None:
         interval = settings.MCPPOOL_CONFIG_POLL_SECONDS

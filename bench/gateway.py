@@ -73,6 +73,8 @@ def environment(var_dir: Path) -> dict[str, str]:
     # The embedded default: SQLite, in-memory channel layer, no Redis on the hot path.
     for name in ("DATABASE_URL", "REDIS_URL"):
         env.pop(name, None)
+    # The stdio upstream the benchmark runs (the command policy allows nothing else by default).
+    env.setdefault("MCPPOOL_STDIO_COMMANDS", "python -m tests.upstreams.faulty")
     return env
 
 

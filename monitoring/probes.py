@@ -40,11 +40,14 @@ from typing import Any, TypeVar
 
 import aiohttp
 import orjson
+from django.conf import settings
 
 from balancing import observe
 from balancing.engine.config import PoolConfig, ServerConfig, Transport
 from balancing.engine.errors import CallRejected, SessionGone, UpstreamError
+from balancing.engine.policy import UpstreamPolicy
 from balancing.engine.runtime import local_command
+from balancing.engine.transport_http import client_session
 from balancing.engine.upstream import UpstreamSession
 
 log = logging.getLogger(__name__)
@@ -226,11 +229,8 @@ class Prober:
             self._sessions[server.id] = (where, session)
             return session
         if self._http is None:
-            self._http = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
-                timeout=aiohttp.ClientTimeout(total=None),
-                skip_auto_headers=("User-Agent",),
-            )
+            # The runtime's client: the outbound policy is checked on every connect.
+            self._http = client_session(_policy().outbound if _policy() else None)
         session = await UpstreamSession.open(
             local_command(server),
             http=self._http,
@@ -261,6 +261,7 @@ class Prober:
                     client_info=CLIENT_INFO,
                     capabilities={},
                     timeout=pool.start_timeout,
+                    commands=policy.commands if (policy := _policy()) else None,
                 )
             )
             opening = self._opening[server.id] = (where, task, self._clock())
@@ -394,3 +395,9 @@ def run_once(work: Callable[[Prober], Awaitable[T]], timeout: float) -> T:
             await prober.close()
 
     return asyncio.run(main())
+
+
+def _policy() -> UpstreamPolicy | None:
+    """The operator's command and outbound policy (settings), as the web process enforces it."""
+    policy: UpstreamPolicy | None = getattr(settings, "MCPPOOL_UPSTREAM_POLICY", None)
+    return policy

@@ -334,7 +334,15 @@ class PoolAdmin(OperatorFields, _PoolAdmin):
             },
         ),
         ("Balancing", {"fields": ("strategy", "panic_threshold", "slow_start_window")}),
-        ("Admission", {"fields": ("rate_limit_per_minute",)}),
+        (
+            "Admission",
+            {
+                "fields": (
+                    "rate_limit_per_minute",
+                    ("max_sticky_sessions", "max_sticky_sessions_per_key"),
+                )
+            },
+        ),
     )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Pool]:

@@ -512,7 +512,10 @@ def _typed(model_field: Any, value: Any) -> Any:
         raise ValueError(f"must be a whole number, not {_kind(value)}")
     if isinstance(model_field, models.FloatField):
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # a whole number of hundreds of digits
+                raise ValueError("is far too large a number") from None
         raise ValueError(f"must be a number, not {_kind(value)}")
     if isinstance(model_field, models.JSONField):
         expected = type(model_field.get_default())

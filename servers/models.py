@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -13,13 +14,25 @@ from django.utils import timezone
 
 from servers import choices, secrets
 
+# Every numeric config field has a range, checked here (so the admin, the REST API and
+# `mcppool apply` refuse the same values with the same message) and listed in docs/security.md.
+# Floats must also be finite: NaN passes any comparison and infinity overflows what uses it.
+
+
+def _finite(value: float) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValidationError("Give a finite number.", code="not_finite")
+
 
 def _positive(maximum: float) -> list[Any]:
-    return [MinValueValidator(0.001), MaxValueValidator(maximum)]
+    return [_finite, MinValueValidator(0.001), MaxValueValidator(maximum)]
 
 
-def _between(low: int, high: int) -> list[Any]:
-    return [MinValueValidator(low), MaxValueValidator(high)]
+def _between(low: float, high: float) -> list[Any]:
+    return [_finite, MinValueValidator(low), MaxValueValidator(high)]
+
+
+RATE_LIMIT_MAX = 1_000_000  # calls per minute
 
 
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
@@ -47,6 +60,8 @@ POOL_TUNING = (
     "panic_threshold",
     "slow_start_window",
     "rate_limit_per_minute",
+    "max_sticky_sessions",
+    "max_sticky_sessions_per_key",
 )
 
 
@@ -69,12 +84,10 @@ class Pool(models.Model):
     retry_policy = models.CharField(
         max_length=12, choices=choices.RetryPolicy.choices, default=choices.RetryPolicy.SAFE
     )
-    retry_budget_percent = models.FloatField(
-        default=20.0, validators=[MinValueValidator(0), MaxValueValidator(100)]
-    )
+    retry_budget_percent = models.FloatField(default=20.0, validators=_between(0, 100))
     retry_budget_min = models.PositiveSmallIntegerField(default=3, validators=_between(0, 1000))
     # Active health checks (HAProxy fall/rise).
-    check_interval = models.FloatField(default=5.0, validators=[MinValueValidator(0.5)])
+    check_interval = models.FloatField(default=5.0, validators=_between(0.5, 86400))
     check_timeout = models.FloatField(
         default=2.0, validators=_positive(60), help_text="A probe that takes longer fails"
     )
@@ -92,17 +105,25 @@ class Pool(models.Model):
     consecutive_failures = models.PositiveSmallIntegerField(default=5, validators=_between(1, 1000))
     ejection_base = models.FloatField(default=30.0, validators=_positive(3600))
     ejection_cap = models.FloatField(default=300.0, validators=_positive(86400))
-    max_ejection_percent = models.FloatField(
-        default=50.0, validators=[MinValueValidator(0), MaxValueValidator(100)]
-    )
-    panic_threshold = models.FloatField(
-        default=50.0, validators=[MinValueValidator(0), MaxValueValidator(100)]
-    )
-    slow_start_window = models.FloatField(
-        default=30.0, validators=[MinValueValidator(0), MaxValueValidator(3600)]
-    )
+    max_ejection_percent = models.FloatField(default=50.0, validators=_between(0, 100))
+    panic_threshold = models.FloatField(default=50.0, validators=_between(0, 100))
+    slow_start_window = models.FloatField(default=30.0, validators=_between(0, 3600))
     # Admission: calls per minute for the whole pool, over every key (0 = unlimited).
-    rate_limit_per_minute = models.PositiveIntegerField(default=0, help_text="0 = unlimited")
+    rate_limit_per_minute = models.PositiveIntegerField(
+        default=0, validators=_between(0, RATE_LIMIT_MAX), help_text="0 = unlimited"
+    )
+    # Sticky client sessions each own an upstream session (a child process over stdio): capped
+    # per web process, for the pool and for each key, so one key cannot spawn without bound.
+    max_sticky_sessions = models.PositiveIntegerField(
+        default=100,
+        validators=_between(1, 10_000),
+        help_text="Sticky client sessions of this pool at once, per web process",
+    )
+    max_sticky_sessions_per_key = models.PositiveIntegerField(
+        default=20,
+        validators=_between(1, 10_000),
+        help_text="Sticky client sessions one API key may hold in this pool, per web process",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -156,7 +177,7 @@ class Server(models.Model):
         max_length=10, choices=choices.ServerState.choices, default=choices.ServerState.ENABLED
     )
     max_in_flight = models.PositiveIntegerField(
-        default=0, validators=[MaxValueValidator(100_000)], help_text="0 = no extra cap"
+        default=0, validators=_between(0, 100_000), help_text="0 = no extra cap"
     )
     era = models.CharField(max_length=10, choices=choices.Era.choices, default=choices.Era.AUTO)
     # Recorded by the runtime and the health checks (never set by the operator).
@@ -264,7 +285,9 @@ class AffinityRule(models.Model):
     """Routes matching calls to one server (pin) or to a stable server per value (hash)."""
 
     pool = models.ForeignKey(Pool, on_delete=models.CASCADE, related_name="affinity_rules")
-    order = models.PositiveIntegerField(default=0, help_text="Rules are tried in this order")
+    order = models.PositiveIntegerField(
+        default=0, validators=_between(0, 1_000_000), help_text="Rules are tried in this order"
+    )
     match_on = models.CharField(max_length=10, choices=choices.MatchOn.choices)
     header = models.CharField(max_length=100, blank=True, help_text="Header name (match on header)")
     match_type = models.CharField(
@@ -328,7 +351,9 @@ class ApiKey(models.Model):
     pools = models.ManyToManyField(Pool, blank=True, related_name="api_keys")
     all_pools = models.BooleanField(default=False, help_text="May use every pool")
     is_admin = models.BooleanField(default=False, help_text="May change config through the API")
-    rate_limit_per_minute = models.PositiveIntegerField(default=0, help_text="0 = unlimited")
+    rate_limit_per_minute = models.PositiveIntegerField(
+        default=0, validators=_between(0, RATE_LIMIT_MAX), help_text="0 = unlimited"
+    )
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

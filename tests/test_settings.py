@@ -37,6 +37,10 @@ def _load_settings(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[st
         ),
         ("MCPPOOL_MAX_BODY_BYTES", "12", "MCPPOOL_MAX_BODY_BYTES=12 is below the minimum"),
         ("DB_CONN_MAX_AGE", "1.5", "DB_CONN_MAX_AGE='1.5' is not an integer"),
+        ("MCPPOOL_OUTBOUND_DENY", "10.0.0.0/33", "MCPPOOL_OUTBOUND_DENY: '10.0.0.0/33' is not"),
+        ("MCPPOOL_OUTBOUND_ALLOW", "lan", "MCPPOOL_OUTBOUND_ALLOW: 'lan' is not a network"),
+        ("MCPPOOL_STDIO_COMMANDS", "python '-m", "MCPPOOL_STDIO_COMMANDS: No closing quotation"),
+        ("MCPPOOL_BODY_TIMEOUT_SECONDS", "0", "MCPPOOL_BODY_TIMEOUT_SECONDS=0.0 is below"),
     ],
 )
 def test_settings_bad_value_fails_naming_the_variable(
@@ -87,3 +91,25 @@ def test_settings_secret_key_file_is_read(tmp_path: Path) -> None:
         tmp_path, DATABASE_URL="postgres://u@127.0.0.1:5432/x", SECRET_KEY_FILE=str(secret)
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_settings_upstream_policy_denies_the_services_own_database_and_broker(
+    tmp_path: Path,
+) -> None:
+    clean = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
+    clean.update(
+        MCPPOOL_VAR_DIR=str(tmp_path),
+        DJANGO_SETTINGS_MODULE="mcppool.settings",
+        SECRET_KEY="x",
+        DATABASE_URL="postgres://u@db.internal:6543/app",
+        REDIS_URL="redis://cache.internal/0",
+    )
+    code = (
+        "import django; django.setup(); from django.conf import settings as s; "
+        "print(s.MCPPOOL_UPSTREAM_POLICY.outbound.services, s.MCPPOOL_STDIO_COMMANDS)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=clean, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "(('db.internal', 6543), ('cache.internal', 6379))" in result.stdout

@@ -3,13 +3,16 @@ permission, and rate limits, for REST and MCP."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from balancing.api.http import Scope
 from balancing.api.resource import challenge, resource_url
+from balancing.engine.config import SessionMode
 from balancing.engine.runtime import HeadersFor, LivePool
-from balancing.errors_http import ApiError, rate_limited
+from balancing.engine.sticky import SessionLimit
+from balancing.errors_http import ApiError, rate_limited, session_limit
 from balancing.host import RuntimeHost, get_host
 from balancing.keys import KeyRecord, bearer_secret
 from balancing.oauth import TokenRejected, looks_like_jwt
@@ -63,6 +66,32 @@ def pool_for(host: RuntimeHost, key: KeyRecord, slug: str) -> LivePool:
     if live is None:
         raise ApiError("unknown_pool", f"no pool {slug!r}")
     return live
+
+
+@contextlib.asynccontextmanager
+async def admit_session(host: RuntimeHost, key: KeyRecord, live: LivePool) -> AsyncIterator[None]:
+    """Around a session-creating request (MCP `initialize`): it is charged to the key's and the
+    pool's rate limits like a call, and in a sticky pool it holds a slot under the pool's caps
+    while the session's upstream opens (over a cap: 429 with Retry-After)."""
+    await charge(host, key, live)
+    config = live.config
+    if config.session_mode is not SessionMode.STICKY:
+        yield
+        return
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(
+                host.client_sessions.slot(
+                    config.slug,
+                    key.id,
+                    config.max_sticky_sessions,
+                    config.max_sticky_sessions_per_key,
+                )
+            )
+        except SessionLimit as full:
+            host.runtime.metrics.rate_limited[config.slug] += 1
+            raise session_limit(str(full)) from None
+        yield
 
 
 async def charge(host: RuntimeHost, key: KeyRecord, live: LivePool) -> None:

@@ -8,10 +8,12 @@ own cost per call near the 0.08 ms the design measured for a bare callable under
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
 import orjson
+from django.conf import settings
 
 from balancing.errors_http import ApiError
 
@@ -47,9 +49,27 @@ def accepts(scope: Scope, media_type: bytes) -> bool:
     return accept is not None and media_type in accept
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+async def read_body(
+    scope: Scope, receive: Receive, limit: int, timeout: float | None = None
+) -> bytes:
     """The whole request body, refusing one over `limit` bytes before it is read whole:
-    at once from `Content-Length`, else as soon as the chunks read pass the limit."""
+    at once from `Content-Length`, else as soon as the chunks read pass the limit. The body
+    must arrive within `timeout` seconds (default MCPPOOL_BODY_TIMEOUT_SECONDS; 408 after):
+    uvicorn has no body timeout, so a client declaring a body and sending nothing would hold
+    the connection for as long as it likes."""
+    seconds = settings.MCPPOOL_BODY_TIMEOUT_SECONDS if timeout is None else timeout
+    try:
+        async with asyncio.timeout(seconds):
+            return await _read_body(scope, receive, limit)
+    except TimeoutError:
+        raise ApiError(
+            "body_timeout",
+            f"the request body did not arrive within {seconds:g} s",
+            headers=((b"connection", b"close"),),
+        ) from None
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     length = header(scope, b"content-length")
     if length is not None:
         try:

@@ -172,6 +172,9 @@ class PoolConfig:
     hash_balance_factor: float = 1.25
     # app-facing API: calls per minute through this pool, all keys together (0 = unlimited)
     rate_limit_per_minute: int = 0
+    # sticky client sessions at once (each owns an upstream session), per web process
+    max_sticky_sessions: int = 100
+    max_sticky_sessions_per_key: int = 20
     servers: tuple[ServerConfig, ...] = ()
     rules: tuple[AffinityRuleConfig, ...] = field(default=())
 

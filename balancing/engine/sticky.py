@@ -16,10 +16,11 @@ route by `Mcp-Session-Id`, and a client whose process is gone re-initializes on 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -100,6 +101,7 @@ class SessionTable:
         self._sessions: dict[str, ClientSession] = {}
         self._sweep_every = sweep_every
         self._last_sweep = clock()
+        self._opening: dict[str, list[int]] = {}  # pool → key ids of sticky sessions opening
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -144,6 +146,48 @@ class SessionTable:
         sessions = list(self._sessions.values())
         self._sessions.clear()
         return sessions
+
+    # ---- sticky sessions cost a process: capped, and closed with their pool or server ----
+
+    @contextlib.contextmanager
+    def slot(self, pool: str, key_id: int, total: int, per_key: int) -> Iterator[None]:
+        """Hold a place for one sticky session of `key_id` in `pool` while it is being opened,
+        or raise SessionLimit. Taken before the upstream session opens (a spawn takes a second),
+        so concurrent `initialize`s cannot all pass the count; a session that registers counts
+        on its own once the slot is released."""
+        held = [s for s in self._sessions.values() if s.pool == pool and s.server_id]
+        pending = self._opening.get(pool, [])
+        mine = sum(1 for s in held if s.key_id == key_id) + pending.count(key_id)
+        if len(held) + len(pending) >= total:
+            raise SessionLimit(f"pool {pool!r} holds its maximum of {total} sticky sessions")
+        if mine >= per_key:
+            raise SessionLimit(
+                f"this API key holds its maximum of {per_key} sticky sessions in pool {pool!r}"
+            )
+        pending.append(key_id)
+        self._opening[pool] = pending
+        try:
+            yield
+        finally:
+            pending.remove(key_id)
+            if not pending:
+                self._opening.pop(pool, None)
+
+    def orphans(self, servers: Mapping[str, Collection[int]]) -> list[ClientSession]:
+        """Remove and return the sessions whose pool is gone, or whose bound server is gone or
+        disabled (`servers`: each live pool's serving server ids). The caller closes them."""
+        gone = [
+            s
+            for s in self._sessions.values()
+            if s.pool not in servers or (s.server_id and s.server_id not in servers[s.pool])
+        ]
+        for session in gone:
+            del self._sessions[session.id]
+        return gone
+
+
+class SessionLimit(Exception):
+    """A pool's sticky-session cap (total or per key) is reached."""
 
 
 async def close_sessions(sessions: list[ClientSession]) -> None:

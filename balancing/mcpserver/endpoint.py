@@ -20,7 +20,7 @@ from typing import Any, Final
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 
-from balancing.api.access import authenticate, pool_for, started_host
+from balancing.api.access import admit_session, authenticate, pool_for, started_host
 from balancing.api.http import ClientGone, Receive, Scope, Send, header, read_body, send_bytes
 from balancing.engine.runtime import LivePool
 from balancing.engine.sticky import close_sessions
@@ -121,7 +121,8 @@ async def _route(
         era.check_modern_request(scope, message)
         modern = True
     elif method == "initialize" and is_request:
-        await era.initialize(scope, send, host, key, live, message, id_json)
+        async with admit_session(host, key, live):  # charged like a call; sticky: capped
+            await era.initialize(scope, send, host, key, live, message, id_json)
         return
     elif is_request and method not in ("ping", "server/discover"):
         raise ApiError("invalid_request", "Bad Request: Missing session ID (initialize first)")
