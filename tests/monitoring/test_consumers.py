@@ -18,7 +18,7 @@ from balancing.engine.runtime import Runtime
 from monitoring import live
 from monitoring.routing import websocket_urlpatterns
 from servers.events import CONTROL_GROUP, HEALTH_CHANGED
-from tests.monitoring.fakes import Clock, fake_runtime, server
+from tests.helpers.fakes import Clock, fake_runtime, server
 
 POOL = PoolConfig(id=1, slug="p", name="P", servers=(server(1, "a"), server(2, "b")))
 TIMEOUT = 5.0
