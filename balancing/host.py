@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class BackgroundTaskDied(RuntimeError):
+    """A host loop (config poll, control events) ended with an error instead of running on."""
+
+
 class RuntimeHost:
     def __init__(self) -> None:
         self.runtime = Runtime(
@@ -105,6 +109,8 @@ class RuntimeHost:
                 asyncio.create_task(self._listen_forever(), name="mcppool-config-events"),
                 asyncio.create_task(self._report_forever(), name="mcppool-liveness"),
             ]
+            for task in self._tasks:
+                task.add_done_callback(self._background_done)
             self._started = True
             log.info("runtime started: %d pools, config v%d", len(snapshot.pools), snapshot.version)
             self._starting.set_result(None)
@@ -113,10 +119,22 @@ class RuntimeHost:
             self._starting = None
             raise
 
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        """A background loop ends only when cancelled; anything else is a bug, said at once."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s died", task.get_name(), exc_info=task.exception())
+
     async def stop(self) -> None:
+        """Stop everything; then raise `BackgroundTaskDied` if a background loop had died
+        (it would have left the runtime serving a config that no longer follows the database)."""
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        outcomes = await asyncio.gather(*self._tasks, return_exceptions=True)
+        died = [
+            (task.get_name(), outcome)
+            for task, outcome in zip(self._tasks, outcomes, strict=True)
+            if isinstance(outcome, Exception)
+        ]
         self._tasks = []
         await close_sessions(self.client_sessions.drain())
         await self.runtime.close(grace=settings.MCPPOOL_SHUTDOWN_GRACE_SECONDS)
@@ -132,6 +150,9 @@ class RuntimeHost:
             self._db_thread = None
         self._started = False
         self._starting = None
+        if died:
+            name, exc = died[0]
+            raise BackgroundTaskDied(f"background task {name} died: {exc!r}") from exc
 
     async def reload(self, *, if_newer_than: int | None = None) -> bool:
         """Re-read the config and apply it; True when something was applied."""
@@ -304,7 +325,9 @@ class LifespanApp:
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                with contextlib.suppress(Exception):
+                try:
                     await get_host().stop()
+                except Exception:
+                    log.exception("runtime stop found a problem")
                 await send({"type": "lifespan.shutdown.complete"})
                 return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import shlex
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -106,17 +107,38 @@ def test_compose_app_commands_exist_in_project(services: dict[str, Any]) -> None
         _check_project_program(_healthcheck_argv(services[name]["healthcheck"]["test"]))
 
 
-def test_compose_web_serves_asgi_app_with_lifespan(services: dict[str, Any]) -> None:
+def _container_ports(service: dict[str, Any]) -> set[str]:
+    """The ports a service offers to others: published (`host:container`) and exposed."""
+    published = {str(p).rsplit(":", 1)[-1] for p in service.get("ports", [])}
+    return published | {str(p) for p in service.get("expose", [])}
+
+
+def test_compose_web_serves_the_asgi_app_with_lifespan_on_its_published_port(
+    services: dict[str, Any],
+) -> None:
+    from mcppool.asgi import application
+
     argv = _argv(services["web"]["command"])
-    assert argv[:2] == ["uvicorn", "mcppool.asgi:application"]
-    assert _option(argv, "--lifespan") == "on"
-    assert _option(argv, "--port") == "8000"
+    assert argv[0] == "uvicorn"
+    assert _import_target(argv[1]) is application  # the app with the runtime's lifespan
+    assert _option(argv, "--lifespan") == "on"  # without it the runtime starts on first use
+    port = _option(argv, "--port")
+    assert port in _container_ports(services["web"])
+    # and its health check asks the port it listens on
+    assert f"127.0.0.1:{port}/" in " ".join(
+        _healthcheck_argv(services["web"]["healthcheck"]["test"])
+    )
 
 
 def test_compose_beat_uses_database_scheduler(services: dict[str, Any]) -> None:
+    from django_celery_beat.schedulers import DatabaseScheduler
+
     argv = _argv(services["beat"]["command"])
     assert "beat" in argv
-    assert _option(argv, "--scheduler") == "django_celery_beat.schedulers:DatabaseScheduler"
+    scheduler = _import_target(_option(argv, "--scheduler"))
+    # intervals edited in the admin reach beat only through the database scheduler
+    assert isinstance(scheduler, type)
+    assert issubclass(scheduler, DatabaseScheduler)
 
 
 def test_compose_app_services_get_their_environment(services: dict[str, Any]) -> None:
@@ -161,9 +183,15 @@ def test_prometheus_scrapes_web_and_worker(services: dict[str, Any]) -> None:
         for static in job["static_configs"]
         for target in static["targets"]
     }
-    assert targets == {"web:8000", "worker:9808"}
-    assert "9808" in [str(port) for port in services["worker"]["expose"]]
-    # Prometheus sends Host: web:8000, which Django must accept.
+    scraped = dict(target.split(":") for target in targets)
+    assert set(scraped) == {"web", "worker"}
+    # each target is a port its service offers: uvicorn's, and the worker's metrics port
+    assert scraped["web"] == _option(_argv(services["web"]["command"]), "--port")
+    worker_env = services["worker"]["environment"]
+    assert scraped["worker"] == str(worker_env["MCPPOOL_WORKER_METRICS_PORT"])
+    for host, port in scraped.items():
+        assert port in _container_ports(services[host]), (host, port)
+    # Prometheus sends Host: web:<port>, which Django must accept.
     assert "web" in _default(services["web"]["environment"]["ALLOWED_HOSTS"]).split(",")
 
 
@@ -172,6 +200,8 @@ def test_grafana_provisioning_points_at_mounted_folders(services: dict[str, Any]
     assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
     provisioning = ROOT / "deploy" / "grafana" / "provisioning"
     datasource = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
-    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+    url = urllib.parse.urlsplit(datasource["datasources"][0]["url"])
+    assert url.hostname in services
+    assert str(url.port) in _container_ports(services[url.hostname])
     dashboards = yaml.safe_load((provisioning / "dashboards" / "mcppool.yml").read_text())
     assert dashboards["providers"][0]["options"]["path"] == mounts["./deploy/grafana/dashboards"]

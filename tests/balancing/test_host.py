@@ -10,7 +10,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import connections
 
-from balancing.host import RuntimeHost
+from balancing.host import BackgroundTaskDied, RuntimeHost
 from servers import services
 from servers.models import Pool, Server
 from tests.upstreams import procs
@@ -100,17 +100,51 @@ async def test_host_config_change_reaches_runtime_by_redis_event(
     channel_layers.backends.clear()
 
 
-async def test_host_database_unavailable_keeps_last_config(
+async def test_host_database_unavailable_keeps_serving_then_follows_it_again(
     host: RuntimeHost, settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings.MCPPOOL_CONFIG_POLL_SECONDS = 0.2
-    await sync_to_async(_make_pool)()
+    # given a host polling the database often
+    settings.REDIS_URL = ""
+    settings.MCPPOOL_CONFIG_POLL_SECONDS = 0.1
+    pool = await sync_to_async(_make_pool)()
     await host.start()
+    # when the database is down for several polls
+    failed_polls: list[int] = []
 
     def database_down() -> int:
+        failed_polls.append(1)
         raise ConnectionError("database is down")
 
     monkeypatch.setattr("balancing.adapter.config_version", database_down)
-    await asyncio.sleep(0.6)  # several polls fail
+    assert await _until(lambda: len(failed_polls) >= 3)
+    # then calls are still served on the last known config
     result = await host.runtime.call_tool("echo", "echo", {"text": "still serving"})
     assert result["content"][0]["text"] == "still serving"
+    # and when it is back, the poll loop is still alive: a change made meanwhile arrives
+    monkeypatch.undo()
+    version = await sync_to_async(_add_server)(pool)
+    assert await _until(lambda: host.runtime.version >= version)
+    assert {e.config.name for e in host.runtime.pool("echo").endpoints.values()} == {"one", "two"}
+
+
+async def test_host_stop_raises_when_a_background_loop_died(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a host whose config poll dies on an error it does not expect
+    settings.MCPPOOL_CONFIG_POLL_SECONDS = 0.05
+    await sync_to_async(_make_pool)()
+
+    def broken_reload(**kwargs: Any) -> Any:
+        raise ZeroDivisionError("a bug in the poll loop")
+
+    host = RuntimeHost()
+    await host.start()
+    monkeypatch.setattr(host, "reload", broken_reload)
+    monkeypatch.setattr("balancing.host.log.warning", broken_reload)  # even its error path
+    poll = next(t for t in host._tasks if t.get_name() == "mcppool-config-poll")
+    assert await _until(poll.done)
+    # then stopping says so, loudly, after cleaning up
+    with pytest.raises(BackgroundTaskDied, match="mcppool-config-poll"):
+        await host.stop()
+    assert not host.started
+    await sync_to_async(connections.close_all)()

@@ -51,17 +51,26 @@ def test_write_docs_keeps_an_existing_page_without_markers(tmp_path: Path) -> No
     assert "## Metrics on the hot path\n\ntheir table" in text
 
 
+def _area_of(stack: str) -> str:
+    area: str = top_costs(f"{stack} 1")["areas"][0]["area"]
+    return area
+
+
 def test_top_costs_attributes_self_time_to_functions_and_areas() -> None:
-    collapsed = (
-        "main (a.py:1);handle (balancing/api/call.py:10) 30\n"
-        "main (a.py:1);_send (balancing/engine/runtime.py:5) 50\n"
-        "main (a.py:1);Runner.run (asyncio/runners.py:118) 20\n"
-    )
+    hot_path = "main (a.py:1);handle (balancing/api/call.py:10)"
+    engine = "main (a.py:1);_send (balancing/engine/runtime.py:5)"
+    loop = "main (a.py:1);Runner.run (asyncio/runners.py:118)"
+    collapsed = f"{hot_path} 30\n{engine} 50\n{loop} 20\nnot a stack line\n"
 
     costs = top_costs(collapsed)
 
+    # every sample counted once, by its leaf function, the costliest first
     assert costs["samples"] == 100
-    assert costs["functions"][0] == {"function": "_send (engine/runtime.py)", "share": 0.5}
+    assert [f["share"] for f in costs["functions"]] == [0.5, 0.3, 0.2]
+    assert costs["functions"][0]["function"].startswith("_send ")
+    # the three stacks fall in three areas, each with its own share
     areas = {a["area"]: a["share"] for a in costs["areas"]}
-    assert areas["balancing.engine (runtime, sessions, balancer)"] == 0.5
-    assert areas["balancing hot path (REST / MCP endpoint, router)"] == 0.3
+    assert len({_area_of(hot_path), _area_of(engine), _area_of(loop)}) == 3
+    assert areas[_area_of(engine)] == 0.5
+    assert areas[_area_of(hot_path)] == 0.3
+    assert areas[_area_of(loop)] == 0.2

@@ -20,7 +20,7 @@ from monitoring.templatetags.dashboard import ms, target
 from servers import services
 from servers.choices import ServerState
 from servers.models import AffinityRule, Flip, Pool, Server
-from tests.monitoring.fakes import Clock, fake_runtime, server
+from tests.helpers.fakes import Clock, fake_runtime, server
 
 
 # ---- numbers (no database) -------------------------------------------------------------------

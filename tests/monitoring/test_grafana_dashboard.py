@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from balancing.engine.config import PoolConfig, Snapshot
 from balancing.host import get_host
 from monitoring import metrics
-from tests.monitoring.fakes import Clock, fake_runtime, server
+from tests.helpers.fakes import Clock, fake_runtime, server
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "mcppool.json"

@@ -19,7 +19,7 @@ from monitoring import live
 from monitoring.metrics import RuntimeCollector
 from servers import services
 from servers.models import Flip, Pool, Server
-from tests.monitoring.fakes import TOOLS, Clock, FakeSession, server
+from tests.helpers.fakes import TOOLS, Clock, FakeSession, server
 
 DEAD = ("a", "b")
 

@@ -5,7 +5,6 @@ and reports it, and that a server coming back ramps in from the moment it return
 
 from __future__ import annotations
 
-import asyncio
 import math
 import random
 from typing import Any
@@ -25,46 +24,8 @@ from balancing.engine.errors import UpstreamClosed
 from balancing.engine.outlier import Ejected, OutlierEvent, Recovered
 from balancing.engine.runtime import Runtime
 from servers.models import Flip, Server
+from tests.helpers.fakes import Clock, FakeServers, fake_runtime
 from tests.monitoring.conftest import add_http, make_pool
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class FakeSession:
-    """A session to a server that either answers with its name or is dead."""
-
-    def __init__(self, name: str, broken: set[str]) -> None:
-        self.name = name
-        self.broken = broken
-        self.alive = True
-
-    async def request(
-        self,
-        method: str,
-        params: Any,
-        *,
-        timeout: float,
-        on_message: Any = None,
-        headers: Any = None,
-    ) -> dict[str, Any]:
-        await asyncio.sleep(0)
-        if self.name in self.broken:
-            raise UpstreamClosed("connection reset", server=self.name)
-        if method == "tools/list":
-            return {"tools": [{"name": "t", "inputSchema": {"type": "object"}}]}
-        return {"content": [{"type": "text", "text": self.name}]}
-
-    async def ping(self, timeout: float) -> float:
-        return 0.001
-
-    async def close(self) -> None:
-        self.alive = False
 
 
 def pool_of(count: int) -> PoolConfig:
@@ -80,15 +41,12 @@ def pool_of(count: int) -> PoolConfig:
 async def start(count: int, broken: set[str]) -> tuple[Runtime, Clock, list[Any]]:
     clock = Clock()
     events: list[tuple[str, OutlierEvent]] = []
-
-    async def open_session(pool: PoolConfig, server: ServerConfig) -> FakeSession:
-        return FakeSession(server.name, broken)
-
-    runtime = Runtime(
-        clock=clock,
+    tools = {f"s{i}": [{"name": "t", "inputSchema": {"type": "object"}}] for i in range(1, 9)}
+    runtime = fake_runtime(
+        clock,
+        servers=FakeServers(tools, broken),
         rng=random.Random(3),
         on_outlier=lambda slug, server, event: events.append((server.name, event)),
-        open_session=open_session,
     )
     await runtime.start(Snapshot(1, (pool_of(count),)))
     return runtime, clock, events

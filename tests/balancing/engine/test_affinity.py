@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import json
 import math
+import os
 import random
+import subprocess
+import sys
 from collections import Counter
 from typing import Any
 
@@ -160,10 +164,30 @@ def owners(put: Any, endpoints: list[Any] | None = None) -> dict[str, str]:
     return chosen
 
 
+def _hashes_in_a_process(hash_seed: str, expression: str) -> list[int]:
+    code = (
+        "import json, sys; from balancing.engine.affinity import stable_hash; "
+        f"print(json.dumps([{expression} for v in sys.argv[1:]]))"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+    out = subprocess.run(
+        [sys.executable, "-c", code, *HASHED], env=env, capture_output=True, text=True, check=True
+    )
+    return list(json.loads(out.stdout))
+
+
+HASHED = ["abc", "tenant-42", "", "ünïcode"]
+
+
 def test_stable_hash_is_the_same_in_every_process() -> None:
-    # Fixed values: `hash()` would change with PYTHONHASHSEED; web processes must agree.
-    assert stable_hash("abc") == 15617099051652453721
-    assert stable_hash("tenant-42") == 17529552306793192308
+    # given two web processes started with different hash seeds (as every Python process is)
+    seeds = ("1", "2")
+    # then each hashes every key as this process does
+    mine = [stable_hash(v) for v in HASHED]
+    for seed in seeds:
+        assert _hashes_in_a_process(seed, "stable_hash(v)") == mine
+    # (where Python's own hash() would not: the seeds make a difference)
+    assert _hashes_in_a_process(seeds[0], "hash(v)") != _hashes_in_a_process(seeds[1], "hash(v)")
 
 
 def test_hrw_server_leaving_moves_only_its_own_keys(make_pool: MakePool) -> None:

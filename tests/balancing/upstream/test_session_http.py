@@ -11,6 +11,7 @@ from balancing.engine.config import Era, ServerConfig, Transport
 from balancing.engine.errors import CallRejected, ConnectFailed, SessionGone, UpstreamTimeout
 from balancing.engine.upstream import UpstreamSession
 from tests.balancing.upstream.conftest import Connect
+from tests.helpers import assert_measures_a_round_trip, timed
 from tests.upstreams import procs
 
 pytestmark = pytest.mark.upstream
@@ -205,7 +206,7 @@ async def test_http_session_ping_measures_a_round_trip(
 ) -> None:
     for era in (Era.MODERN, Era.HANDSHAKE):
         session = await connect(faulty_json.config(era=era))
-        assert await session.ping(5) >= 0
+        assert_measures_a_round_trip(await timed(session.ping(5)))
 
 
 async def test_http_session_forgotten_by_server_raises_session_gone_undelivered(

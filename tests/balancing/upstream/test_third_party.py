@@ -10,6 +10,7 @@ import pytest
 from balancing.engine.config import Era
 from tests.balancing.upstream.conftest import Connect, require_everything
 from tests.balancing.upstream.test_session_http import text_of, tool
+from tests.helpers import assert_measures_a_round_trip, timed
 from tests.upstreams import procs
 
 pytestmark = pytest.mark.upstream
@@ -70,4 +71,4 @@ async def test_everything_http_negotiates_handshake_and_echoes(
     assert session.era is Era.HANDSHAKE
     assert "echo" in {t["name"] for t in tools["tools"]}
     assert [text_of(r) for r in results] == [f"Echo: m{i}" for i in range(50)]
-    assert await session.ping(5) >= 0
+    assert_measures_a_round_trip(await timed(session.ping(5)))
