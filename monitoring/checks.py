@@ -24,7 +24,7 @@ from balancing.engine.config import Health, PoolConfig, Transport
 from monitoring import health, metrics, probes
 from monitoring.models import HealthCheck
 from monitoring.probes import Prober, ProbeResult
-from servers import services
+from servers import events, services
 from servers.choices import ServerState
 from servers.models import Flip, Pool, RuntimeReport, Server
 
@@ -101,6 +101,20 @@ def reported(servers: Iterable[Server], interval: float) -> dict[int, ProbeResul
         )
         for row in rows
     }
+
+
+def announce(done: Iterable[HealthCheck]) -> None:
+    """Tell the dashboard pages open on each server's pool how its "check now" went."""
+    for check in done:
+        server = Server.objects.select_related("pool").get(pk=check.server_id)
+        events.publish_health_checked(
+            pool=server.pool.slug,
+            server=server.name,
+            ok=check.ok,
+            error=check.error,
+            latency_ms=check.latency_ms,
+            at=check.at.isoformat(),
+        )
 
 
 def _check(

@@ -14,6 +14,7 @@ from celery.signals import worker_process_shutdown, worker_shutdown
 from django.conf import settings
 
 from monitoring import checks, probes
+from servers.choices import ServerState
 from servers.models import Server
 
 # Defaults for calls without their own expiry (beat passes the periodic task's `expire_seconds`).
@@ -34,6 +35,16 @@ def check_server(server_id: int) -> bool | None:
         Server.objects.filter(pk=server_id), runner=probes.run_in_process_loop
     )
     return found[0].ok if found else None
+
+
+@shared_task(name="monitoring.tasks.check_now", expires=CHECK_EXPIRES)  # type: ignore[untyped-decorator]
+def check_now(server_ids: list[int]) -> int:
+    """The admin's "check now", queued so the page never waits for a probe: check the servers,
+    record the results like any check, and announce each to the dashboard pages open on them."""
+    servers = Server.objects.filter(pk__in=server_ids).exclude(state=ServerState.DISABLED)
+    done = checks.check_servers(servers, runner=probes.run_in_process_loop)
+    checks.announce(done)
+    return len(done)
 
 
 @shared_task(name="monitoring.tasks.prune_history", expires=PRUNE_EXPIRES)  # type: ignore[untyped-decorator]

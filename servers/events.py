@@ -16,6 +16,9 @@ from channels.layers import get_channel_layer
 CONTROL_GROUP = "mcppool-control"
 CONFIG_CHANGED = "config.changed"
 HEALTH_CHANGED = "health.changed"
+# One "check now" result, for the dashboard pages open on its pool (not sent for scheduled checks:
+# at a thousand servers that would be hundreds of events a second nobody asked for).
+HEALTH_CHECKED = "health.checked"
 
 log = logging.getLogger(__name__)
 
@@ -38,3 +41,11 @@ def publish_config_changed(version: int, reason: str) -> bool:
 
 def publish_health_changed(server_id: int, health: str, reason: str) -> bool:
     return publish(HEALTH_CHANGED, server_id=server_id, health=health, reason=reason)
+
+
+def publish_health_checked(
+    *, pool: str, server: str, ok: bool, error: str, latency_ms: float | None, at: str
+) -> bool:
+    return publish(
+        HEALTH_CHECKED, pool=pool, server=server, ok=ok, error=error, latency_ms=latency_ms, at=at
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.utils import timezone
@@ -11,6 +12,7 @@ from prometheus_client import REGISTRY
 
 from monitoring import checks, tasks
 from monitoring.models import HealthCheck
+from servers import events
 from servers.choices import Health, ServerState
 from servers.models import Flip, Server
 from tests.monitoring.conftest import Restartable, add_http, add_stdio, make_pool
@@ -178,7 +180,11 @@ def test_run_health_checks_flags_the_server_whose_tools_differ(
     b = add_http(pool, "b", restartable("b").url)
     odd = add_stdio(pool, procs.time_stdio_config())
 
-    check(pool.pk)
+    # (a stdio server may still be starting after a round: rounds go on until it has answered)
+    for _ in range(30):
+        check(pool.pk)
+        if Server.objects.filter(pk=odd.pk, tools_count__isnull=False).exists():
+            break
 
     # then only the odd one out is flagged
     flags = dict(Server.objects.filter(pool=pool).values_list("pk", "tools_differ"))
@@ -212,3 +218,22 @@ def test_prune_history_deletes_rows_older_than_the_retention(settings: object) -
 
 def test_run_pool_checks_of_a_deleted_pool_does_nothing() -> None:
     assert checks.run_pool_checks(123_456) == []
+
+
+def test_check_now_task_records_and_announces_each_result(
+    replica: procs.UpstreamProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given one server answering and one refusing
+    pool = make_pool()
+    good = add_http(pool, "good", replica.url)
+    add_http(pool, "dead", "http://127.0.0.1:9/mcp")
+    announced: list[dict[str, Any]] = []
+    monkeypatch.setattr(events, "publish", lambda kind, **data: announced.append({kind: data}))
+    # when the queued "check now" runs on the worker
+    assert tasks.check_now.delay([s.pk for s in pool.servers.all()]).get() == 2
+    # then both results are recorded and announced to the pool's dashboard pages
+    assert HealthCheck.objects.get(server=good).ok
+    checked = [e[events.HEALTH_CHECKED] for e in announced if events.HEALTH_CHECKED in e]
+    results = {e["server"]: e for e in checked}
+    assert results["good"]["ok"] is True and results["good"]["pool"] == "web"
+    assert results["dead"]["ok"] is False and results["dead"]["error"]
