@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from prometheus_client import REGISTRY
 
-from monitoring import checks, tasks
+from monitoring import broker, checks, tasks
 from monitoring.models import HealthCheck
 from servers import events
 from servers.choices import Health, ServerState
@@ -237,3 +241,41 @@ def test_check_now_task_records_and_announces_each_result(
     results = {e["server"]: e for e in checked}
     assert results["good"]["ok"] is True and results["good"]["pool"] == "web"
     assert results["dead"]["ok"] is False and results["dead"]["error"]
+
+
+def test_run_interval_checks_one_task_checks_every_pool_and_writes_in_one_batch(
+    restartable: Callable[[str], Restartable],
+) -> None:
+    # given three pools checked every second, four servers each (one replica behind them all)
+    replica = restartable("a")
+    servers = [
+        add_http(pool, f"s{i}", replica.url)
+        for pool in (make_pool(slug) for slug in ("web", "api", "db"))
+        for i in range(4)
+    ]
+    tasks.run_interval_checks.delay(1.0)  # first round: every server flips unknown → up
+
+    # when the next round runs (one task for the interval, not one per pool)
+    with CaptureQueriesContext(connection) as queries:
+        assert tasks.run_interval_checks.delay(1.0).get() == 12
+
+    # then every server was checked, and the results went in as one insert and one update
+    assert HealthCheck.objects.filter(server__in=servers).count() == 24
+    sql = [q["sql"] for q in queries.captured_queries]
+    assert sum(s.startswith('INSERT INTO "monitoring_healthcheck"') for s in sql) == 1
+    assert sum(s.startswith('UPDATE "servers_server"') for s in sql) == 1
+    assert all(health_of(s) == Health.UP for s in servers)
+
+
+def test_purge_broker_deletes_consumed_messages_only(tmp_path: Path) -> None:
+    # given an embedded broker file with one consumed and one waiting message
+    path = tmp_path / "broker.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE kombu_message (id INTEGER PRIMARY KEY, visible BOOLEAN)")
+        db.executemany("INSERT INTO kombu_message (visible) VALUES (?)", [(0,), (1,)])
+    # when the purge runs
+    assert broker.purge_consumed(f"sqla+sqlite:///{path}") == 1
+    # then only the waiting message is left; other brokers are left alone
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT visible FROM kombu_message").fetchall() == [(1,)]
+    assert broker.purge_consumed("redis://127.0.0.1:6379/0") == 0
