@@ -7,6 +7,7 @@ and nowhere else."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any, TypeVar
 
 from django.core.exceptions import ValidationError
@@ -105,6 +106,21 @@ def load_snapshot() -> Snapshot:
 
 def config_version() -> int:
     return services.config_version()
+
+
+def now() -> datetime:
+    from django.utils import timezone
+
+    return timezone.now()
+
+
+def health_changes(since: datetime) -> list[tuple[int, Health, float]]:
+    """(server id, health, when) of every server whose health flipped at or after `since`: how
+    runtimes without the event path (the embedded default) learn of flips, one cheap query."""
+    rows = Server.objects.filter(health_changed_at__gte=since).values_list(
+        "pk", "health", "health_changed_at"
+    )
+    return [(pk, Health(health), at.timestamp()) for pk, health, at in rows if at is not None]
 
 
 def record_outlier(server_id: int, ejected: bool) -> bool:

@@ -39,8 +39,10 @@ def publish_config_changed(version: int, reason: str) -> bool:
     return publish(CONFIG_CHANGED, version=version, reason=reason)
 
 
-def publish_health_changed(server_id: int, health: str, reason: str) -> bool:
-    return publish(HEALTH_CHANGED, server_id=server_id, health=health, reason=reason)
+def publish_health_changed(server_id: int, health: str, reason: str, *, at: float) -> bool:
+    """One server's health flipped (`at`: epoch seconds): runtimes apply it to that server alone,
+    without reloading the config."""
+    return publish(HEALTH_CHANGED, server_id=server_id, health=health, reason=reason, at=at)
 
 
 def publish_health_checked(
