@@ -3,10 +3,13 @@
 Config and health changes reach the runtime two ways, and either is enough on its own:
 - the `config.changed` / `health.changed` events on the channel layer group (Redis: every web
   process hears them within milliseconds);
-- a poll of the config version row every `MCPPOOL_CONFIG_POLL_SECONDS` (1 s), which is how changes
-  arrive in the embedded default, where the in-memory channel layer is per process, and which
-  also covers an event lost while Redis was restarting.
-A reload reads the whole config (four queries) and applies it as a diff.
+- a poll every `MCPPOOL_CONFIG_POLL_SECONDS` (1 s) of the config version row and of the servers
+  whose health flipped since the last poll, which is how changes arrive in the embedded default,
+  where the in-memory channel layer is per process, and which also covers an event lost while
+  Redis was restarting.
+A config change reloads the whole config (four queries) and applies it as a diff; a health flip
+is applied to its one server (`Runtime.apply_health`): at a thousand servers coming up, a reload
+per flip kept the web process reloading every second.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from channels.layers import get_channel_layer
@@ -24,7 +28,7 @@ from django.db import close_old_connections, connections
 
 from balancing import adapter, observe
 from balancing.engine import liveness
-from balancing.engine.config import ServerConfig
+from balancing.engine.config import Health, ServerConfig
 from balancing.engine.outlier import Ejected, OutlierEvent
 from balancing.engine.request_state import StateSealer
 from balancing.engine.runtime import Runtime
@@ -36,6 +40,8 @@ from balancing.ratelimit import RateLimiter, build_rate_limiter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# How far back each poll of health flips reaches before the previous one began.
+HEALTH_OVERLAP = timedelta(seconds=5)
 
 
 class BackgroundTaskDied(RuntimeError):
@@ -55,6 +61,7 @@ class RuntimeHost:
         self._starting: asyncio.Future[None] | None = None
         self._pending_reports: set[asyncio.Task[Any]] = set()
         self._panicking: set[str] = set()  # pools in panic at the last look (for the log)
+        self._health_since = datetime.now(UTC)  # flips before this are in the loaded config
         # The host's own database thread: its connection is reused between polls (CONN_MAX_AGE)
         # and closed on stop, and DB work never waits behind a busy request thread.
         self._db_thread: ThreadPoolExecutor | None = None
@@ -99,6 +106,7 @@ class RuntimeHost:
             return
         self._starting = asyncio.get_running_loop().create_future()
         try:
+            self._health_since = await self._db(adapter.now)
             snapshot = await self._db(adapter.load_snapshot)
             self.keys.replace(await self._db(adapter.load_api_keys))
             self.runtime.observer = await self._db(observe.refresh)
@@ -197,8 +205,28 @@ class RuntimeHost:
             await asyncio.sleep(interval)
             try:
                 await self.reload(if_newer_than=self.runtime.version)
+                await self.poll_health()
             except Exception as exc:  # database away: keep serving on the last known config
                 log.warning("config poll failed (serving the last known config): %s", exc)
+
+    async def poll_health(self) -> int:
+        """Apply the health flips since the last poll, server by server (no config reload).
+
+        The window starts a little before the last poll began, so a flip committed late with an
+        earlier timestamp is not missed; applying one twice changes nothing."""
+        started = await self._db(adapter.now)
+        changes = await self._db(adapter.health_changes, self._health_since - HEALTH_OVERLAP)
+        applied = sum(self.runtime.apply_health(*change) for change in changes)
+        self._health_since = started
+        return applied
+
+    def _on_health_event(self, message: dict[str, Any]) -> bool:
+        try:
+            server_id, health = int(message["server_id"]), Health(message["health"])
+            at = float(message.get("at") or 0.0)
+        except (KeyError, TypeError, ValueError):
+            return False
+        return self.runtime.apply_health(server_id, health, at)
 
     async def _report_forever(self) -> None:
         """Report the stdio servers this runtime runs to the health checks (see
@@ -250,7 +278,9 @@ class RuntimeHost:
                     channel = await layer.new_channel("mcppool-runtime.")  # type: ignore[call-arg]
                     await layer.group_add(adapter.CONTROL_GROUP, channel)
                 message = await layer.receive(channel)
-                if message.get("type") in ("config.changed", "health.changed"):
+                if message.get("type") == "health.changed":
+                    self._on_health_event(message)
+                elif message.get("type") == "config.changed":
                     await self.reload(if_newer_than=self.runtime.version)
             except asyncio.CancelledError:
                 if channel:

@@ -1,4 +1,4 @@
-"""Health in the admin: the check history (read-only), "check now", a server's recent history.
+"""Health in the admin: the check history (read-only), "check now" (queued), a server's history.
 
 `servers` may not import `monitoring`, so the health additions to the server and pool admins are
 made here, by replacing their registrations with subclasses (`admin.site.unregister` + `register`,
@@ -17,6 +17,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.options import IS_POPUP_VAR
 from django.db.models import Prefetch, QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.text import Truncator
@@ -48,33 +49,27 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> SafeStri
     return format_html("<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>", head, body)
 
 
-def check_and_report(request: HttpRequest, servers: QuerySet[Server]) -> None:
-    """Probe the servers now and say how each one did."""
-    # Imported here, not at the top: the checks pull in the engine's transports and the mcp SDK
-    # (over a second of CPU), and every process that loads the admin — each `mcppool` command —
-    # would pay for it at start-up (tests/test_cli.py).
-    from monitoring import checks
+def queue_checks(request: HttpRequest, servers: QuerySet[Server]) -> None:
+    """Queue a check of these servers on a worker and say where the results will show.
 
-    report(request, checks.check_servers(servers))
-
-
-def report(request: HttpRequest, done: list[HealthCheck]) -> None:
-    """One message per checked server: its verdict and state now."""
-    if not done:
+    The page never waits for a probe (a hung server used to hold it for the whole timeout): the
+    results are written like any check and pushed to the pools' dashboard pages as they arrive.
+    """
+    chosen = list(servers.exclude(state=ServerState.DISABLED).select_related("pool"))
+    if not chosen:
         messages.info(request, "Nothing to check (disabled servers are not checked).")
         return
-    states = dict(
-        Server.objects.filter(pk__in=[c.server_id for c in done]).values_list("pk", "health")
-    )
-    for check in done:
-        state = Health(states.get(check.server_id, Health.UNKNOWN)).label.lower()
-        if check.ok:
-            era = f", {check.era}" if check.era else ""
-            text = f"{check.server}: passed in {check.latency_ms or 0:.1f} ms{era}; now {state}."
-            messages.success(request, text)
-        else:
-            text = f"{check.server}: failed ({check.error}); now {state}."
-            messages.warning(request, text)
+    # Imported here, not at the top: the tasks pull in the checks, the engine's transports and
+    # the mcp SDK (over a second of CPU), which every `mcppool` command would pay at start-up.
+    from monitoring import tasks
+
+    tasks.check_now.delay([s.pk for s in chosen])
+    pools = sorted({s.pool.slug: s.pool for s in chosen}.values(), key=lambda p: p.slug)
+    pages = ((reverse("dashboard:pool", args=[p.slug]), p.name) for p in pools)
+    links = format_html_join(", ", '<a href="{}">{}</a>', pages)
+    names = ", ".join(str(s) for s in chosen)
+    text = "Check queued for {}: results appear live on the dashboard ({})."
+    messages.info(request, format_html(text, names, links))
 
 
 def with_check_now(
@@ -138,8 +133,7 @@ class ServerHealthAdmin(ServerAdmin):
 
     @admin.action(description="Check selected servers now")
     def check_now(self, request: HttpRequest, queryset: QuerySet[Server]) -> None:
-        servers = queryset.exclude(state=ServerState.DISABLED).select_related("pool")
-        check_and_report(request, servers)
+        queue_checks(request, queryset)
 
 
 admin.site.unregister(Pool)
@@ -170,8 +164,7 @@ class PoolHealthAdmin(PoolAdmin):
 
     @admin.action(description="Check every server of the selected pools now")
     def check_now(self, request: HttpRequest, queryset: QuerySet[Pool]) -> None:
-        servers = Server.objects.filter(pool__in=queryset).exclude(state=ServerState.DISABLED)
-        check_and_report(request, servers.select_related("pool"))
+        queue_checks(request, Server.objects.filter(pool__in=queryset))
 
 
 @admin.register(HealthCheck)

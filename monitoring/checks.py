@@ -10,21 +10,22 @@ the same server at once take turns and each judges the counters the other left.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
 from django.db import transaction
 from django.utils import timezone
 
 from balancing import adapter
-from balancing.engine.config import Health, PoolConfig, Transport
+from balancing.engine.config import Health, PoolConfig, ServerConfig, Transport
 from monitoring import health, metrics, probes
 from monitoring.models import HealthCheck
 from monitoring.probes import Prober, ProbeResult
-from servers import services
+from servers import events, services
 from servers.choices import ServerState
 from servers.models import Flip, Pool, RuntimeReport, Server
 
@@ -62,7 +63,29 @@ def run_pool_checks(
     if pool is None or not servers:
         runner(lambda prober: prober.retain(pool_id, ()), timeout=30)
         return []
-    return _check(pool, servers, runner, jitter=pool.check_interval * JITTER_SHARE, whole=True)
+    return _check([(pool, servers)], runner, whole=True)
+
+
+def run_interval_checks(
+    interval: float, *, runner: ProbeRunner = probes.run_in_process_loop
+) -> list[HealthCheck]:
+    """One round for every pool checked every `interval` seconds: all their probes at once on
+    this process's probe loop, the results written in batches (beat sends one task per interval,
+    not one per pool: at 100 pools, 100 task messages every 5 s cost more than the probes)."""
+    pools = {p.pk: p for p in Pool.objects.filter(check_interval=interval)}
+    servers: dict[int, list[Server]] = {pk: [] for pk in pools}
+    for server in Server.objects.filter(pool__in=pools).exclude(state=ServerState.DISABLED):
+        servers[server.pool_id].append(server)
+    rounds = [(pools[pk], found) for pk, found in servers.items() if found]
+    empty = [pk for pk, found in servers.items() if not found]
+    if empty:
+        runner(lambda prober: _retain_none(prober, empty), timeout=30)
+    return _check(rounds, runner, whole=True) if rounds else []
+
+
+async def _retain_none(prober: Prober, pool_ids: list[int]) -> None:
+    for pool_id in pool_ids:
+        await prober.retain(pool_id, ())
 
 
 def check_servers(
@@ -76,10 +99,8 @@ def check_servers(
     by_pool: dict[int, list[Server]] = {}
     for server in servers:
         by_pool.setdefault(server.pool_id, []).append(server)
-    checks: list[HealthCheck] = []
-    for pool in Pool.objects.filter(pk__in=by_pool):
-        checks += _check(pool, by_pool[pool.pk], runner, jitter=0.0, whole=False)
-    return checks
+    rounds = [(pool, by_pool[pool.pk]) for pool in Pool.objects.filter(pk__in=by_pool)]
+    return _check(rounds, runner, whole=False, jitter=False) if rounds else []
 
 
 def reported(servers: Iterable[Server], interval: float) -> dict[int, ProbeResult]:
@@ -103,99 +124,189 @@ def reported(servers: Iterable[Server], interval: float) -> dict[int, ProbeResul
     }
 
 
-def _check(
-    pool: Pool, servers: list[Server], runner: ProbeRunner, *, jitter: float, whole: bool
-) -> list[HealthCheck]:
-    config = adapter.pool_config(pool, servers, [])
-    known = reported(servers, pool.check_interval)
-    probed = [s for s in servers if s.pk not in known]
-    wanted = [
-        (
-            adapter.server_config(s),
-            health.wants_tool_list(
-                Health(s.health), consecutive_ok=s.consecutive_ok, tools_hash=s.tools_hash
-            ),
+def announce(done: Iterable[HealthCheck]) -> None:
+    """Tell the dashboard pages open on each server's pool how its "check now" went."""
+    for check in done:
+        server = Server.objects.select_related("pool").get(pk=check.server_id)
+        events.publish_health_checked(
+            pool=server.pool.slug,
+            server=server.name,
+            ok=check.ok,
+            error=check.error,
+            latency_ms=check.latency_ms,
+            at=check.at.isoformat(),
         )
-        for s in probed
-    ]
 
-    async def probe_all(prober: Prober) -> list[ProbeResult]:
-        # A server a runtime reports on is not probed: end this process's copy of it too.
-        await prober.forget(server_id for server_id in known if server_id in prober.kept)
-        results = await prober.probe_pool(config, wanted, jitter=jitter, rng=random.Random())
-        if whole:
-            await prober.retain(pool.pk, [s.pk for s in probed])
-        return results
 
-    found = dict(known)
-    if wanted or whole or known:
-        results = runner(probe_all, timeout=jitter + config.check_timeout + ROUND_SLACK)
+Round = tuple[Pool, list[Server]]
+
+
+def _check(
+    rounds: list[Round], runner: ProbeRunner, *, whole: bool, jitter: bool = True
+) -> list[HealthCheck]:
+    """Probe the servers of these pools (the ones a runtime reports on excepted), all at once on
+    one runner call, then record every result in batches."""
+    plans = []
+    for pool, servers in rounds:
+        config = adapter.pool_config(pool, servers, [])
+        known = reported(servers, pool.check_interval)
+        probed = [s for s in servers if s.pk not in known]
+        wanted = [
+            (
+                adapter.server_config(s),
+                health.wants_tool_list(
+                    Health(s.health), consecutive_ok=s.consecutive_ok, tools_hash=s.tools_hash
+                ),
+            )
+            for s in probed
+        ]
+        plans.append((pool, servers, config, known, probed, wanted))
+
+    async def probe_all(prober: Prober) -> list[list[ProbeResult]]:
+        async def one_pool(
+            pool: Pool, config: PoolConfig, known: dict[int, ProbeResult], probed: list[Server],
+            wanted: list[tuple[ServerConfig, bool]],
+        ) -> list[ProbeResult]:  # fmt: skip
+            # A server a runtime reports on is not probed: end this process's copy of it too.
+            await prober.forget(server_id for server_id in known if server_id in prober.kept)
+            spread = pool.check_interval * JITTER_SHARE if jitter else 0.0
+            results = await prober.probe_pool(config, wanted, jitter=spread, rng=random.Random())
+            if whole:
+                await prober.retain(pool.pk, [s.pk for s in probed])
+            return results
+
+        return list(
+            await asyncio.gather(*(one_pool(p, c, k, pr, w) for p, _, c, k, pr, w in plans))
+        )
+
+    longest = max(p.check_interval * JITTER_SHARE + p.check_timeout for p, _ in rounds)
+    probe_results = runner(probe_all, timeout=longest + ROUND_SLACK)
+    done: list[tuple[Server, ProbeResult, PoolConfig]] = []
+    for (pool, servers, config, known, probed, _), results in zip(
+        plans, probe_results, strict=True
+    ):
+        found = dict(known)
         found.update(zip((s.pk for s in probed), results, strict=True))
-    done = [(s, found[s.pk]) for s in servers if not found[s.pk].starting]
-    for server, result in done:
-        metrics.record_health_check(pool.slug, server.name, result.ok, result.seconds)
-    checks = [c for s, r in done if (c := record(s.pk, r, config))]
-    if any(r.tools_count is not None for _, r in done):
-        refresh_tools_differ(pool.pk)
+        for server in servers:
+            result = found[server.pk]
+            if not result.starting:  # no verdict while a stdio server starts
+                metrics.record_health_check(pool.slug, server.name, result.ok, result.seconds)
+                done.append((server, result, config))
+    checks = record_many([(s.pk, r, c) for s, r, c in done])
+    for pool, _, _, _, _, _ in plans:
+        if any(r.tools_count is not None for s, r, _ in done if s.pool_id == pool.pk):
+            refresh_tools_differ(pool.pk)
     return checks
 
 
 def record(server_id: int, result: ProbeResult, pool: PoolConfig) -> HealthCheck | None:
-    """Write one probe result: the history row, the counters, and a state flip when due.
+    """Write one probe result (see `record_many`); None when the server was deleted meanwhile."""
+    found = record_many([(server_id, result, pool)])
+    return found[0] if found else None
 
-    Returns None when the server was deleted while it was being probed.
+
+# Results written per transaction: one SELECT … FOR UPDATE, one INSERT of the checks and one
+# UPDATE of the counters per batch, instead of three statements and a commit per server.
+BATCH = 250
+COUNTER_FIELDS = (
+    "consecutive_ok",
+    "consecutive_failed",
+    "last_checked_at",
+    "last_error",
+    "negotiated_era",
+    "protocol_version",
+    "tools_count",
+    "tools_hash",
+)
+
+
+def record_many(results: list[tuple[int, ProbeResult, PoolConfig]]) -> list[HealthCheck]:
+    """Write probe results: the history rows, the counters, and state flips when due.
+
+    The servers' rows are locked for the batch (in id order, so two workers never deadlock), so
+    two workers checking one server take turns and each judges the counters the other left; a
+    flip is still `services.flip_health`'s compare-and-set. Deleted servers are skipped.
     """
+    written: list[HealthCheck] = []
+    for start in range(0, len(results), BATCH):
+        written += _record_batch(results[start : start + BATCH])
+    return written
+
+
+def _record_batch(batch: list[tuple[int, ProbeResult, PoolConfig]]) -> list[HealthCheck]:
     with transaction.atomic():
-        server = Server.objects.select_for_update().filter(pk=server_id).first()
-        if server is None:
-            return None
-        now = timezone.now()
-        check = HealthCheck.objects.create(
-            server=server,
-            at=now,
-            ok=result.ok,
-            latency_ms=result.latency_ms,
-            error=result.error,
-            era=result.era,
-            protocol_version=result.protocol_version,
-            tools_count=result.tools_count,
-            tools_hash=result.tools_hash,
-        )
-        current = Health(server.health)
-        changed_at = server.health_changed_at
-        verdict = health.judge(
-            current,
-            consecutive_ok=server.consecutive_ok,
-            consecutive_failed=server.consecutive_failed,
-            ok=result.ok,
-            fall=pool.fall,
-            rise=pool.rise,
-            since_change=(now - changed_at).total_seconds() if changed_at else float("inf"),
-            slow_start_window=pool.slow_start_window,
-            error=result.error,
-        )
-        fields: dict[str, object] = {
-            "consecutive_ok": verdict.consecutive_ok,
-            "consecutive_failed": verdict.consecutive_failed,
-            "last_checked_at": now,
-            "last_error": result.error,
+        rows = {
+            s.pk: s
+            for s in Server.objects.select_for_update()
+            .filter(pk__in=[server_id for server_id, _, _ in batch])
+            .order_by("pk")
         }
-        if result.ok:
-            fields.update(negotiated_era=result.era, protocol_version=result.protocol_version)
-        if result.tools_count is not None:
-            fields.update(tools_count=result.tools_count, tools_hash=result.tools_hash)
-        if verdict.health is None:
-            Server.objects.filter(pk=server_id).update(**fields)
-        else:
+        now = timezone.now()
+        checks: list[HealthCheck] = []
+        steady: list[Server] = []
+        flips: list[tuple[Server, Health, health.Verdict, dict[str, object]]] = []
+        for server_id, result, pool in batch:
+            server = rows.get(server_id)
+            if server is None:
+                continue
+            checks.append(_history_row(server, result, now))
+            current = Health(server.health)
+            changed_at = server.health_changed_at
+            verdict = health.judge(
+                current,
+                consecutive_ok=server.consecutive_ok,
+                consecutive_failed=server.consecutive_failed,
+                ok=result.ok,
+                fall=pool.fall,
+                rise=pool.rise,
+                since_change=(now - changed_at).total_seconds() if changed_at else float("inf"),
+                slow_start_window=pool.slow_start_window,
+                error=result.error,
+            )
+            fields: dict[str, object] = {
+                "consecutive_ok": verdict.consecutive_ok,
+                "consecutive_failed": verdict.consecutive_failed,
+                "last_checked_at": now,
+                "last_error": result.error,
+            }
+            if result.ok:
+                fields.update(negotiated_era=result.era, protocol_version=result.protocol_version)
+            if result.tools_count is not None:
+                fields.update(tools_count=result.tools_count, tools_hash=result.tools_hash)
+            if verdict.health is None:
+                for name, value in fields.items():
+                    setattr(server, name, value)
+                steady.append(server)
+            else:
+                flips.append((server, current, verdict, fields))
+        HealthCheck.objects.bulk_create(checks)
+        if steady:
+            Server.objects.bulk_update(steady, COUNTER_FIELDS)
+        for server, current, verdict, fields in flips:
+            assert verdict.health is not None  # noqa: S101  # narrows the type only
             services.flip_health(
-                server_id,
+                server.pk,
                 expected=[current],
                 new=verdict.health,
                 reason=verdict.reason,
                 source=Flip.Source.CHECK,
                 **fields,
             )
-    return check
+    return checks
+
+
+def _history_row(server: Server, result: ProbeResult, now: datetime) -> HealthCheck:
+    return HealthCheck(
+        server=server,
+        at=now,
+        ok=result.ok,
+        latency_ms=result.latency_ms,
+        error=result.error,
+        era=result.era,
+        protocol_version=result.protocol_version,
+        tools_count=result.tools_count,
+        tools_hash=result.tools_hash,
+    )
 
 
 def refresh_tools_differ(pool_id: int) -> None:

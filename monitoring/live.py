@@ -467,13 +467,24 @@ class Publisher:
         )
         self.sent += 1
 
+    async def forward_check(self, event: dict[str, Any]) -> None:
+        """A "check now" result: to the pages open on its pool, at once (not kept as `latest`:
+        a page opened later reads the result from the history instead)."""
+        fields = ("server", "ok", "error", "latency_ms", "at")
+        data = {"type": "check", "pool": event.get("pool"), **{k: event.get(k) for k in fields}}
+        slug = event.get("pool")
+        if isinstance(slug, str):
+            await self.layer.group_send(
+                group_name(slug), {"type": "dashboard.update", "data": data}
+            )
+
     async def _send(self, group: str, data: dict[str, Any]) -> None:
         self._latest[group] = data
         await self.layer.group_send(group, {"type": "dashboard.update", "data": data})
 
     async def _listen(self) -> None:
         """Health and config events (from this process, or every process with Redis) → nudge."""
-        from servers.events import CONFIG_CHANGED, CONTROL_GROUP, HEALTH_CHANGED
+        from servers.events import CONFIG_CHANGED, CONTROL_GROUP, HEALTH_CHANGED, HEALTH_CHECKED
 
         # every real layer takes a prefix; the stubs' abstract base does not say so
         channel = await self.layer.new_channel("dashboard-events.")  # type: ignore[call-arg]
@@ -488,10 +499,13 @@ class Publisher:
                     log.debug("dashboard events unavailable: %s", exc)
                     await asyncio.sleep(1.0)
                     continue
-                if message.get("type") in (HEALTH_CHANGED, CONFIG_CHANGED):
-                    # Let the runtime's own listener reload first, so the push shows the change.
-                    await asyncio.sleep(0.2)
-                    self.nudge()
+                if message.get("type") == HEALTH_CHECKED:
+                    await self.forward_check(message)
+                elif message.get("type") in (HEALTH_CHANGED, CONFIG_CHANGED):
+                    # Let the runtime's own listener reload first, so the push shows the change;
+                    # without waiting here, so a storm of events drains at once (a backlog would
+                    # fill the channel and drop what comes next, "check now" results included).
+                    asyncio.get_running_loop().call_later(0.2, self.nudge)
         finally:
             with contextlib.suppress(Exception):
                 await self.layer.group_discard(CONTROL_GROUP, channel)

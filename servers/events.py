@@ -17,6 +17,9 @@ from django.dispatch import Signal
 CONTROL_GROUP = "mcppool-control"
 CONFIG_CHANGED = "config.changed"
 HEALTH_CHANGED = "health.changed"
+# One "check now" result, for the dashboard pages open on its pool (not sent for scheduled checks:
+# at a thousand servers that would be hundreds of events a second nobody asked for).
+HEALTH_CHECKED = "health.checked"
 
 log = logging.getLogger(__name__)
 
@@ -44,5 +47,15 @@ def announce_committed(version: int, reason: str) -> None:
     config_committed.send(None, version=version, reason=reason)
 
 
-def publish_health_changed(server_id: int, health: str, reason: str) -> bool:
-    return publish(HEALTH_CHANGED, server_id=server_id, health=health, reason=reason)
+def publish_health_changed(server_id: int, health: str, reason: str, *, at: float) -> bool:
+    """One server's health flipped (`at`: epoch seconds): runtimes apply it to that server alone,
+    without reloading the config."""
+    return publish(HEALTH_CHANGED, server_id=server_id, health=health, reason=reason, at=at)
+
+
+def publish_health_checked(
+    *, pool: str, server: str, ok: bool, error: str, latency_ms: float | None, at: str
+) -> bool:
+    return publish(
+        HEALTH_CHECKED, pool=pool, server=server, ok=ok, error=error, latency_ms=latency_ms, at=at
+    )

@@ -213,7 +213,7 @@ def flip_health(
 
     `UPDATE … WHERE health IN (expected)`: when two workers judge the same server at once, only
     one update matches, so a state never flips twice and the history never shows a double flip.
-    The flip is recorded, the version bumped and `health.changed` published after commit.
+    The flip is recorded and `health.changed` published after commit.
     """
     expected = list(expected)
     now = timezone.now()
@@ -231,12 +231,11 @@ def flip_health(
         Flip.objects.create(
             server_id=server_id, at=now, old=old, new=new, source=source, reason=reason[:500]
         )
-        version = bump_config_version()
+        # Not a config change: runtimes apply it to this one server (the event, or their poll of
+        # recent flips), and the config version row — held by a long `mcppool apply` — is not
+        # touched, so check results never wait behind an apply.
         transaction.on_commit(
-            lambda: (
-                events.publish_health_changed(server_id, new, reason),
-                events.publish_config_changed(version, f"health {server_id} → {new}"),
-            )
+            lambda: events.publish_health_changed(server_id, new, reason, at=now.timestamp())
         )
     return True
 

@@ -291,21 +291,44 @@ class Runtime:
                     config, server, self._opener(live, server.id), clock=self.clock, rng=self.rng
                 )
                 continue
-            old = endpoint.config
-            if old.health in (Health.DOWN, Health.EJECTED) and server.health in (
-                Health.UP,
-                Health.RECOVERING,
-            ):
-                endpoint.up_since = now  # back from down: slow start
-                endpoint.outlier.mark_probe_ok(now)
-                # It may have come back as another build: re-read its tools on the next upkeep,
-                # and reconnect now rather than after the reconnect backoff it built up while down.
-                live.tools_refreshed.pop(server.id, None)
-                live.sessions[server.id].reconnect_now()
-            if server.health is Health.UP and old.health is not Health.UP:
-                endpoint.outlier.mark_probe_ok(now)  # a passing active check un-ejects
+            self._health_moved(live, endpoint, server, now)
             endpoint.config = server
             live.sessions[server.id].reconfigure(config, server)
+
+    def _health_moved(
+        self, live: LivePool, endpoint: Endpoint, server: ServerConfig, now: float
+    ) -> None:
+        old = endpoint.config
+        if old.health in (Health.DOWN, Health.EJECTED) and server.health in (
+            Health.UP,
+            Health.RECOVERING,
+        ):
+            endpoint.up_since = now  # back from down: slow start
+            endpoint.outlier.mark_probe_ok(now)
+            # It may have come back as another build: re-read its tools on the next upkeep,
+            # and reconnect now rather than after the reconnect backoff it built up while down.
+            live.tools_refreshed.pop(server.id, None)
+            live.sessions[server.id].reconnect_now()
+        if server.health is Health.UP and old.health is not Health.UP:
+            endpoint.outlier.mark_probe_ok(now)  # a passing active check un-ejects
+
+    def apply_health(self, server_id: int, health: Health, changed_at: float) -> bool:
+        """Apply one server's new health (a `health.changed` event) without reloading the config:
+        a flip costs this server's update, not a diff of every pool. True when it changed here."""
+        now = self.clock()
+        for live in self.pools.values():
+            endpoint = live.endpoints.get(server_id)
+            if endpoint is None or endpoint.config.health is health:
+                continue
+            server = replace(endpoint.config, health=health, health_changed_at=changed_at)
+            self._health_moved(live, endpoint, server, now)
+            endpoint.config = server
+            live.config = replace(
+                live.config,
+                servers=tuple(server if s.id == server_id else s for s in live.config.servers),
+            )
+            return True
+        return False
 
     def _retire(self, sp: SessionPool) -> None:
         task = asyncio.ensure_future(sp.close(grace=sp.pool.call_timeout))

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from prometheus_client import REGISTRY
 
-from monitoring import checks, tasks
+from monitoring import broker, checks, tasks
 from monitoring.models import HealthCheck
+from servers import events
 from servers.choices import Health, ServerState
 from servers.models import Flip, Server
 from tests.monitoring.conftest import Restartable, add_http, add_stdio, make_pool
@@ -184,7 +190,11 @@ def test_run_health_checks_flags_the_server_whose_tools_differ(
     b = add_http(pool, "b", restartable("b").url)
     odd = add_stdio(pool, procs.time_stdio_config())
 
-    check(pool.pk)
+    # (a stdio server may still be starting after a round: rounds go on until it has answered)
+    for _ in range(30):
+        check(pool.pk)
+        if Server.objects.filter(pk=odd.pk, tools_count__isnull=False).exists():
+            break
 
     # then only the odd one out is flagged
     flags = dict(Server.objects.filter(pool=pool).values_list("pk", "tools_differ"))
@@ -218,3 +228,62 @@ def test_prune_history_deletes_rows_older_than_the_retention(settings: object) -
 
 def test_run_pool_checks_of_a_deleted_pool_does_nothing() -> None:
     assert checks.run_pool_checks(123_456) == []
+
+
+def test_check_now_task_records_and_announces_each_result(
+    replica: procs.UpstreamProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given one server answering and one refusing
+    pool = make_pool()
+    good = add_http(pool, "good", replica.url)
+    add_http(pool, "dead", "http://127.0.0.1:9/mcp")
+    announced: list[dict[str, Any]] = []
+    monkeypatch.setattr(events, "publish", lambda kind, **data: announced.append({kind: data}))
+    # when the queued "check now" runs on the worker
+    assert tasks.check_now.delay([s.pk for s in pool.servers.all()]).get() == 2
+    # then both results are recorded and announced to the pool's dashboard pages
+    assert HealthCheck.objects.get(server=good).ok
+    checked = [e[events.HEALTH_CHECKED] for e in announced if events.HEALTH_CHECKED in e]
+    results = {e["server"]: e for e in checked}
+    assert results["good"]["ok"] is True
+    assert results["good"]["pool"] == "web"
+    assert results["dead"]["ok"] is False
+    assert results["dead"]["error"]
+
+
+def test_run_interval_checks_one_task_checks_every_pool_and_writes_in_one_batch(
+    restartable: Callable[[str], Restartable],
+) -> None:
+    # given three pools checked every second, four servers each (one replica behind them all)
+    replica = restartable("a")
+    servers = [
+        add_http(pool, f"s{i}", replica.url)
+        for pool in (make_pool(slug) for slug in ("web", "api", "db"))
+        for i in range(4)
+    ]
+    tasks.run_interval_checks.delay(1.0)  # first round: every server flips unknown → up
+
+    # when the next round runs (one task for the interval, not one per pool)
+    with CaptureQueriesContext(connection) as queries:
+        assert tasks.run_interval_checks.delay(1.0).get() == 12
+
+    # then every server was checked, and the results went in as one insert and one update
+    assert HealthCheck.objects.filter(server__in=servers).count() == 24
+    sql = [q["sql"] for q in queries.captured_queries]
+    assert sum(s.startswith('INSERT INTO "monitoring_healthcheck"') for s in sql) == 1
+    assert sum(s.startswith('UPDATE "servers_server"') for s in sql) == 1
+    assert all(health_of(s) == Health.UP for s in servers)
+
+
+def test_purge_broker_deletes_consumed_messages_only(tmp_path: Path) -> None:
+    # given an embedded broker file with one consumed and one waiting message
+    path = tmp_path / "broker.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE kombu_message (id INTEGER PRIMARY KEY, visible BOOLEAN)")
+        db.executemany("INSERT INTO kombu_message (visible) VALUES (?)", [(0,), (1,)])
+    # when the purge runs
+    assert broker.purge_consumed(f"sqla+sqlite:///{path}") == 1
+    # then only the waiting message is left; other brokers are left alone
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT visible FROM kombu_message").fetchall() == [(1,)]
+    assert broker.purge_consumed("redis://127.0.0.1:6379/0") == 0

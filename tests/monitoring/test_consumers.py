@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from channels.layers import get_channel_layer
+from channels.layers import channel_layers, get_channel_layer
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser, User
@@ -18,7 +18,7 @@ from balancing.engine.config import Health, PoolConfig, Snapshot
 from balancing.engine.runtime import Runtime
 from monitoring import live
 from monitoring.routing import websocket_urlpatterns
-from servers.events import CONTROL_GROUP, HEALTH_CHANGED
+from servers.events import CONTROL_GROUP, HEALTH_CHANGED, HEALTH_CHECKED
 from tests.helpers.fakes import Clock, fake_runtime, server
 
 POOL = PoolConfig(id=1, slug="p", name="P", servers=(server(1, "a"), server(2, "b")))
@@ -169,3 +169,37 @@ async def test_consumer_last_page_closed_stops_the_publisher(runtime: Runtime) -
     await second.disconnect()
     assert not publisher.running
     assert live._publisher is None
+
+
+async def test_consumer_check_now_result_reaches_the_pool_page_at_once(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a pool page open, its periodic push far away (on a channel layer of this event loop:
+    # a Redis layer left receiving by an earlier test's loop refuses another loop's receive)
+    channel_layers.backends.clear()
+    monkeypatch.setattr(live, "INTERVAL", 60.0)
+    page, _ = await open_page("/ws/dashboard/pool/p/", staff())
+    await page.receive_json_from(timeout=TIMEOUT)
+    other, _ = await open_page("/ws/dashboard/", staff())
+    await other.receive_json_from(timeout=TIMEOUT)
+    layer = get_channel_layer()
+    event = {
+        "type": HEALTH_CHECKED, "pool": "p", "server": "b", "ok": False,
+        "error": "connection refused", "latency_ms": None, "at": "2026-12-02T05:00:00+00:00",
+    }  # fmt: skip
+    # when the worker announces the result of a queued "check now" (again until the publisher,
+    # started with the page, has joined the control group)
+    check: dict[str, Any] | None = None
+    for _ in range(100):
+        await layer.group_send(CONTROL_GROUP, event)
+        while check is None and not await page.receive_nothing(timeout=0.05):
+            message = await page.receive_json_from(timeout=TIMEOUT)
+            check = message if message["type"] == "check" else None
+        if check is not None:
+            break
+    # then the pool's page gets it (no numbers push is due), and says how it went
+    assert check is not None
+    assert (check["server"], check["ok"]) == ("b", False)
+    assert check["error"] == "connection refused"
+    await page.disconnect()
+    await other.disconnect()

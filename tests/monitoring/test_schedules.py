@@ -1,4 +1,5 @@
-"""Beat schedules follow the pools: created, retimed, renamed, removed, repaired."""
+"""Beat schedules follow the pools: one check task per interval in use, retimed, removed,
+repaired — never one per pool (at 100 pools that cost beat and the worker most of their CPU)."""
 
 from __future__ import annotations
 
@@ -18,53 +19,57 @@ from tests.monitoring.conftest import make_pool
 pytestmark = pytest.mark.django_db
 
 
-def task_of(pool: Pool) -> PeriodicTask:
-    return PeriodicTask.objects.get(
-        task=schedules.CHECK_TASK, kwargs=json.dumps({"pool_id": pool.pk})
-    )
+def check_tasks() -> dict[float, PeriodicTask]:
+    return {
+        json.loads(t.kwargs)["interval"]: t
+        for t in PeriodicTask.objects.filter(task=schedules.CHECK_TASK)
+    }
 
 
-def test_pool_saved_gets_a_check_schedule_with_its_interval_and_expiry() -> None:
-    pool = make_pool("web", check_interval=5.0, check_timeout=2.0)
+def test_pools_of_one_interval_share_one_check_task_with_that_interval_and_expiry() -> None:
+    for slug in ("web", "api", "db"):
+        make_pool(slug, check_interval=5.0, check_timeout=2.0)
 
-    task = task_of(pool)
+    [task] = check_tasks().values()
 
-    assert task.name == "mcppool: check web"
+    assert task.name == "mcppool: checks every 5s"
     assert task.enabled
     assert (task.interval.every, task.interval.period) == (5, IntervalSchedule.SECONDS)
     assert task.expire_seconds == 5  # a round not started within one interval is dropped
 
 
-def test_pool_interval_change_retimes_its_schedule() -> None:
+def test_pool_interval_change_adds_its_interval_and_drops_the_unused_one() -> None:
     pool = make_pool("web", check_interval=5.0, check_timeout=2.0)
 
     pool.check_interval = 2.5
     services.save(pool)
 
-    interval = task_of(pool).interval
-    assert (interval.every, interval.period) == (2_500_000, IntervalSchedule.MICROSECONDS)
+    [(seconds, task)] = check_tasks().items()
+    assert seconds == 2.5
+    assert (task.interval.every, task.interval.period) == (2_500_000, IntervalSchedule.MICROSECONDS)
 
 
-def test_pool_slug_change_renames_its_schedule_and_keeps_it_paused() -> None:
-    # given an operator paused the pool's checks in the beat admin
+def test_paused_interval_stays_paused_when_a_pool_is_saved() -> None:
+    # given an operator paused the 1 s checks in the beat admin
     pool = make_pool("web")
-    PeriodicTask.objects.filter(pk=task_of(pool).pk).update(enabled=False)
+    PeriodicTask.objects.filter(task=schedules.CHECK_TASK).update(enabled=False)
 
     pool.slug = "www"
     services.save(pool)
+    make_pool("api")
 
-    task = task_of(pool)
-    assert task.name == "mcppool: check www"
+    [task] = check_tasks().values()
     assert not task.enabled
-    assert PeriodicTask.objects.filter(task=schedules.CHECK_TASK).count() == 1
 
 
-def test_pool_deleted_loses_its_schedule() -> None:
-    pool = make_pool("web")
+def test_last_pool_of_an_interval_deleted_drops_its_task() -> None:
+    web = make_pool("web", check_interval=1.0)
+    api = make_pool("api", check_interval=5.0, check_timeout=2.0)
 
-    services.delete(pool)
-
-    assert not PeriodicTask.objects.filter(task=schedules.CHECK_TASK).exists()
+    services.delete(api)
+    assert set(check_tasks()) == {1.0}
+    services.delete(web)
+    assert check_tasks() == {}
 
 
 def test_pool_save_rolled_back_leaves_no_schedule() -> None:
@@ -79,13 +84,17 @@ def test_pool_save_rolled_back_leaves_no_schedule() -> None:
     assert not PeriodicTask.objects.filter(task=schedules.CHECK_TASK).exists()
 
 
-def test_setup_schedules_repairs_missing_drops_stale_and_adds_the_prune() -> None:
-    # given a pool whose task was deleted by hand and a task left from a deleted pool
-    pool = make_pool("web")
+def test_setup_schedules_repairs_missing_drops_stale_and_per_pool_tasks() -> None:
+    # given the interval's task deleted by hand, a stale one, and a per-pool task of old
+    make_pool("web")
     PeriodicTask.objects.filter(task=schedules.CHECK_TASK).delete()
     PeriodicTask.objects.create(
-        name="mcppool: check gone", task=schedules.CHECK_TASK,
-        kwargs=json.dumps({"pool_id": 999}), interval=schedules.interval(5),
+        name="mcppool: checks every 7s", task=schedules.CHECK_TASK,
+        kwargs=json.dumps({"interval": 7.0}), interval=schedules.interval(7),
+    )  # fmt: skip
+    PeriodicTask.objects.create(
+        name="mcppool: check web", task=schedules.POOL_CHECK_TASK,
+        kwargs=json.dumps({"pool_id": 1}), interval=schedules.interval(5),
     )  # fmt: skip
     out = StringIO()
 
@@ -93,21 +102,23 @@ def test_setup_schedules_repairs_missing_drops_stale_and_adds_the_prune() -> Non
     call_command("setup_schedules", stdout=StringIO())  # idempotent
 
     names = set(PeriodicTask.objects.values_list("name", flat=True))
-    assert names == {"mcppool: check web", schedules.PRUNE_NAME}
-    assert task_of(pool).interval.every == 1
+    assert names == {"mcppool: checks every 1s", schedules.PRUNE_NAME, schedules.PURGE_NAME}
     prune = PeriodicTask.objects.get(name=schedules.PRUNE_NAME)
     assert (prune.task, prune.interval.period) == ("monitoring.tasks.prune_history", "days")
-    assert "1 pool schedule(s) in place, 1 stale removed" in out.getvalue()
+    purge = PeriodicTask.objects.get(name=schedules.PURGE_NAME)
+    assert purge.task == "monitoring.tasks.purge_broker"
+    assert "1 pool(s) checked by 1 interval schedule(s), 2 stale removed" in out.getvalue()
 
 
-def test_migrate_schedules_the_daily_prune_and_every_pool() -> None:
+def test_migrate_schedules_the_housekeeping_and_every_interval() -> None:
     # given a pool whose schedule went missing (e.g. saved before monitoring existed)
-    pool = make_pool("web")
+    make_pool("web")
     PeriodicTask.objects.all().delete()
 
     # when the database is migrated (docker-compose's migrate service, `make run`)
     emit_post_migrate_signal(verbosity=0, interactive=False, db="default")
 
-    # then the prune and the pool's checks are scheduled
+    # then the prune, the purge and the pool's interval are scheduled
     assert PeriodicTask.objects.filter(name=schedules.PRUNE_NAME).count() == 1
-    assert task_of(pool).name == "mcppool: check web"
+    assert PeriodicTask.objects.filter(name=schedules.PURGE_NAME).count() == 1
+    assert set(check_tasks()) == {1.0}

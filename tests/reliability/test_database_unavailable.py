@@ -160,8 +160,10 @@ def test_database_unreachable_calls_flow_admin_says_so_and_writes_resume_after(
 ) -> None:
     # given a web process whose database connection goes through the relay
     app, admin, server_id = setup(replica.url)
+    # (no worker here: "check now", queued on Celery, runs eagerly in the web process)
     env = web_env(var_dir, db_url=relayed_url(relay), MCPPOOL_CONFIG_POLL_SECONDS="0.5",
-                  SESSION_COOKIE_SECURE="0", CSRF_COOKIE_SECURE="0")  # fmt: skip
+                  SESSION_COOKIE_SECURE="0", CSRF_COOKIE_SECURE="0",
+                  CELERY_TASK_ALWAYS_EAGER="1")  # fmt: skip
     manage(env, CREATE_ADMIN)
     web = start_web(env)
     webs.append(web)

@@ -11,13 +11,14 @@ from monitoring import schedules
 
 class Command(BaseCommand):
     help = (
-        "Create or repair the beat schedules: a health-check periodic task per pool (its "
-        "interval and expiry from the pool), the daily history prune; drop those of deleted pools."
+        "Create or repair the beat schedules: one health-check periodic task per check interval "
+        "in use (a round of every pool with that interval), the daily history prune and the "
+        "broker purge; drop the tasks of intervals no pool uses."
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
         counts = schedules.sync_all()
         self.stdout.write(
-            f"{counts['pools']} pool schedule(s) in place, {counts['removed']} stale removed, "
-            "daily prune scheduled."
+            f"{counts['pools']} pool(s) checked by {counts['intervals']} interval schedule(s), "
+            f"{counts['removed']} stale removed, prune and broker purge scheduled."
         )

@@ -124,6 +124,17 @@
     }
   }
 
+  // A "check now" result, pushed when the worker has it (the admin only queued it).
+  function onCheck(msg) {
+    const list = document.getElementById("checks");
+    if (!list) return;
+    const li = el("li", { "data-server": msg.server, "data-ok": String(msg.ok) });
+    const verdict = msg.ok ? "passed in " + fmt.ms(msg.latency_ms) : "failed (" + msg.error + ")";
+    li.append(el("time", {}, String(msg.at).slice(0, 19).replace("T", " ")), " ", el("b", {}, msg.server), " " + verdict);
+    list.prepend(li);
+    document.getElementById("checks-now").hidden = false;
+  }
+
   const conn = document.getElementById("conn");
   function status(state, text) { conn.dataset.state = state; conn.textContent = text; }
 
@@ -137,6 +148,7 @@
       const msg = JSON.parse(event.data);
       if (msg.type === "overview") onOverview(msg);
       else if (msg.type === "pool") onPool(msg);
+      else if (msg.type === "check") onCheck(msg);
       document.body.dataset.updated = String(Date.now());
     };
     ws.onclose = (event) => {
