@@ -201,4 +201,5 @@ def test_conformance_suite_passes_through_the_gateway_as_it_does_directly(
     # then every scenario that passes directly passes through the gateway, but those listed
     print(_summary(runs))
     problems = _problems(runs)
-    assert not problems, "\n".join([_summary(runs), *problems])
+    gateway_log = f"gateway log (tail):\n{webs[0].output()[-2000:]}" if problems else ""
+    assert not problems, "\n".join([_summary(runs), *problems, gateway_log])
