@@ -364,7 +364,7 @@ class UpstreamSession:
                         meta = {**meta, "progressToken": request_id}
                         wire_params = {**params, "_meta": meta}
                     self._by_token[wire_token] = call
-                if self._envelope is None and protocol.has_envelope(meta):
+                if self.era is Era.HANDSHAKE and protocol.has_envelope(meta):
                     # A 2026 client's envelope means nothing to a handshake-era server.
                     wire_params = {**params, "_meta": protocol.without_envelope(meta)}
         if self._envelope is not None:

@@ -248,12 +248,16 @@ def tool(fn: Fn) -> Fn:
     return fn
 
 
-def tool_named(name: str) -> Callable[[Fn], Fn]:
+def _collect(into: list[tuple[Any, Callable[..., Any]]], key: Any) -> Callable[[Fn], Fn]:
     def register(fn: Fn) -> Fn:
-        TOOLS.append((name, fn))
+        into.append((key, fn))
         return fn
 
     return register
+
+
+def tool_named(name: str) -> Callable[[Fn], Fn]:
+    return _collect(TOOLS, name)
 
 
 def prompt(fn: Fn) -> Fn:
@@ -262,11 +266,7 @@ def prompt(fn: Fn) -> Fn:
 
 
 def resource(uri: str) -> Callable[[Fn], Fn]:
-    def register(fn: Fn) -> Fn:
-        RESOURCES.append((uri, fn))
-        return fn
-
-    return register
+    return _collect(RESOURCES, uri)
 
 
 # ---------------------------------------------------------------- content tools

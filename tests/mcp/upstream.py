@@ -1,0 +1,133 @@
+"""A protocol-faithfulness test upstream: what the gateway must pass on, observable from outside.
+
+    python -m tests.mcp.upstream --port 8123 --name r1
+
+An mcp SDK 2.3.0 `MCPServer` (both eras) over Streamable HTTP. It shows what reached it
+(`whoami`: the request's `_meta`, the client's name and the headers of interest), asks for input
+the 2026 way (`sampled`: a `Sample` resolver, an `input_required` round trip whose state only this
+process can open), mirrors a parameter into a header (`regional`: `x-mcp-header`), fails with
+MCP's own errors (`gone` and the `missing://` resource: -32002 with `data.uri`; `reject`: any
+code), gives caching hints (`prompts/list` public, `resources/list` private) and counts the
+requests it was sent
+(`counts`, by `Mcp-Method`), so a test can tell a cached answer from a forwarded one.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from typing import Annotated, Any
+
+import mcp_types as types
+import uvicorn
+from mcp.server.caching import CacheHint
+from mcp.server.mcpserver import Context, MCPServer, Resolve, Sample
+from mcp.shared.exceptions import MCPError
+from pydantic import Field
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+NAME = ["proto"]
+SEEN: Counter[str] = Counter()
+_HEADERS_SHOWN = ("traceparent", "tracestate", "mcp-param-region", "mcp-protocol-version")
+
+mcp: MCPServer[Any] = MCPServer(
+    "proto",
+    cache_hints={
+        "prompts/list": CacheHint(ttl_ms=60_000, scope="public"),
+        "resources/list": CacheHint(ttl_ms=60_000, scope="private"),
+    },
+)
+
+
+@mcp.tool()
+async def whoami(ctx: Context) -> dict[str, Any]:
+    """Which replica answered, and what reached it of the client's request."""
+    headers = ctx.headers or {}
+    client = ctx.session.client_params
+    return {
+        "name": NAME[0],
+        "meta": dict(ctx.request_context.meta or {}),
+        "headers": {k: v for k, v in headers.items() if k in _HEADERS_SHOWN},
+        "protocol_version": ctx.protocol_version,
+        "client_name": client.client_info.name if client is not None else None,
+    }
+
+
+def _ask(prompt: str) -> Sample:
+    text = types.TextContent(type="text", text=prompt)
+    return Sample([types.SamplingMessage(role="user", content=text)], max_tokens=16)
+
+
+@mcp.tool()
+async def sampled(prompt: str, answer: Annotated[types.CreateMessageResult, Resolve(_ask)]) -> str:
+    """Ask the client's model (an input_required round trip on the 2026 wire)."""
+    content = answer.content
+    text = content.text if isinstance(content, types.TextContent) else str(content)
+    return f"{NAME[0]}:{text}"
+
+
+@mcp.tool()
+async def regional(
+    region: Annotated[str, Field(json_schema_extra={"x-mcp-header": "Region"})],
+) -> str:
+    """A parameter mirrored into the `Mcp-Param-Region` header (the server checks they agree)."""
+    return f"region {region}"
+
+
+@mcp.tool()
+async def gone(uri: str) -> str:
+    """Fail with MCP's "resource not found" (-32002) naming the uri."""
+    raise MCPError(code=-32002, message="Resource not found", data={"uri": uri})
+
+
+@mcp.tool()
+async def reject(code: int) -> str:
+    """Answer the call with a JSON-RPC error of this code."""
+    raise MCPError(code=code, message=f"rejected with {code}", data={"asked": code})
+
+
+@mcp.tool()
+async def counts() -> dict[str, int]:
+    """Requests this process was sent, by `Mcp-Method` (2026 wire)."""
+    return dict(SEEN)
+
+
+@mcp.resource("missing://{name}")
+async def missing(name: str) -> str:
+    raise MCPError(code=-32002, message="Resource not found", data={"uri": f"missing://{name}"})
+
+
+@mcp.resource("static://hello")
+async def hello() -> str:
+    return "hello"
+
+
+@mcp.prompt()
+async def greet(who: str) -> str:
+    return f"Hello {who}"
+
+
+class CountRequests:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            for name, value in scope["headers"]:
+                if name == b"mcp-method":
+                    SEEN[value.decode("latin-1")] += 1
+        await self.app(scope, receive, send)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--name", default="proto")
+    args = parser.parse_args()
+    NAME[0] = args.name
+    app = CountRequests(mcp.streamable_http_app(json_response=True))
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
