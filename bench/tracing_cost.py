@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import re
+import textwrap
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -154,21 +155,16 @@ def table(report: dict[str, Any]) -> str:
 
 def write_docs(report: dict[str, Any], text: str) -> None:
     machine = report["machine"]
-    section = "\n".join([
-        SECTION,
-        "",
+    intro = " ".join([
         "Four mcppool processes (off, traces at 100 % and 1 % sampling, the audit JSON log) on",
         f"one database and one JSON upstream, concurrency {report['concurrency']}, the median of "
         f"{report['rounds']} interleaved rounds of {report['duration_s']:g} s per row, on "
         f"{machine['cpu']} ({machine['cores']} cores, load average {machine['load_average_1m']} "
         "at the end). Spans went to a local OTLP/HTTP receiver "
         f"({report['spans_received']} received).",
-        "",
-        table(report),
-        "",
-        text,
-        "",
     ])  # fmt: skip
+    section = "\n".join([SECTION, "", textwrap.fill(intro, 100), "", table(report), "",
+                         textwrap.fill(text, 100, break_on_hyphens=False), ""])  # fmt: skip
     current = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
     pattern = re.compile(re.escape(SECTION) + r".*?(?=\n## |\Z)", re.S)
     current = pattern.sub(section.rstrip("\n") + "\n", current) if pattern.search(current) else (
