@@ -272,10 +272,13 @@ async def serve(
             otel_context.detach(call.token)
         elif call.method and obs.tracer is not None:
             call.start_span(None)  # refused before its body was read: a span all the same
-        outcome, answer = _outcome(transport, exchange)
+        audited = call.method == "tools/call" and trail.active
+        recording = call.span is not None and call.span.is_recording()
+        # Reading the answer is for the audit and a sampled span; an unsampled call skips it.
+        outcome, answer = _outcome(transport, exchange) if audited or recording else ("", None)
         if call.span is not None:
             _end_server_span(call.span, outcome, exchange.status, record)
-    if call.method == "tools/call" and trail.active:
+    if audited:
         latency_ms = (time.perf_counter() - started) * 1000.0
         request = call.params if transport == MCP else call.message
         trail.emit(

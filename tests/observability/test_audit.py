@@ -216,3 +216,21 @@ def test_admin_exports_the_selection_as_csv(admin_client: Client) -> None:
     # and the list filters by outcome
     page = admin_client.get(reverse("admin:audit_auditentry_changelist") + "?outcome=ok")
     assert page.status_code == 200 and b"t,with comma" in page.content
+
+
+async def test_refused_call_is_audited_without_a_key_name(gateway: Gateway) -> None:
+    # when: a made-up key of the right shape
+    bogus = "mcp_deadbeef_" + "x" * 43
+    async with gateway.http.post(
+        f"{gateway.url}/api/v1/pools/single/tools/echo/call",
+        json={"arguments": {"text": "hi"}},
+        headers={"Authorization": f"Bearer {bogus}"},
+    ) as response:
+        assert response.status == 401
+    # then: who tried, and that nothing was called; never the presented secret
+    (row,) = await _rows(1)
+    assert (row.outcome, row.status, row.key_name, row.key_prefix) == (
+        "invalid_api_key", 401, "", "deadbeef",
+    )  # fmt: skip
+    assert (row.server, row.attempts) == ("", 0)
+    assert row.arguments is None  # the body of a refused call is never read
