@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import mcp_types as types
 import orjson
 import pytest
 from asgiref.sync import sync_to_async
+from mcp import Client
 from opentelemetry.sdk.trace import TracerProvider
 
 from balancing import observe
 from balancing.engine.config import PoolConfig
 from monitoring.probes import Prober
 from tests.api.gateway import Gateway, add_key, add_pool
+from tests.mcp.conftest import transport
 from tests.observability.conftest import tracer_provider
 from tests.observability.receiver import ReceivedSpan, Receiver, otlp_receiver
 from tests.upstreams import procs
@@ -215,3 +218,39 @@ async def test_health_probe_is_traced(
     spans = await receiver.wait_for(lambda got: any(s.name == "mcppool.health.probe" for s in got))
     (probe,) = [s for s in spans if s.name == "mcppool.health.probe"]
     assert probe.attributes["mcppool.pool"] == "probed" and probe.attributes["mcppool.ok"] is True
+
+
+async def test_relayed_sampling_request_is_a_span_of_the_call(
+    tracing: TracerProvider,
+    receiver: Receiver,
+    gateway: Gateway,
+    sse_replica: procs.UpstreamProcess,
+) -> None:
+    # given: a sticky pool whose tool asks the client for a sampling completion mid-call
+    def add_relay_pool() -> str:
+        add_pool("relay", [("sse", sse_replica.url)], session_mode="sticky")
+        return add_key("relay-app", ["relay"])
+
+    gateway.keys["relay-app"] = await sync_to_async(add_relay_pool)()
+    await gateway.settle()
+
+    async def sample(context: Any, params: types.CreateMessageRequestParams) -> Any:
+        return types.CreateMessageResult(
+            role="assistant", content=types.TextContent(type="text", text="sampled"),
+            model="test", stop_reason="endTurn",
+        )  # fmt: skip
+
+    # when
+    client = Client(transport(gateway, "relay", "relay-app"), mode="legacy",
+                    sampling_callback=sample)  # fmt: skip
+    async with client as c:
+        result = await c.call_tool("sample", {"prompt": "hi"})
+    assert not result.is_error
+    # then: the relayed request is a span inside the call's server span
+    spans = await receiver.wait_for(
+        lambda got: any(s.name == "sampling/createMessage" for s in got)
+    )
+    (relay,) = [s for s in spans if s.name == "sampling/createMessage"]
+    (server,) = [s for s in spans if s.name == "tools/call sample" and s.kind == "SERVER"]
+    assert relay.trace_id == server.trace_id and relay.parent_span_id == server.span_id
+    assert relay.attributes["mcppool.relayed"] is True
