@@ -7,10 +7,12 @@ import asyncio
 import datetime as dt
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -234,3 +236,18 @@ async def test_refused_call_is_audited_without_a_key_name(gateway: Gateway) -> N
     )  # fmt: skip
     assert (row.server, row.attempts) == ("", 0)
     assert row.arguments is None  # the body of a refused call is never read
+
+
+def test_yaml_apply_is_audited_as_the_command_lines_change(tmp_path: Path) -> None:
+    # given
+    path = tmp_path / "pools.yaml"
+    path.write_text(
+        "pools:\n  - slug: yamlpool\n    name: Yaml\n    servers:\n"
+        "      - {name: a, transport: streamable_http, url: 'http://127.0.0.1:9/mcp'}\n"
+    )
+    # when
+    call_command("mcppool", "apply", str(path), stdout=io.StringIO())
+    # then
+    row = AuditEntry.objects.filter(kind=Kind.CONFIG_CHANGE).latest("id")
+    assert row.transport == "cli" and row.subject
+    assert row.change.startswith(f"apply {path}")
