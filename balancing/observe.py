@@ -25,6 +25,7 @@ from typing import Any, Final
 
 import orjson
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -79,8 +80,12 @@ def _update() -> Observer | None:
 
 
 def configure_from_environment() -> Observer | None:
-    """Tracing from the standard `OTEL_*` variables; the audit log from `MCPPOOL_AUDIT_LOG`."""
-    provider = tracing.build_provider(os.environ)
+    """Tracing from the standard `OTEL_*` variables; the audit log from `MCPPOOL_AUDIT_LOG`.
+    Raises `ImproperlyConfigured` for a variable it cannot honour."""
+    try:
+        provider = tracing.build_provider(os.environ)
+    except ValueError as exc:
+        raise ImproperlyConfigured(str(exc)) from None
     return configure(provider, audit_log=settings.MCPPOOL_AUDIT_LOG)
 
 

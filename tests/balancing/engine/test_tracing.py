@@ -42,9 +42,11 @@ def test_tracing_wanted_follows_the_standard_variables(
         provider.shutdown()
 
 
-def test_unknown_exporter_is_a_clear_error() -> None:
+def test_unknown_exporter_or_protocol_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="zipkin"):
         tracing.build_provider({"OTEL_TRACES_EXPORTER": "zipkin"})
+    with pytest.raises(ValueError, match="grpc"):
+        tracing.build_provider({**ENDPOINT, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
 
 
 @pytest.fixture
