@@ -2,7 +2,7 @@
 
 Every write to the config goes through `servers.services.config_change`, which sends
 `servers.events.config_committed` once its transaction has committed. Who made it comes from
-the request being served (`ActorMiddleware`): an admin user, or the API key of a REST call. A
+the request being served (`actor_middleware`): an admin user, or the API key of a REST call. A
 change made with no request around it came from the command line (`mcppool apply` of a YAML
 file, `manage.py` commands), and is put down to the operating-system user running it.
 """
@@ -13,11 +13,12 @@ import contextvars
 import getpass
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from asgiref.sync import iscoroutinefunction
 from django.http import HttpRequest, HttpResponse
+from django.utils.decorators import sync_and_async_middleware
 
 from audit.writer import entry_of
 from balancing.audit import AuditRecord, trail
@@ -32,37 +33,30 @@ _request: contextvars.ContextVar[HttpRequest | None] = contextvars.ContextVar(
 )
 
 
-class ActorMiddleware:
+@sync_and_async_middleware
+def actor_middleware(get_response: Callable[[HttpRequest], Any]) -> Callable[[HttpRequest], Any]:
     """Remembers the request being served, so a config change it makes knows who made it."""
+    if iscoroutinefunction(get_response):
 
-    sync_capable = True
-    async_capable = True
+        async def remember_async(request: HttpRequest) -> HttpResponse:
+            token = _request.set(request)
+            try:
+                response: HttpResponse = await get_response(request)
+                return response
+            finally:
+                _request.reset(token)
 
-    def __init__(
-        self, get_response: Callable[[HttpRequest], HttpResponse | Awaitable[HttpResponse]]
-    ) -> None:
-        self.get_response = get_response
-        self._async = iscoroutinefunction(get_response)
-        if self._async:
-            markcoroutinefunction(self)
+        return remember_async
 
-    def __call__(self, request: HttpRequest) -> Any:
-        if self._async:
-            return self._acall(request)
+    def remember(request: HttpRequest) -> HttpResponse:
         token = _request.set(request)
         try:
-            return self.get_response(request)
+            response: HttpResponse = get_response(request)
+            return response
         finally:
             _request.reset(token)
 
-    async def _acall(self, request: HttpRequest) -> HttpResponse:
-        token = _request.set(request)
-        try:
-            response = self.get_response(request)
-            assert not isinstance(response, HttpResponse)  # noqa: S101  # narrows the type only
-            return await response
-        finally:
-            _request.reset(token)
+    return remember
 
 
 def actor() -> AuditRecord:

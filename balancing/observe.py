@@ -1,17 +1,18 @@
 """Traces and the audit trail at the gateway's edge: one wrapper around the hot-path handlers.
 
 The router hands a request to `serve` instead of the handler when tracing or auditing is on
-(`observer()` is not None); with both off the hot path is untouched. `serve` reads the request body
-first (within the body limit, replayed to the handler unchanged), so it knows the method, the tool
-and a trace context carried in `_meta` before the call starts; then it
+(`observer()` is not None); with both off the hot path is untouched. `serve` watches the body as the
+handler reads it (so the handler's checks still come first: an unauthenticated client never makes
+the gateway read its body), and once it is read
 
-- opens the gateway's SERVER span, `{mcp.method.name} {tool}`, whose parent is the client's trace
-  context: `params._meta.traceparent` first (MCP's own), else the HTTP `traceparent` header. The
-  runtime's pick and attempt spans are its children (`balancing.engine.tracing`);
+- opens the gateway's SERVER span, `{mcp.method.name} {tool}`, starting when the request arrived,
+  whose parent is the client's trace context: `params._meta.traceparent` first (MCP's own), else
+  the HTTP `traceparent` header. The runtime's pick and attempt spans are its children
+  (`balancing.engine.tracing`);
 - watches what the handler sends (status, bytes, the final JSON-RPC message or REST body) to tell
   the outcome, and after a tool call emits one `AuditRecord` (`balancing.audit`).
 
-Health probes and config reloads get spans through `observer().span(...)`.
+Config reloads and health probes get spans through `span(...)` and `probed(...)`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any, Final
 
 import orjson
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -32,6 +34,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from balancing.api.http import Message, Receive, Scope, Send
 from balancing.audit import AuditRecord, cap_payload, trail
 from balancing.engine import tracing
+from balancing.engine.config import PoolConfig, ServerConfig
 from balancing.engine.tracing import Observer
 from balancing.keys import bearer_secret
 
@@ -79,8 +82,12 @@ def _update() -> Observer | None:
 
 
 def configure_from_environment() -> Observer | None:
-    """Tracing from the standard `OTEL_*` variables; the audit log from `MCPPOOL_AUDIT_LOG`."""
-    provider = tracing.build_provider(os.environ)
+    """Tracing from the standard `OTEL_*` variables; the audit log from `MCPPOOL_AUDIT_LOG`.
+    Raises `ImproperlyConfigured` for a variable it cannot honour."""
+    try:
+        provider = tracing.build_provider(os.environ)
+    except ValueError as exc:
+        raise ImproperlyConfigured(str(exc)) from None
     return configure(provider, audit_log=settings.MCPPOOL_AUDIT_LOG)
 
 
@@ -103,7 +110,7 @@ def span(
     return obs.span(name, attributes)
 
 
-def probed(pool: Any, server: Any, ok: bool, seconds: float, error: str) -> None:
+def probed(pool: PoolConfig, server: ServerConfig, ok: bool, seconds: float, error: str) -> None:
     """A health probe of `server` that took `seconds` ended now: its span, when tracing."""
     obs = observer()
     if obs is None or obs.tracer is None:
@@ -272,10 +279,13 @@ async def serve(
             otel_context.detach(call.token)
         elif call.method and obs.tracer is not None:
             call.start_span(None)  # refused before its body was read: a span all the same
-        outcome, answer = _outcome(transport, exchange)
+        audited = call.method == "tools/call" and trail.active
+        recording = call.span is not None and call.span.is_recording()
+        # Reading the answer is for the audit and a sampled span; an unsampled call skips it.
+        outcome, answer = _outcome(transport, exchange) if audited or recording else ("", None)
         if call.span is not None:
             _end_server_span(call.span, outcome, exchange.status, record)
-    if call.method == "tools/call" and trail.active:
+    if audited:
         latency_ms = (time.perf_counter() - started) * 1000.0
         request = call.params if transport == MCP else call.message
         trail.emit(

@@ -16,15 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
-import re
 from pathlib import Path
 from typing import Any
 
 from bench import gateway as gw
 from bench import procfs
-from bench.loadgen import McpTarget, RestTarget, RunResult, Target, new_event_loop, run
+from bench.loadgen import McpTarget, RestTarget, RunResult, Target, run, run_on_new_loop
+from bench.report import replace_section
 from tests.upstreams import procs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,13 +78,7 @@ async def measure(duration: float, rounds: int) -> dict[str, Any]:
                       f"{result.cpu_ms_per_call['gateway']:.3f} ms/call  errors {result.errors}",
                       flush=True)  # fmt: skip
         return {
-            "machine": {
-                "cpu": procfs.cpu_model(),
-                "cores": os.cpu_count(),
-                "python": platform.python_version(),
-                # other work on the machine inflates CPU per call (cache, scheduler): say so
-                "load_average_1m": round(os.getloadavg()[0], 2),
-            },
+            "machine": procfs.machine_brief(),
             "duration_s": duration,
             "rounds": rounds,
             "rows": [r.as_dict() for r in rows],
@@ -147,12 +139,7 @@ def write_docs(report: dict[str, Any]) -> None:
         verdict(report),
         "",
     ])  # fmt: skip
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(SECTION) + r".*?(?=\n## |\Z)", re.S)
-    text = pattern.sub(section.rstrip("\n") + "\n", text) if pattern.search(text) else (
-        text.rstrip("\n") + "\n\n" + section
-    )  # fmt: skip
-    DOCS.write_text(text)
+    replace_section(DOCS, SECTION, section)
 
 
 def main() -> None:
@@ -161,11 +148,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args()
-    loop = new_event_loop()
-    try:
-        report = loop.run_until_complete(measure(args.duration, args.rounds))
-    finally:
-        loop.close()
+    report = run_on_new_loop(measure(args.duration, args.rounds))
     print()
     print(table(report))
     print(verdict(report))

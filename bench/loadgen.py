@@ -32,7 +32,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import orjson
@@ -48,6 +48,7 @@ ACCEPT: Final = "application/json, text/event-stream"
 MAX_ERRORS: Final = 200
 
 Call = Callable[[], Awaitable[bool]]
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------- HTTP/1.1 over a bare protocol
@@ -544,6 +545,15 @@ async def run(
         client_cpu_ms_per_call=per_call(cpu),
         cpu_ms_per_call={name: per_call(after[name] - before[name]) for name in watch},
     )
+
+
+def run_on_new_loop(work: Awaitable[T]) -> T:
+    """Run `work` to the end on a fresh (uvloop) event loop, then close it."""
+    loop = new_event_loop()
+    try:
+        return loop.run_until_complete(work)
+    finally:
+        loop.close()
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

@@ -8,7 +8,9 @@ threads that have already exited, and excludes its children (a stdio upstream th
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
+from typing import Any
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -52,3 +54,14 @@ def memory_total_gb() -> float:
         if line.startswith("MemTotal:"):
             return int(line.split()[1]) / 1024 / 1024
     return 0.0
+
+
+def machine_brief() -> dict[str, Any]:
+    """The machine a result came from, and how busy it was: other work on a shared machine
+    inflates CPU per call (cache, scheduler), so a result says so."""
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }

@@ -177,6 +177,18 @@ def _area(frames: Sequence[str]) -> str:
 # ---------------------------------------------------------------- Markdown
 
 
+def replace_section(path: Path, heading: str, section: str) -> None:
+    """Put `section` (starting with `heading`) in the markdown file at `path`, in place of the
+    section under the same heading (up to the next `## `), or at the end."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(re.escape(heading) + r".*?(?=\n## |\Z)", re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section.rstrip("\n") + "\n", text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
 def write_docs(path: Path, results: dict[str, Any], extras: Sequence[dict[str, Any]]) -> None:
     generated = render(results, extras)
     block = f"{START}\n{generated}\n{END}"

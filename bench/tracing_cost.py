@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
-import re
+import textwrap
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,7 +29,8 @@ from typing import Any
 
 from bench import gateway as gw
 from bench import procfs
-from bench.loadgen import McpTarget, RestTarget, RunResult, Target, new_event_loop, run
+from bench.loadgen import McpTarget, RestTarget, RunResult, Target, run, run_on_new_loop
+from bench.report import replace_section
 from tests.upstreams import procs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,12 +118,7 @@ async def measure(duration: float, rounds: int) -> dict[str, Any]:
                   f"p99 {row.p99_ms:6.3f} ms  gateway CPU {row.cpu_ms_per_call['gateway']:.3f} "
                   f"ms/call  errors {row.errors}", flush=True)  # fmt: skip
         return {
-            "machine": {
-                "cpu": procfs.cpu_model(),
-                "cores": os.cpu_count(),
-                "python": platform.python_version(),
-                "load_average_1m": round(os.getloadavg()[0], 2),
-            },
+            "machine": procfs.machine_brief(),
             "duration_s": duration,
             "rounds": rounds,
             "concurrency": CONCURRENCY,
@@ -154,27 +148,17 @@ def table(report: dict[str, Any]) -> str:
 
 def write_docs(report: dict[str, Any], text: str) -> None:
     machine = report["machine"]
-    section = "\n".join([
-        SECTION,
-        "",
+    intro = " ".join([
         "Four mcppool processes (off, traces at 100 % and 1 % sampling, the audit JSON log) on",
         f"one database and one JSON upstream, concurrency {report['concurrency']}, the median of "
         f"{report['rounds']} interleaved rounds of {report['duration_s']:g} s per row, on "
         f"{machine['cpu']} ({machine['cores']} cores, load average {machine['load_average_1m']} "
         "at the end). Spans went to a local OTLP/HTTP receiver "
         f"({report['spans_received']} received).",
-        "",
-        table(report),
-        "",
-        text,
-        "",
     ])  # fmt: skip
-    current = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(SECTION) + r".*?(?=\n## |\Z)", re.S)
-    current = pattern.sub(section.rstrip("\n") + "\n", current) if pattern.search(current) else (
-        current.rstrip("\n") + "\n\n" + section
-    )  # fmt: skip
-    DOCS.write_text(current)
+    section = "\n".join([SECTION, "", textwrap.fill(intro, 100), "", table(report), "",
+                         textwrap.fill(text, 100, break_on_hyphens=False), ""])  # fmt: skip
+    replace_section(DOCS, SECTION, section)
 
 
 def main() -> None:
@@ -185,11 +169,7 @@ def main() -> None:
     parser.add_argument("--no-docs", action="store_true")
     parser.add_argument("--note", default="", help="a sentence under the table in the docs")
     args = parser.parse_args()
-    loop = new_event_loop()
-    try:
-        report = loop.run_until_complete(measure(args.duration, args.rounds))
-    finally:
-        loop.close()
+    report = run_on_new_loop(measure(args.duration, args.rounds))
     print()
     print(table(report))
     if args.json:

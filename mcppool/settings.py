@@ -111,7 +111,7 @@ MIDDLEWARE = [
     # Near the end: process_exception hooks are asked bottom-up, so this one answers first (the
     # Prometheus one after it only counts). A lost database is a 503 page, not a 500.
     "mcppool.middleware.DatabaseUnavailableMiddleware",
-    "audit.changes.ActorMiddleware",  # who makes a config change (admin user, API key)
+    "audit.changes.actor_middleware",  # who makes a config change (admin user, API key)
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 

@@ -269,6 +269,10 @@ def build_provider(environ: Mapping[str, str]) -> TracerProvider | None:
     """
     if not tracing_wanted(environ):
         return None
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        protocol = environ.get(name, "").strip().lower()
+        if protocol and protocol != "http/protobuf":
+            raise ValueError(f"{name}={protocol!r}: mcppool exports OTLP over HTTP (http/protobuf)")
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import (

@@ -41,6 +41,14 @@ def fast_replica() -> Iterator[procs.UpstreamProcess]:
     upstream.stop()
 
 
+@pytest.fixture(scope="session")
+def sse_replica() -> Iterator[procs.UpstreamProcess]:
+    """Answers over SSE: a server→client request can arrive in the middle of a call."""
+    upstream = procs.start_faulty_http(name="sse")
+    yield upstream
+    upstream.stop()
+
+
 def tracer_provider(endpoint: str) -> TracerProvider:
     """What `OTEL_EXPORTER_OTLP_ENDPOINT` would build, aimed at `endpoint`, exporting promptly."""
     provider = TracerProvider(resource=Resource.create({"service.name": "mcppool-test"}))

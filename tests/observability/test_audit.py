@@ -7,10 +7,12 @@ import asyncio
 import datetime as dt
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -223,3 +225,37 @@ def test_admin_exports_the_selection_as_csv(admin_client: Client) -> None:
     page = admin_client.get(reverse("admin:audit_auditentry_changelist") + "?outcome=ok")
     assert page.status_code == 200
     assert b"t,with comma" in page.content
+
+
+async def test_refused_call_is_audited_without_a_key_name(gateway: Gateway) -> None:
+    # when: a made-up key of the right shape
+    bogus = "mcp_deadbeef_" + "x" * 43
+    async with gateway.http.post(
+        f"{gateway.url}/api/v1/pools/single/tools/echo/call",
+        json={"arguments": {"text": "hi"}},
+        headers={"Authorization": f"Bearer {bogus}"},
+    ) as response:
+        assert response.status == 401
+    # then: who tried, and that nothing was called; never the presented secret
+    (row,) = await _rows(1)
+    assert (row.outcome, row.status, row.key_name, row.key_prefix) == (
+        "invalid_api_key", 401, "", "deadbeef",
+    )  # fmt: skip
+    assert (row.server, row.attempts) == ("", 0)
+    assert row.arguments is None  # the body of a refused call is never read
+
+
+def test_yaml_apply_is_audited_as_the_command_lines_change(tmp_path: Path) -> None:
+    # given
+    path = tmp_path / "pools.yaml"
+    path.write_text(
+        "pools:\n  - slug: yamlpool\n    name: Yaml\n    servers:\n"
+        "      - {name: a, transport: streamable_http, url: 'http://127.0.0.1:9/mcp'}\n"
+    )
+    # when
+    call_command("mcppool", "apply", str(path), stdout=io.StringIO())
+    # then
+    row = AuditEntry.objects.filter(kind=Kind.CONFIG_CHANGE).latest("id")
+    assert row.transport == "cli"
+    assert row.subject
+    assert row.change.startswith(f"apply {path}")

@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import mcp_types as types
 import orjson
 import pytest
+from asgiref.sync import sync_to_async
+from mcp import Client
 from opentelemetry.sdk.trace import TracerProvider
 
 from balancing import observe
-from tests.api.gateway import Gateway
+from balancing.engine.config import PoolConfig
+from monitoring.probes import Prober
+from tests.api.gateway import Gateway, add_key, add_pool
+from tests.mcp.conftest import transport
 from tests.observability.conftest import tracer_provider
 from tests.observability.receiver import ReceivedSpan, Receiver, otlp_receiver
 from tests.upstreams import procs
@@ -156,3 +162,99 @@ async def test_receiver_decodes_what_the_sdk_exports() -> None:
         spans = await receiver.wait_for(lambda got: len(got) == 1)
         provider.shutdown()
     assert (spans[0].name, spans[0].attributes["n"]) == ("hello", 3)
+
+
+def _add_sticky_pool(url: str) -> str:
+    add_pool("sticky", [("fast", url)], session_mode="sticky")
+    return add_key("sticky-app", ["sticky"])
+
+
+async def test_sticky_call_traces_its_attempt_on_the_bound_server(
+    tracing: TracerProvider,
+    receiver: Receiver,
+    gateway: Gateway,
+    fast_replica: procs.UpstreamProcess,
+) -> None:
+    # given: a client session bound to a server of a sticky pool
+    secret = await sync_to_async(_add_sticky_pool)(fast_replica.url)
+    await gateway.settle()
+    url = f"{gateway.url}/mcp/sticky/"
+    headers = {"Authorization": f"Bearer {secret}", "Accept": "application/json"}
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                       "clientInfo": {"name": "raw", "version": "1"}}}  # fmt: skip
+    async with gateway.http.post(url, json=init, headers=headers) as response:
+        assert response.status == 200
+        headers["Mcp-Session-Id"] = response.headers["mcp-session-id"]
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "whoami", "arguments": {}}}  # fmt: skip
+    # when
+    traced = {**headers, "traceparent": TRACEPARENT}
+    async with gateway.http.post(url, json=call, headers=traced) as r:
+        answer = orjson.loads((await r.json())["result"]["content"][0]["text"])
+    # then: the attempt is a child of the server span, on the bound server, and its parent upstream
+    spans = _gateway_spans(
+        await receiver.wait_for(lambda got: any(s.kind == "CLIENT" for s in _gateway_spans(got)))
+    )
+    (server,) = [s for s in spans if s.kind == "SERVER"]
+    (attempt,) = [s for s in spans if s.kind == "CLIENT"]
+    assert attempt.parent_span_id == server.span_id
+    assert attempt.attributes["mcppool.server"] == "fast"
+    assert "mcp.session.id" in server.attributes
+    assert headers["Mcp-Session-Id"] not in str(server.attributes)  # only a hash of the id
+    assert answer["meta_traceparent"] == f"00-{CLIENT_TRACE}-{attempt.span_id}-01"
+
+
+async def test_health_probe_is_traced(
+    tracing: TracerProvider, receiver: Receiver, fast_replica: procs.UpstreamProcess
+) -> None:
+    # given
+    prober = Prober(keep_sessions=False)
+    # when
+    try:
+        result = await prober.probe(PoolConfig(id=1, slug="probed"), fast_replica.config())
+    finally:
+        await prober.close()
+    # then
+    assert result.ok
+    spans = await receiver.wait_for(lambda got: any(s.name == "mcppool.health.probe" for s in got))
+    (probe,) = [s for s in spans if s.name == "mcppool.health.probe"]
+    assert probe.attributes["mcppool.pool"] == "probed"
+    assert probe.attributes["mcppool.ok"] is True
+
+
+async def test_relayed_sampling_request_is_a_span_of_the_call(
+    tracing: TracerProvider,
+    receiver: Receiver,
+    gateway: Gateway,
+    sse_replica: procs.UpstreamProcess,
+) -> None:
+    # given: a sticky pool whose tool asks the client for a sampling completion mid-call
+    def add_relay_pool() -> str:
+        add_pool("relay", [("sse", sse_replica.url)], session_mode="sticky")
+        return add_key("relay-app", ["relay"])
+
+    gateway.keys["relay-app"] = await sync_to_async(add_relay_pool)()
+    await gateway.settle()
+
+    async def sample(context: Any, params: types.CreateMessageRequestParams) -> Any:
+        return types.CreateMessageResult(
+            role="assistant", content=types.TextContent(type="text", text="sampled"),
+            model="test", stop_reason="endTurn",
+        )  # fmt: skip
+
+    # when
+    client = Client(transport(gateway, "relay", "relay-app"), mode="legacy",
+                    sampling_callback=sample)  # fmt: skip
+    async with client as c:
+        result = await c.call_tool("sample", {"prompt": "hi"})
+    assert not result.is_error
+    # then: the relayed request is a span inside the call's server span
+    spans = await receiver.wait_for(
+        lambda got: any(s.name == "sampling/createMessage" for s in got)
+    )
+    (relay,) = [s for s in spans if s.name == "sampling/createMessage"]
+    (server,) = [s for s in spans if s.name == "tools/call sample" and s.kind == "SERVER"]
+    assert relay.trace_id == server.trace_id
+    assert relay.parent_span_id == server.span_id
+    assert relay.attributes["mcppool.relayed"] is True
