@@ -16,7 +16,7 @@ One run, on this machine, everything side by side:
 4. RSS with 0, 100 and 1000 idle MCP sessions: mcppool and the other proxies.
 5. Subprocesses: the runtime in-process (`bench.runtime_bench`), live balancing
    (`bench.live_balancing`), and the other engineers' scripts when present
-   (`simulate_balancing`, `failure_detection`, `api_overhead`, `metrics_cost`).
+   (`simulate_balancing`, `failure_detection`, `api_overhead`, `metrics_cost`, `auth_cost`).
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ EXTRA_SCRIPTS: tuple[tuple[str, list[str], float, bool], ...] = (
     ("failure_detection", ["--quick", "--json", "{json}"], 180, True),
     ("api_overhead", ["--duration", "1"], 240, False),
     ("metrics_cost", [], 120, True),
+    ("auth_cost", ["--json", "{json}"], 120, True),
 )
 
 
