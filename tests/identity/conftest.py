@@ -83,20 +83,26 @@ def recorder() -> Iterator[Recorder]:
 
 
 def _setup(issuer_url: str, upstream_url: str) -> dict[str, str]:
-    """Pool `tools` trusts the authorization server: tokens with scope mcp:tools may call every
-    tool but delete_*, `limited` twice a minute; an API key with the same grant; `closed` is a
-    pool no grant covers; server `rec` learns its caller in X-User."""
+    """Pools `tools` (shared) and `sticky` trust the authorization server: tokens with scope
+    mcp:tools may call every tool but delete_*, `limited` twice a minute; an API key with the same
+    grant on `tools`; `closed` is a pool no grant covers; servers learn their caller in X-User."""
     pool = add_pool("tools", [("rec", upstream_url)])
+    sticky = add_pool("sticky", [("rec", upstream_url)], session_mode="sticky")
     add_pool("closed", [("rec", upstream_url)])
     # No leeway: the expiry test waits out a 1 s token, not 30 s more.
     issuer = identity.save(TrustedIssuer(name="test-as", issuer=issuer_url, leeway_seconds=0))
     policy = {"allow_tools": ["*"], "deny_tools": ["delete_*"], "tool_rate_limits": {"limited": 2}}
-    identity.save(AccessGrant(issuer=issuer, claim="scope", value="mcp:tools", pool=pool, **policy))
+    for granted in (pool, sticky):
+        identity.save(
+            AccessGrant(issuer=issuer, claim="scope", value="mcp:tools", pool=granted, **policy)
+        )
     keys = {"app": add_key("app", ["tools"]), "plain": add_key("plain", ["tools"])}
     identity.save(AccessGrant(api_key=ApiKey.objects.get(name="app"), pool=pool, **policy))
-    server = Server.objects.get(pool=pool, name="rec")
-    identity.save(ServerIdentity(server=server, identity_header="X-User", secret_header="X-Token"))
-    identity.set_user_secret(server, "plain", "plain-own-secret")
+    for server in Server.objects.filter(pool__in=[pool, sticky]):
+        identity.save(
+            ServerIdentity(server=server, identity_header="X-User", secret_header="X-Token")
+        )
+    identity.set_user_secret(Server.objects.get(pool=pool), "plain", "plain-own-secret")
     return keys
 
 
