@@ -73,10 +73,14 @@ class AccessBook:
         self.validator = validator
         self._snapshot = AccessSnapshot()
         self._key_policies: dict[int, ToolPolicy] = {}
+        # The subject of each verdict the validator keeps, so a reused token maps its claims to
+        # grants once (the verdict object itself is the key: `is` compared, bounded).
+        self._subjects: dict[int, tuple[ValidToken, TokenSubject]] = {}
 
     def replace(self, snapshot: AccessSnapshot) -> None:
         self._snapshot = snapshot
         self._key_policies = {k: ToolPolicy(g) for k, g in snapshot.key_grants.items()}
+        self._subjects.clear()
         self.validator.configure(snapshot.issuers)
         self.validator.prefetch()
 
@@ -101,6 +105,16 @@ class AccessBook:
         )
 
     def subject_for(self, token: ValidToken) -> TokenSubject:
+        known = self._subjects.get(id(token))
+        if known is not None and known[0] is token:
+            return known[1]
+        subject = self._new_subject(token)
+        if len(self._subjects) >= 10_000:
+            self._subjects.clear()
+        self._subjects[id(token)] = (token, subject)
+        return subject
+
+    def _new_subject(self, token: ValidToken) -> TokenSubject:
         policy = policy_for_claims(token.issuer, token.claims, self._snapshot.claim_rules)
         ident = subject_id(token.issuer, token.subject)
         return TokenSubject(

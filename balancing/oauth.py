@@ -17,6 +17,11 @@ the metadata's `issuer` must equal the configured one). They are cached; a set o
 `kid` the cache does not know triggers one fetch at once (key rotation), at most once per
 `min_refetch` seconds per issuer, so a flood of made-up `kid`s cannot turn into a flood of
 fetches. Plain Python with aiohttp: no Django.
+
+A token that passed is remembered (bounded) until its `exp`: the next request with the same token
+skips the signature check. The verdict is dropped the moment its issuer's config changes or its
+signing key leaves the issuer's key set, so removing a compromised key revokes its tokens here at
+the next key-set fetch, not at their expiry.
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ DEFAULT_ALGORITHMS: Final = ("RS256", "ES256")
 MAX_DOCUMENT_BYTES: Final = 256 * 1024
 FETCH_TIMEOUT: Final = 5.0
 MAX_TOKEN_BYTES: Final = 16 * 1024
+# Verdicts kept per (token, audience): a client sends the same token for many calls, and the
+# signature check is most of the cost (~0.1 ms for RS256). Bounded; see `TokenValidator`.
+VERIFIED_MAX: Final = 10_000
 
 FetchJson = Callable[[str], Awaitable[Any]]
 
@@ -123,17 +131,17 @@ class KeySet:
         """The key for `kid` (None when unknown even after the fetch this may allow)."""
         if not self.loaded:
             await self.refresh()
-        found = self._lookup(kid)
+        found = self.lookup(kid)
         now = self._monotonic()
         if found is None:
             if now - self._attempted_at >= self._min_refetch:
                 await self.refresh()  # maybe rotated: look once more
-                found = self._lookup(kid)
+                found = self.lookup(kid)
         elif now - self._fetched_at >= self._max_age:
             self.refresh_soon()
         return found
 
-    def _lookup(self, kid: str | None) -> Any:
+    def lookup(self, kid: str | None) -> Any:
         if kid is not None:
             return self.keys.get(kid)
         # No kid: only unambiguous with a single key.
@@ -228,6 +236,8 @@ class TokenValidator:
         self._max_age = max_age
         self._sets: dict[str, KeySet] = {}
         self._http: aiohttp.ClientSession | None = None
+        # (token, audience) → (verdict, key set, kid)
+        self._verified: dict[tuple[str, str], tuple[ValidToken, KeySet, str | None]] = {}
 
     @property
     def issuers(self) -> list[str]:
@@ -256,6 +266,7 @@ class TokenValidator:
             if sets.get(issuer) is not old:
                 old.close()
         self._sets = sets
+        self._verified.clear()
 
     def prefetch(self) -> None:
         """Start fetching the keys of issuers not loaded yet, off the request path."""
@@ -263,7 +274,24 @@ class TokenValidator:
             if not key_set.loaded:
                 key_set.refresh_soon()
 
-    async def validate(self, token: str, audience: str) -> ValidToken:  # noqa: C901  # one check per RFC rule, in order
+    async def validate(self, token: str, audience: str) -> ValidToken:
+        known = self._verified.get((token, audience))
+        if known is not None:
+            valid, key_set, kid = known
+            if (
+                self._sets.get(valid.issuer) is key_set
+                and key_set.lookup(kid) is not None
+                and self._clock() <= valid.expires_at + key_set.config.leeway
+            ):
+                return valid
+            del self._verified[(token, audience)]
+        valid, key_set, kid = await self._verify(token, audience)
+        if len(self._verified) >= VERIFIED_MAX:
+            del self._verified[next(iter(self._verified))]  # the oldest
+        self._verified[(token, audience)] = (valid, key_set, kid)
+        return valid
+
+    async def _verify(self, token: str, audience: str) -> tuple[ValidToken, KeySet, str | None]:
         if len(token) > MAX_TOKEN_BYTES:
             raise TokenRejected("the token is too large")
         parts = token.split(".")
@@ -281,8 +309,9 @@ class TokenValidator:
         if not isinstance(alg, str) or alg not in config.algorithms or _symmetric(alg):
             raise TokenRejected(f"the token's algorithm {alg!r} is not accepted for its issuer")
         kid = header.get("kid")
+        kid = kid if isinstance(kid, str) else None
         try:
-            key = await key_set.key(kid if isinstance(kid, str) else None)
+            key = await key_set.key(kid)
         except Exception as exc:
             log.warning("JWKS of %s unavailable: %s", config.issuer, exc)
             raise TokenRejected("the issuer's signing keys are unavailable") from None
@@ -311,7 +340,8 @@ class TokenValidator:
         subject = claims.get(config.subject_claim)
         if not isinstance(subject, str | int) or subject == "":
             raise TokenRejected(f"the token has no {config.subject_claim!r} claim")
-        return ValidToken(config.issuer, str(subject), claims, float(claims["exp"]))
+        valid = ValidToken(config.issuer, str(subject), claims, float(claims["exp"]))
+        return valid, key_set, kid
 
     async def _http_json(self, url: str) -> Any:
         if self._http is None or self._http.closed:

@@ -17,7 +17,7 @@ One run, on this machine, everything side by side:
 5. Subprocesses: the runtime in-process (`bench.runtime_bench`), live balancing
    (`bench.live_balancing`), the `mcppool` command's start-up CPU (`bench.cli_startup`), and
    the other engineers' scripts when present
-   (`simulate_balancing`, `failure_detection`, `api_overhead`, `metrics_cost`).
+   (`simulate_balancing`, `failure_detection`, `api_overhead`, `metrics_cost`, `auth_cost`).
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ EXTRA_SCRIPTS: tuple[tuple[str, list[str], float, bool], ...] = (
     ("api_overhead", ["--duration", "1"], 240, False),
     ("metrics_cost", [], 120, True),
     ("tracing_cost", ["--duration", "1", "--json", "{json}", "--no-docs"], 300, True),
+    ("auth_cost", ["--json", "{json}"], 120, True),
 )
 
 

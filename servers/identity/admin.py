@@ -1,5 +1,5 @@
 """Admin pages for issuers, grants, server identity forwarding and per-user secrets; every save
-goes through `servers.identity.services` (one config change each)."""
+goes through the service functions (one config change each), as in `servers.admin`."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin
-from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from servers import secrets, services
+from servers import secrets
+from servers.admin import ThroughServices
 from servers.identity import services as identity_services
 from servers.identity.models import AccessGrant, ServerIdentity, TrustedIssuer, UserSecret
 
@@ -25,30 +25,18 @@ else:
     _SecretForm = forms.ModelForm
 
 
-class ThroughIdentityServices:
-    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
-        identity_services.save(obj)
-
-    def delete_model(self, request: HttpRequest, obj: Any) -> None:
-        identity_services.delete(obj)
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
-        services.delete_all(queryset)
-
-
 @admin.register(TrustedIssuer)
-class TrustedIssuerAdmin(ThroughIdentityServices, _IssuerAdmin):
+class TrustedIssuerAdmin(ThroughServices, _IssuerAdmin):
     list_display = ("name", "issuer", "algorithms", "enabled")
     list_filter = ("enabled",)
     search_fields = ("name", "issuer")
 
 
 @admin.register(AccessGrant)
-class AccessGrantAdmin(ThroughIdentityServices, _GrantAdmin):
+class AccessGrantAdmin(ThroughServices, _GrantAdmin):
     list_display = ("__str__", "allow_tools", "deny_tools", "tool_rate_limits")
     list_filter = ("issuer", "pool")
     list_select_related = ("api_key", "issuer", "pool")
-    autocomplete_fields = ()
     fieldsets = (
         ("Who", {"fields": ("api_key", "issuer", "claim", "value")}),
         ("Where", {"fields": ("pool",)}),
@@ -57,7 +45,7 @@ class AccessGrantAdmin(ThroughIdentityServices, _GrantAdmin):
 
 
 @admin.register(ServerIdentity)
-class ServerIdentityAdmin(ThroughIdentityServices, _IdentityAdmin):
+class ServerIdentityAdmin(ThroughServices, _IdentityAdmin):
     list_display = ("server", "identity_header", "identity_claim", "secret_header")
     list_select_related = ("server", "server__pool")
 
@@ -75,7 +63,7 @@ class UserSecretForm(_SecretForm):
 
 
 @admin.register(UserSecret)
-class UserSecretAdmin(_SecretAdmin):
+class UserSecretAdmin(ThroughServices, _SecretAdmin):
     form = UserSecretForm
     list_display = ("subject", "issuer", "server", "masked")
     list_select_related = ("server", "issuer")
@@ -90,9 +78,3 @@ class UserSecretAdmin(_SecretAdmin):
             obj.server, obj.subject, form.cleaned_data["value"], issuer=obj.issuer
         )
         obj.pk = saved.pk
-
-    def delete_model(self, request: HttpRequest, obj: UserSecret) -> None:
-        identity_services.delete(obj)
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[UserSecret]) -> None:
-        services.delete_all(queryset)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import threading
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from typing import Any
@@ -18,7 +16,7 @@ from django.utils import timezone
 from servers import services
 from servers.models import ApiKey
 from tests.api.gateway import Gateway, add_key, add_pool, serve_gateway
-from tests.upstreams import procs
+from tests.upstreams import procs, threaded
 
 
 @pytest.fixture(scope="session")
@@ -79,28 +77,8 @@ def garbage_url() -> Iterator[str]:
         body = {"jsonrpc": "2.0", "id": message["id"], "result": result}
         return web.json_response(body, headers={"mcp-session-id": "g1"})
 
-    port = procs.free_port()
-    ready = threading.Event()
-    loop = asyncio.new_event_loop()
-    runner_box: list[web.AppRunner] = []
-
-    async def start() -> None:
-        app = web.Application()
-        app.router.add_route("*", "/mcp", handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        runner_box.append(runner)
-        ready.set()
-
-    thread = threading.Thread(target=lambda: (loop.run_until_complete(start()), loop.run_forever()))
-    thread.daemon = True
-    thread.start()
-    ready.wait(10)
-    yield f"http://127.0.0.1:{port}/mcp"
-    asyncio.run_coroutine_threadsafe(runner_box[0].cleanup(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    with threaded.serve(handle) as url:
+        yield url
 
 
 def _setup(

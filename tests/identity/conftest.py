@@ -3,9 +3,7 @@ every header it receives, and a gateway whose pool trusts the authorization serv
 
 from __future__ import annotations
 
-import asyncio
 import os
-import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +19,7 @@ from servers.identity.models import AccessGrant, ServerIdentity, TrustedIssuer
 from servers.models import ApiKey, Server
 from tests.api.gateway import Gateway, add_key, add_pool, serve_gateway
 from tests.identity import authserver
-from tests.upstreams import procs
+from tests.upstreams import threaded
 
 TOOLS = ("echo", "delete_everything", "limited", "whoami")
 
@@ -79,47 +77,32 @@ def recorder() -> Iterator[Recorder]:
         body = {"jsonrpc": "2.0", "id": message["id"], "result": rec.answer(message, headers)}
         return web.json_response(body, headers={"mcp-session-id": "rec-1"})
 
-    port = procs.free_port()
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    runners: list[web.AppRunner] = []
-
-    async def start() -> None:
-        app = web.Application()
-        app.router.add_route("*", "/mcp", handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        runners.append(runner)
-        ready.set()
-
-    thread = threading.Thread(
-        target=lambda: (loop.run_until_complete(start()), loop.run_forever()), daemon=True
-    )
-    thread.start()
-    assert ready.wait(10)
-    rec.url = f"http://127.0.0.1:{port}/mcp"
-    yield rec
-    asyncio.run_coroutine_threadsafe(runners[0].cleanup(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    with threaded.serve(handle) as url:
+        rec.url = url
+        yield rec
 
 
 def _setup(issuer_url: str, upstream_url: str) -> dict[str, str]:
-    """Pool `tools` trusts the authorization server: tokens with scope mcp:tools may call every
-    tool but delete_*, `limited` twice a minute; an API key with the same grant; `closed` is a
-    pool no grant covers; server `rec` learns its caller in X-User."""
+    """Pools `tools` (shared) and `sticky` trust the authorization server: tokens with scope
+    mcp:tools may call every tool but delete_*, `limited` twice a minute; an API key with the same
+    grant on `tools`; `closed` is a pool no grant covers; servers learn their caller in X-User."""
     pool = add_pool("tools", [("rec", upstream_url)])
+    sticky = add_pool("sticky", [("rec", upstream_url)], session_mode="sticky")
     add_pool("closed", [("rec", upstream_url)])
     # No leeway: the expiry test waits out a 1 s token, not 30 s more.
     issuer = identity.save(TrustedIssuer(name="test-as", issuer=issuer_url, leeway_seconds=0))
     policy = {"allow_tools": ["*"], "deny_tools": ["delete_*"], "tool_rate_limits": {"limited": 2}}
-    identity.save(AccessGrant(issuer=issuer, claim="scope", value="mcp:tools", pool=pool, **policy))
+    for granted in (pool, sticky):
+        identity.save(
+            AccessGrant(issuer=issuer, claim="scope", value="mcp:tools", pool=granted, **policy)
+        )
     keys = {"app": add_key("app", ["tools"]), "plain": add_key("plain", ["tools"])}
     identity.save(AccessGrant(api_key=ApiKey.objects.get(name="app"), pool=pool, **policy))
-    server = Server.objects.get(pool=pool, name="rec")
-    identity.save(ServerIdentity(server=server, identity_header="X-User", secret_header="X-Token"))
-    identity.set_user_secret(server, "plain", "plain-own-secret")
+    for server in Server.objects.filter(pool__in=[pool, sticky]):
+        identity.save(
+            ServerIdentity(server=server, identity_header="X-User", secret_header="X-Token")
+        )
+    identity.set_user_secret(Server.objects.get(pool=pool), "plain", "plain-own-secret")
     return keys
 
 

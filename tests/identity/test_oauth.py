@@ -147,14 +147,27 @@ class Browser:
         return self.result
 
 
+@pytest.mark.parametrize(
+    ("pool", "registered"),
+    [("tools", False), ("sticky", True)],
+    ids=["shared-pool-dynamic-registration", "sticky-pool-preregistered-pkce-client"],
+)
 async def test_sdk_client_signs_in_through_the_401_and_calls_a_tool(
-    gateway: Gateway, recorder: Recorder
+    gateway: Gateway, recorder: Recorder, pool: str, registered: bool
 ) -> None:
-    # given an MCP client that knows nothing but the pool's URL
+    # given an MCP client that knows nothing but the pool's URL (and maybe its client id)
     browser = Browser()
     storage = MemoryStorage()
+    if registered:
+        storage.client = OAuthClientInformationFull(
+            client_id="pkce-client",
+            redirect_uris=[CALLBACK],  # type: ignore[list-item]
+            token_endpoint_auth_method="none",
+            grant_types=["authorization_code"],
+            response_types=["code"],
+        )
     provider = OAuthClientProvider(
-        server_url=resource(gateway),
+        server_url=resource(gateway, pool),
         client_metadata=OAuthClientMetadata(
             client_name="test client",
             redirect_uris=[CALLBACK],  # type: ignore[list-item]
@@ -170,7 +183,7 @@ async def test_sdk_client_signs_in_through_the_401_and_calls_a_tool(
     # when it connects: 401 → metadata → authorization server → code → token → retry
     async with (
         httpx2.AsyncClient(auth=provider, timeout=30.0) as http,
-        streamable_http_client(resource(gateway), http_client=http) as (read, write),
+        streamable_http_client(resource(gateway, pool), http_client=http) as (read, write),
         ClientSession(read, write) as session,
     ):
         await session.initialize()
@@ -180,8 +193,9 @@ async def test_sdk_client_signs_in_through_the_401_and_calls_a_tool(
     assert storage.tokens is not None
     token = storage.tokens.access_token
     claims = jwt.decode(token, options={"verify_signature": False})
-    assert claims["aud"] == resource(gateway)
+    assert claims["aud"] == resource(gateway, pool)
     assert claims["sub"] == "alice"
+    assert (storage.client.client_id == "pkce-client") == registered  # type: ignore[union-attr]
     assert {t.name for t in listed.tools} == {"echo", "limited", "whoami"}
     seen = orjson.loads(result.content[0].text)  # type: ignore[union-attr]
     assert seen["x-user"] == "alice"

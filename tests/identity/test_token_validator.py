@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -150,3 +151,32 @@ async def test_validator_refuses_untrusted_issuer_missing_exp_and_wrong_audience
         await v.validate(no_exp, AUDIENCE)
     with pytest.raises(TokenRejected, match="not meant for this resource"):
         await v.validate(issuer.token(aud="https://gw.example.com/mcp/other/"), AUDIENCE)
+
+
+async def test_validator_forgets_a_kept_verdict_when_its_key_leaves_the_key_set() -> None:
+    # given a token verified once (its verdict kept for the next requests)
+    issuer = Issuer()
+    clock = Clock()
+    v = validator(issuer, clock)
+    token = issuer.token()
+    assert (await v.validate(token, AUDIENCE)).subject == "alice"
+    # when the issuer withdraws the key (compromised) and the key set is fetched again
+    issuer.add_key("k2")
+    del issuer.keys["k1"]
+    clock.now += 10.0
+    assert (await v.validate(issuer.token("k2"), AUDIENCE)).subject == "alice"
+    # then the token signed with the withdrawn key is refused, expiry or not
+    with pytest.raises(TokenRejected, match="does not publish"):
+        await v.validate(token, AUDIENCE)
+
+
+async def test_validator_refuses_a_kept_verdict_once_the_token_expires() -> None:
+    issuer = Issuer()
+    v = TokenValidator(fetch_json=issuer.fetch)
+    v.configure([IssuerConfig(issuer=ISSUER, leeway=0.0)])
+    expires = int(time.time()) + 1
+    token = issuer.token(exp=expires)
+    await v.validate(token, AUDIENCE)
+    await asyncio.sleep(max(0.0, expires + 0.2 - time.time()))  # until the token's own expiry
+    with pytest.raises(TokenRejected, match="expired"):
+        await v.validate(token, AUDIENCE)
