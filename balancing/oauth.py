@@ -291,7 +291,9 @@ class TokenValidator:
         self._verified[(token, audience)] = (valid, key_set, kid)
         return valid
 
-    async def _verify(self, token: str, audience: str) -> tuple[ValidToken, KeySet, str | None]:
+    async def _verify(  # noqa: C901  # one check per RFC rule, in order
+        self, token: str, audience: str
+    ) -> tuple[ValidToken, KeySet, str | None]:
         if len(token) > MAX_TOKEN_BYTES:
             raise TokenRejected("the token is too large")
         parts = token.split(".")
