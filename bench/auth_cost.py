@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -26,10 +25,11 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from balancing.engine.policy import ClaimRule, Grant
+from balancing.engine.toolpolicy import ClaimRule, Grant
 from balancing.identity import AccessBook, AccessSnapshot
 from balancing.keys import KeyCache, KeyRecord
 from balancing.oauth import IssuerConfig, TokenValidator
+from servers.keyformat import hash_secret, parse_api_key, secret_matches
 
 ISSUER = "https://login.example.com"
 AUDIENCE = "https://gw.example.com/mcp/crm/"
@@ -64,14 +64,14 @@ async def _setup() -> tuple[KeyCache, AccessBook, str, dict[str, str]]:
         )
     )
     secret = "mcp_abcd1234_" + "x" * 43
-    keys = KeyCache()
+    keys = KeyCache(parse=parse_api_key, verify=secret_matches)
     keys.replace(
         [
             KeyRecord(
                 id=1,
                 name="app",
                 prefix="abcd1234",
-                hashed_secret=hashlib.sha256(secret.encode()).hexdigest(),
+                hashed_secret=hash_secret(secret),
                 pools=frozenset({"crm"}),
             )
         ]

@@ -230,7 +230,8 @@ class Prober:
             return session
         if self._http is None:
             # The runtime's client: the outbound policy is checked on every connect.
-            self._http = client_session(_policy().outbound if _policy() else None)
+            policy = _policy()
+            self._http = client_session(policy.outbound if policy else None)
         session = await UpstreamSession.open(
             local_command(server),
             http=self._http,

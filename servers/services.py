@@ -7,8 +7,6 @@ the transaction has committed, so no runtime ever sees a change that was rolled 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import secrets
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -24,6 +22,9 @@ from django.utils import timezone
 from servers import choices, events
 from servers import secrets as upstream_secrets
 from servers.choices import ServerState
+from servers.keyformat import API_KEY_PREFIX_LEN, hash_secret
+from servers.keyformat import parse_api_key as parse_api_key
+from servers.keyformat import secret_matches as secret_matches
 from servers.models import POOL_TUNING, AffinityRule, ApiKey, ConfigState, Flip, Pool, Server
 
 ConfigModel = TypeVar("ConfigModel", Pool, Server, AffinityRule)
@@ -66,8 +67,6 @@ RULE_FIELDS = (
     "enabled",
     "description",
 )
-
-API_KEY_PREFIX_LEN = 8
 
 
 @contextmanager
@@ -135,27 +134,6 @@ def set_server_state(servers: Iterable[Server], state: ServerState) -> int:
             .exclude(state=state)
             .update(state=state, updated_at=timezone.now())
         )
-
-
-# ---- API key secrets: the one parser and the one hasher (the gateway's key cache uses these) ----
-
-
-def hash_secret(secret: str) -> str:
-    # API secrets are 256-bit random tokens, so a fast hash is enough (no dictionary to guess from).
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def secret_matches(secret: str, hashed_secret: str) -> bool:
-    """Whether a presented secret is the one whose hash is stored (in constant time)."""
-    return hmac.compare_digest(hash_secret(secret), hashed_secret)
-
-
-def parse_api_key(secret: str) -> str | None:
-    """The lookup prefix of `mcp_<prefix>_<body>`, or None when the secret is not shaped so."""
-    parts = secret.split("_", 2)
-    if len(parts) != 3 or parts[0] != "mcp" or len(parts[1]) != API_KEY_PREFIX_LEN or not parts[2]:
-        return None
-    return parts[1]
 
 
 def create_api_key(

@@ -10,7 +10,7 @@ import pytest
 from balancing.errors_http import ApiError
 from balancing.keys import LOOKUPS_PER_SECOND, KeyRecord, bearer_secret
 from balancing.ratelimit import MemoryRateLimiter, RedisRateLimiter
-from servers import services
+from servers import keyformat
 from tests.helpers.keys import a_wrong_secret, key_cache
 
 
@@ -24,7 +24,7 @@ class Clock:
 
 def _record(secret: str, **fields: Any) -> KeyRecord:
     prefix = secret.split("_")[1]
-    digest = services.hash_secret(secret)
+    digest = keyformat.hash_secret(secret)
     return KeyRecord(id=1, name="k", prefix=prefix, hashed_secret=digest, pools=frozenset({"p"}),
                      **fields)  # fmt: skip
 

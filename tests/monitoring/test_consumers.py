@@ -183,6 +183,7 @@ async def test_consumer_check_now_result_reaches_the_pool_page_at_once(
     other, _ = await open_page("/ws/dashboard/", staff())
     await other.receive_json_from(timeout=TIMEOUT)
     layer = get_channel_layer()
+    assert layer is not None
     event = {
         "type": HEALTH_CHECKED, "pool": "p", "server": "b", "ok": False,
         "error": "connection refused", "latency_ms": None, "at": "2026-12-02T05:00:00+00:00",

@@ -12,6 +12,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import connection, connections
 
+from balancing import adapter
 from balancing.engine.config import Health, PoolConfig, Snapshot
 from balancing.engine.runtime import Runtime
 from balancing.host import RuntimeHost
@@ -19,8 +20,8 @@ from monitoring import checks
 from monitoring.probes import ProbeResult
 from servers import services
 from servers.models import Flip, Server
+from tests.helpers.fakes import Clock, fake_runtime, server
 from tests.monitoring.conftest import add_http, make_pool
-from tests.monitoring.fakes import Clock, fake_runtime, server
 
 
 @pytest.fixture
@@ -104,7 +105,7 @@ def test_check_flip_is_written_while_a_long_apply_holds_the_config_version() -> 
     # given a server and a config change in progress in another connection (a large apply)
     pool = make_pool()
     a = add_http(pool, "a", "http://127.0.0.1:9/mcp")
-    config = checks.adapter.pool_config(pool, [a], [])
+    config = adapter.pool_config(pool, [a], [])
     holding, release = threading.Event(), threading.Event()
 
     def apply() -> None:

@@ -19,7 +19,7 @@ from monitoring import live
 from monitoring.metrics import RuntimeCollector
 from servers import services
 from servers.models import Flip, Pool, Server
-from tests.helpers.fakes import TOOLS, Clock, FakeSession, server
+from tests.helpers.fakes import Clock, FakeServers, FakeSession, server
 
 DEAD = ("a", "b")
 
@@ -33,11 +33,12 @@ def pool_config(*servers: ServerConfig) -> PoolConfig:
 
 def runtime_with_dead(dead: tuple[str, ...], clock: Clock) -> Runtime:
     """Servers named in `dead` refuse connections; the others answer."""
+    servers = FakeServers()
 
     async def open_session(pool: PoolConfig, config: ServerConfig) -> FakeSession:
         if config.name in dead:
             raise ConnectFailed("connection refused", server=config.name)
-        return FakeSession(TOOLS)
+        return FakeSession(config.name, servers)
 
     return Runtime(clock=clock, open_session=open_session)
 

@@ -4,6 +4,7 @@ attempt's span reports its server and outcome."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -63,7 +64,7 @@ def test_attempt_puts_its_span_in_meta_and_keeps_the_callers_keys(
 ) -> None:
     observer, _ = spans
     client = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-    params = {"name": "echo", "_meta": {"progressToken": 5, "traceparent": client}}
+    params: dict[str, Any] = {"name": "echo", "_meta": {"progressToken": 5, "traceparent": client}}
     # when
     attempt = observer.attempt(POOL, SERVER, "tools/call", params)
     # then: our span replaces the client's traceparent; the caller's other keys and dict stay
