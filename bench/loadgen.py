@@ -442,6 +442,110 @@ class _FreshSdkWorker:
         return None
 
 
+@dataclass
+class SdkTarget:
+    """The mcp SDK's own client, one kept handshake-era session per worker: what most users run
+    (its client CPU is the SDK's; the gateway's cost per call differs from the lean client's)."""
+
+    url: str
+    headers: tuple[tuple[str, str], ...] = ()
+    tool: str = "echo"
+    arguments: dict[str, Any] = field(default_factory=lambda: {"text": "hello"})
+    name: str = "sdk"
+
+    async def worker(self, index: int) -> Worker:
+        worker = _SdkWorker(self)
+        await worker.open()
+        return worker
+
+
+class _SdkWorker:
+    """The SDK's session lives in a task of its own: anyio's scopes must be left by the task
+    that entered them, and the load generator opens and closes workers from different tasks."""
+
+    def __init__(self, target: SdkTarget) -> None:
+        self.target = target
+        self.client: Any = None
+        self.ready = asyncio.Event()
+        self.done = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.failure: BaseException | None = None
+
+    async def open(self) -> None:
+        self.task = asyncio.create_task(self._hold())
+        await self.ready.wait()
+        if self.failure is not None:
+            raise HttpError(f"{self.target.name}: SDK session failed: {self.failure}")
+
+    async def _hold(self) -> None:
+        import httpx2
+        from mcp import Client
+        from mcp.client.streamable_http import streamable_http_client
+
+        try:
+            async with (
+                httpx2.AsyncClient(headers=dict(self.target.headers), timeout=30) as http,
+                Client(
+                    streamable_http_client(self.target.url, http_client=http), mode="legacy"
+                ) as client,
+            ):
+                self.client = client
+                self.ready.set()
+                await self.done.wait()
+        except Exception as exc:  # reported by open() or ignored at close
+            self.failure = exc
+        finally:
+            self.ready.set()
+
+    async def call(self) -> bool:
+        result = await self.client.call_tool(self.target.tool, self.target.arguments)
+        return not result.is_error
+
+    async def close(self) -> None:
+        self.done.set()
+        if self.task is not None:
+            await self.task
+
+
+@dataclass
+class StdioDirectTarget:
+    """A stdio server called directly: one kept child shared by all workers, calls matched by
+    id (the floor's own stdio client, without HTTP in front). `stop()` ends the child."""
+
+    command: Sequence[str]
+    tool: str = "echo"
+    arguments: dict[str, Any] = field(default_factory=lambda: {"text": "hello"})
+    name: str = "direct-stdio"
+    upstream: Any = None
+
+    async def worker(self, index: int) -> Worker:
+        from bench.floor import StdioUpstream
+
+        if self.upstream is None:
+            self.upstream = StdioUpstream(self.command)
+            await self.upstream.start()
+        return _StdioWorker(self)
+
+    async def stop(self) -> None:
+        if self.upstream is not None:
+            await self.upstream.stop()
+            self.upstream = None
+
+
+class _StdioWorker:
+    def __init__(self, target: StdioDirectTarget) -> None:
+        self.target = target
+
+    async def call(self) -> bool:
+        params = {"name": self.target.tool, "arguments": self.target.arguments}
+        request = {"jsonrpc": "2.0", "method": "tools/call", "params": params}
+        answer = await self.target.upstream.send(request)
+        return "result" in answer and not answer["result"].get("isError")
+
+    async def close(self) -> None:
+        return None
+
+
 # ---------------------------------------------------------------- the run
 
 

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import gateway as gw
-from bench import loadgen, memory, other_proxies, procfs, report
+from bench import loadgen, memory, other_proxies, procfs, ratios, report
 from bench.other_proxies import Proxy, Upstream
 from bench.stats import median, ratio
 from tests.upstreams import procs
@@ -80,6 +80,8 @@ class Leg:
     target: loadgen.Target
     watch: dict[str, int]  # "subject" (process under test) and "upstream" pids
     slow: bool = False  # fresh session per call: shorter runs are enough
+    only: tuple[int, ...] = ()  # run at these concurrencies only (empty: all)
+    child_of: int = 0  # also watch this process's stdio child, as "child" (found after warm-up)
 
 
 @dataclass
@@ -90,6 +92,7 @@ class Bench:
     gateways: list[gw.Gateway] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    stdio_targets: list[loadgen.StdioDirectTarget] = field(default_factory=list)
 
     def stop_all(self) -> None:
         for g in self.gateways:
@@ -99,6 +102,24 @@ class Bench:
 
     def upstream(self, kind: str) -> UpstreamProcess:
         process = procs.start_faulty_http(name=f"bench-{kind}", json_response=kind == "http-json")
+        self.processes.append(process)
+        return process
+
+    def floor(self, upstream: Upstream) -> UpstreamProcess:
+        """The bare forwarder (bench/floor.py) in front of `upstream`."""
+        command = [sys.executable, "-m", "bench.floor"]
+        name = "floor-stdio" if upstream.stdio else "floor-http"
+        process = procs._start_http(
+            name,
+            lambda port: (
+                [*command, "--port", str(port)]
+                + (
+                    ["--", *other_proxies.STDIO_UPSTREAM]
+                    if upstream.stdio
+                    else ["--upstream", upstream.url]
+                )
+            ),
+        )
         self.processes.append(process)
         return process
 
@@ -157,38 +178,57 @@ def pools(upstreams: dict[str, UpstreamProcess]) -> list[dict[str, Any]]:
 POOL_OF = {"http-json": "json", "http-sse": "sse", "stdio": "stdio"}
 
 
+SDK = "@sdk"  # suffix of a leg driven by the mcp SDK's client instead of the lean one
+
+
 def legs(bench: Bench, upstreams: dict[str, UpstreamProcess], gateway: gw.Gateway) -> list[Leg]:
     out: list[Leg] = []
     auth = (("Authorization", f"Bearer {gateway.token}"),)
+    sdk_only = (ratios.CPU_CONCURRENCY,)  # the SDK client costs ~3 ms a call: CPU legs only
     for kind in KINDS:
         up = upstreams.get(kind)
         up_watch = {"upstream": up.pid} if up else {}
+        stdio = kind == "stdio"
         if up is not None:
             out.append(Leg("direct", kind, loadgen.McpTarget(up.url, name="direct"), up_watch))
+            if kind == "http-json":
+                out.append(Leg("direct" + SDK, kind, loadgen.SdkTarget(up.url), up_watch,
+                               only=sdk_only))  # fmt: skip
+        else:
+            direct = loadgen.StdioDirectTarget(other_proxies.STDIO_UPSTREAM)
+            bench.stdio_targets.append(direct)
+            out.append(Leg("direct", kind, direct, {}))
         if up is not None and kind == "http-json":
             out.append(Leg("fresh-sdk", kind, loadgen.FreshSdkTarget(up.url), up_watch, slow=True))
             out.append(Leg("fresh-raw", kind, loadgen.FreshRawTarget(up.url), up_watch, slow=True))
         subject = {"subject": gateway.pid, **up_watch}
+        child = gateway.pid if stdio else 0
         pool = POOL_OF[kind]
-        out.append(
-            Leg(
-                "mcppool-rest",
-                kind,
-                loadgen.RestTarget(gateway.rest_url(pool), gateway.token),
-                subject,
-            )
-        )
-        out.append(
-            Leg(
-                "mcppool-mcp",
-                kind,
+        out += [
+            Leg("mcppool-rest", kind, loadgen.RestTarget(gateway.rest_url(pool), gateway.token),
+                subject, child_of=child),
+            Leg("mcppool-mcp", kind,
                 loadgen.McpTarget(gateway.mcp_url(pool), headers=auth, name="mcppool-mcp"),
-                subject,
-            )
-        )
+                subject, child_of=child),
+            Leg("mcppool-mcp" + SDK, kind, loadgen.SdkTarget(gateway.mcp_url(pool), headers=auth),
+                subject, only=sdk_only, child_of=child),
+        ]  # fmt: skip
+        upstream = Upstream(up.url) if up is not None else Upstream()
+        if kind != "http-sse":
+            floor = bench.floor(upstream)
+            base = f"http://127.0.0.1:{floor.port}"
+            watch = {"subject": floor.pid, **up_watch}
+            child = floor.pid if stdio else 0
+            out += [
+                Leg("floor-rest", kind, loadgen.RestTarget(f"{base}/rest/echo", "-"), watch,
+                    child_of=child),
+                Leg("floor-mcp", kind, loadgen.McpTarget(f"{base}/mcp", name="floor-mcp"), watch,
+                    child_of=child),
+                Leg("floor-mcp" + SDK, kind, loadgen.SdkTarget(f"{base}/mcp"), watch,
+                    only=sdk_only, child_of=child),
+            ]  # fmt: skip
         if bench.args.no_others:
             continue
-        upstream = Upstream(up.url) if up is not None else Upstream()
         for proxy in other_proxies.ALL:
             if not proxy.supports(upstream):
                 continue
@@ -197,10 +237,28 @@ def legs(bench: Bench, upstreams: dict[str, UpstreamProcess], gateway: gw.Gatewa
             process = bench.proxy(proxy, upstream)
             if process is None:
                 continue
-            target = loadgen.McpTarget(other_proxies.url(proxy, process), name=proxy.name)
+            address = other_proxies.url(proxy, process)
+            target = loadgen.McpTarget(address, name=proxy.name)
             slow = proxy is other_proxies.SDK_PROXY_PER_CALL
-            out.append(Leg(proxy.name, kind, target, {"subject": process.pid, **up_watch}, slow))
+            watch = {"subject": process.pid, **up_watch}
+            child = process.pid if stdio else 0
+            out.append(Leg(proxy.name, kind, target, watch, slow, child_of=child))
+            if not slow and kind != "http-sse":
+                out.append(Leg(proxy.name + SDK, kind, loadgen.SdkTarget(address), watch,
+                               only=sdk_only, child_of=child))  # fmt: skip
     return out
+
+
+def stdio_child(pid: int) -> int | None:
+    """The stdio upstream `pid` spawned (possibly through a shell or `node`'s wrapper)."""
+    todo = [pid]
+    while todo:
+        for kid in procfs.children(todo.pop()):
+            with contextlib.suppress(OSError):
+                if b"tests.upstreams.faulty" in Path(f"/proc/{kid}/cmdline").read_bytes():
+                    return kid
+            todo.append(kid)
+    return None
 
 
 # ---------------------------------------------------------------- measuring
@@ -212,12 +270,20 @@ async def throughput(bench: Bench, all_legs: list[Leg]) -> list[dict[str, Any]]:
     # One untimed pass first: imports, JIT-less warm caches, the gateway's first sessions.
     for leg in all_legs:
         await loadgen.run(leg.target, concurrency=4, duration=0.3, warmup_calls=2)
+        if leg.child_of:
+            child = stdio_child(leg.child_of)
+            if child is None:
+                bench.notes.append(f"{leg.kind}/{leg.name}: no stdio child found to watch")
+            else:
+                leg.watch = {**leg.watch, "child": child}
     for round_ in range(args.rounds):
         log(f"throughput round {round_ + 1}/{args.rounds}")
         for kind in KINDS:
             for concurrency in args.concurrency:
                 for leg in _rotated([x for x in all_legs if x.kind == kind], round_):
                     if leg.slow and concurrency > 16:
+                        continue
+                    if leg.only and concurrency not in leg.only:
                         continue  # 64 sessions opened at once measure the upstream's handshake
                     duration = args.duration * (0.6 if leg.slow else 1.0)
                     result = await loadgen.run(
@@ -443,7 +509,8 @@ def headline(
                 return float(row.get(name, math.nan))
         return math.nan
 
-    proxies = [p.name for p in other_proxies.ALL if p is not other_proxies.SDK_PROXY_PER_CALL]
+    # Only real third-party proxies count: bench/sdk_proxy.py is a reference, shown beside them.
+    proxies = [p.name for p in other_proxies.REAL]
     best_http = min(
         (cell("http-json", p, 16, "subject_cpu_ms_per_call") for p in proxies),
         key=lambda v: math.inf if math.isnan(v) else v,
@@ -496,6 +563,7 @@ def headline(
             "http-json", "mcppool-rest", 16, "client_cpu_ms_per_call"
         ),
         "asgi_server": _server_verdict(servers),
+        **ratios.headline(table, proxies),
     }
 
 
@@ -556,8 +624,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=1.0, help="seconds per measured leg")
     parser.add_argument("--no-others", action="store_true", help="skip the other proxies")
     parser.add_argument("--no-extras", action="store_true", help="skip the other scripts")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=list(CONCURRENCY),
+        help="concurrency levels (1 and 16 are the ones the ratios read)",
+    )
     args = parser.parse_args(argv)
-    args.concurrency = CONCURRENCY
+    args.concurrency = tuple(args.concurrency)
     if args.quick:
         args.rounds, args.duration, args.concurrency = 1, 0.5, (1, 16)
     bench = Bench(args)
@@ -577,6 +652,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{len(all_legs)} legs: " + ", ".join(sorted({f"{x.kind}/{x.name}" for x in all_legs})))
         with asyncio.Runner(loop_factory=loadgen.new_event_loop) as runner:
             rows = runner.run(throughput(bench, all_legs))
+            for target in bench.stdio_targets:
+                runner.run(target.stop())
             log("daphne vs uvicorn")
             daphne = gw.start(
                 var_dir, token, server="daphne", ready_path="/api/v1/pools/json/tools/echo/call"
