@@ -25,6 +25,36 @@ END = "<!-- bench:run:end -->"
 # (key in results.json, what it is, target, test: value -> met?)
 TARGETS: tuple[tuple[str, str, str, Any], ...] = (
     (
+        "floor_cpu_ratio",
+        "mcppool CPU per call ÷ the floor's, worst path (c=16)",
+        "≤ 1.3×",
+        lambda v: v <= 1.3,
+    ),
+    (
+        "floor_added_p50_ratio",
+        "p50 mcppool adds over direct ÷ the floor's, worst path (c=1)",
+        "≤ 1.5×",
+        lambda v: v <= 1.5,
+    ),
+    (
+        "real_peer_cpu_ratio_http",
+        "best real HTTP peer's CPU per call ÷ mcppool's, worst path (c=16)",
+        "≥ 8×",
+        lambda v: v >= 8,
+    ),
+    (
+        "real_peer_cpu_ratio_stdio",
+        "best real stdio peer's CPU per call ÷ mcppool's, process only, worst path",
+        "≥ 6×",
+        lambda v: v >= 6,
+    ),
+    (
+        "real_peer_cpu_ratio_stdio_with_child",
+        "the same with each side's stdio child included",
+        "—",
+        None,
+    ),
+    (
         "gateway_cpu_ms_per_call_http",
         "mcppool CPU per forwarded call, HTTP upstream (REST, c=16)",
         "≤ 0.5 ms",
@@ -93,6 +123,13 @@ LEG_NAMES = {
     "fresh-raw": "fresh raw session per call (no gateway)",
     "mcppool-rest": "**mcppool REST**",
     "mcppool-mcp": "**mcppool MCP endpoint**",
+    "floor-rest": "floor, REST route (bench/floor.py)",
+    "floor-mcp": "floor, MCP endpoint (bench/floor.py)",
+    "fastmcp": "FastMCP proxy (PyPI, one reused session)",
+    "npm-mcp-proxy": "mcp-proxy (npm)",
+    "mcp-proxy": "mcp-proxy (PyPI)",
+    "sdk-proxy": "sdk-proxy (reference, written here)",
+    "sdk-proxy-per-call": "sdk-proxy, session per call (reference)",
 }
 KIND_NAMES = {
     "http-json": "HTTP upstream answering JSON",
@@ -246,11 +283,13 @@ def render(results: dict[str, Any], extras: Sequence[dict[str, Any]]) -> str:
     for kind in ("http-json", "http-sse", "stdio"):
         out += _throughput_table(results["throughput"], kind)
     out += _cpu_table(results["throughput"])
+    out += _floor_table(results.get("floor_ratios") or {})
+    out += _peer_table(results.get("real_peer_ratios") or {})
     out += _servers_table(results.get("asgi_server", {}))
     out += _memory_table(results.get("idle_sessions", []))
     out += _runtime_tables(results.get("runtime") or {})
     out += _balancing_table(results.get("balancing") or {})
-    out += _profile_section(results.get("profile") or {})
+    out += _profile_section(results.get("profile") or {}, results.get("profile_floor") or {})
     out += _extras_section(extras)
     if results.get("notes"):
         out += ["## Notes from the run", "", *(f"- {n}" for n in results["notes"]), ""]
@@ -309,6 +348,54 @@ def _cpu_table(table: list[dict[str, Any]]) -> list[str]:
                 f"{fmt(r.get('upstream_cpu_ms_per_call', math.nan), 3)} | "
                 f"{fmt(r['client_cpu_ms_per_call'], 3)} |"
             )
+    return [*lines, ""]
+
+
+def _floor_table(floors: dict[str, Any]) -> list[str]:
+    if not floors:
+        return []
+    lines = [
+        "### mcppool against the floor",
+        "",
+        "Per path (client / endpoint / upstream): CPU per call at c=16 of mcppool and of the "
+        "floor (`bench/floor.py`: uvicorn + aiohttp + orjson, nothing else), and the p50 each "
+        "adds at c=1 over calling the upstream directly (lean client only; the SDK client runs "
+        "at c=16 only).",
+        "",
+        "| path | mcppool CPU ms | floor CPU ms | ratio "
+        "| mcppool +p50 ms | floor +p50 ms | ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for path, v in floors.items():
+        lines.append(
+            f"| {path} | {fmt(v['gateway_cpu_ms_per_call'], 3)} | "
+            f"{fmt(v['floor_cpu_ms_per_call'], 3)} | {fmt(v['cpu_ratio'])} | "
+            f"{fmt(v['gateway_added_p50_ms_c1'], 3)} | {fmt(v['floor_added_p50_ms_c1'], 3)} | "
+            f"{fmt(v['added_p50_ratio'])} |"
+        )
+    return [*lines, ""]
+
+
+def _peer_table(peers: dict[str, Any]) -> list[str]:
+    if not peers:
+        return []
+    lines = [
+        "### mcppool against the real peers",
+        "",
+        "Per path: the cheapest real third-party proxy on the same upstream and client (c=16), "
+        "its CPU per call ÷ mcppool's; for stdio also with each side's stdio child counted.",
+        "",
+        "| path | best real peer | its CPU ms | mcppool CPU ms | ratio "
+        "| with child: peer | ratio |",
+        "|---|---|---:|---:|---:|---|---:|",
+    ]
+    for path, v in peers.items():
+        lines.append(
+            f"| {path} | {v['best_peer']} | {fmt(v['best_peer_cpu_ms_per_call'], 3)} | "
+            f"{fmt(v['gateway_cpu_ms_per_call'], 3)} | {fmt(v['ratio'])} | "
+            f"{v.get('best_peer_with_child', '–')} | "
+            f"{fmt(v.get('ratio_with_child', math.nan))} |"
+        )
     return [*lines, ""]
 
 
@@ -427,25 +514,46 @@ def _balancing_table(balancing: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-def _profile_section(profile: dict[str, Any]) -> list[str]:
+def _profile_section(profile: dict[str, Any], floor: dict[str, Any]) -> list[str]:
     if not profile.get("samples"):
         return []
     lines = [
-        "## Profile of the gateway (REST, c=16)",
+        "## Profile of the gateway against the floor (REST, JSON upstream, c=16)",
         "",
         f"py-spy at 250 Hz on the uvicorn process: flamegraph `{profile['svg']}`, collapsed "
-        f"stacks `{profile['collapsed']}` ({profile['samples']} samples).",
+        f"stacks `{profile['collapsed']}` ({profile['samples']} samples); the floor's beside "
+        f"it: `{floor.get('svg', '–')}` ({floor.get('samples', 0)} samples). A share times the "
+        "CPU per call measured during the profile gives ms per call by area, so the two "
+        "processes compare call for call.",
         "",
-        "| area (innermost known frame) | share of samples |",
-        "|---|---:|",
-        *(f"| {a['area']} | {100 * a['share']:.1f} % |" for a in profile["areas"]),
-        "",
-        "| function (self time) | share |",
+        *_area_table(profile, floor),
+        "| mcppool function (self time) | share |",
         "|---|---:|",
         *(f"| `{f['function']}` | {100 * f['share']:.1f} % |" for f in profile["functions"]),
         "",
     ]
     return lines
+
+
+def _area_table(profile: dict[str, Any], floor: dict[str, Any]) -> list[str]:
+    mine = profile.get("cpu_ms_per_call", math.nan)
+    base = floor.get("cpu_ms_per_call", math.nan)
+    theirs = {a["area"]: a["share"] for a in floor.get("areas", [])}
+    areas = [a["area"] for a in profile["areas"]] + [a for a in theirs if a not in
+             {x["area"] for x in profile["areas"]}]  # fmt: skip
+    ours = {a["area"]: a["share"] for a in profile["areas"]}
+    lines = [
+        f"CPU per call while profiled: mcppool {fmt(mine, 3)} ms, floor {fmt(base, 3)} ms.",
+        "",
+        "| area (innermost known frame) | mcppool share | mcppool ms/call | floor ms/call |",
+        "|---|---:|---:|---:|",
+    ]
+    for area in areas:
+        lines.append(
+            f"| {area} | {100 * ours.get(area, 0.0):.1f} % | "
+            f"{fmt(ours.get(area, 0.0) * mine, 3)} | {fmt(theirs.get(area, 0.0) * base, 3)} |"
+        )
+    return [*lines, ""]
 
 
 def _extras_section(extras: Sequence[dict[str, Any]]) -> list[str]:

@@ -327,27 +327,20 @@ async def servers_compared(
     return rows
 
 
-def profile(bench: Bench, gateway: gw.Gateway, seconds: float) -> dict[str, Any]:
-    """py-spy on the gateway while it serves REST calls at concurrency 16."""
+def profile(
+    bench: Bench, pid: int, target: loadgen.Target, name: str, seconds: float
+) -> dict[str, Any]:
+    """py-spy on `pid` while `target` is called at concurrency 16: bench/profile-<name>.svg and
+    .txt, the top costs, and the CPU per call measured meanwhile (to turn shares into ms)."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists():
         bench.notes.append("py-spy is not installed: no profile")
         return {}
-    svg = BENCH / "profile-rest.svg"
-    raw = BENCH / "profile-rest.txt"
-    base = [
-        py_spy,
-        "record",
-        "--pid",
-        str(gateway.pid),
-        "--duration",
-        str(math.ceil(seconds)),
-        "--rate",
-        "250",
-        "--nonblocking",
-    ]
-    target = loadgen.RestTarget(gateway.rest_url("json"), gateway.token)
-    top: dict[str, Any] = {}
+    svg = BENCH / f"profile-{name}.svg"
+    raw = BENCH / f"profile-{name}.txt"
+    base = [py_spy, "record", "--pid", str(pid), "--duration", str(math.ceil(seconds)),
+            "--rate", "250", "--nonblocking"]  # fmt: skip
+    cpu: list[float] = []
     for fmt, path in (("flamegraph", svg), ("raw", raw)):
         spy = subprocess.Popen(
             [*base, "--format", fmt, "--output", str(path)],
@@ -356,13 +349,21 @@ def profile(bench: Bench, gateway: gw.Gateway, seconds: float) -> dict[str, Any]
         )
         time.sleep(0.5)
         with asyncio.Runner(loop_factory=loadgen.new_event_loop) as runner:
-            runner.run(loadgen.run(target, concurrency=16, duration=seconds + 1))
+            result = runner.run(
+                loadgen.run(target, concurrency=16, duration=seconds + 1, watch={"subject": pid})
+            )
+        cpu.append(result.cpu_ms_per_call["subject"])
         _, err = spy.communicate(timeout=60)
         if spy.returncode != 0:
             bench.notes.append(f"py-spy failed: {err.decode(errors='replace')[-300:]}")
             return {}
     top = report.top_costs(raw.read_text())
-    return {"svg": str(svg.relative_to(ROOT)), "collapsed": str(raw.relative_to(ROOT)), **top}
+    return {
+        "svg": str(svg.relative_to(ROOT)),
+        "collapsed": str(raw.relative_to(ROOT)),
+        "cpu_ms_per_call": median(cpu),
+        **top,
+    }
 
 
 async def idle_memory(
@@ -453,6 +454,21 @@ def extras(bench: Bench) -> list[dict[str, Any]]:
                 }
             )
     return out
+
+
+def previous_extras(bench: Bench) -> list[dict[str, Any]]:
+    """--no-extras: the other scripts' output from the committed results, said to be so (their
+    sections in the docs would otherwise vanish from a shortened run)."""
+    with contextlib.suppress(OSError, ValueError):
+        previous = json.loads(RESULTS.read_text())
+        carried: list[dict[str, Any]] = previous.get("extras") or []
+        if carried:
+            bench.notes.append(
+                f"--no-extras: the other scripts' sections are carried over from the run of "
+                f"{previous.get('date', '?')}, not measured in this one"
+            )
+        return carried
+    return []
 
 
 def own_script(module: str, arguments: list[str], timeout: float, bench: Bench) -> dict[str, Any]:
@@ -661,8 +677,13 @@ def main(argv: list[str] | None = None) -> int:
             bench.gateways.append(daphne)
             servers = runner.run(servers_compared(bench, uvicorn, daphne))
             daphne.stop()
-        log("profile (py-spy)")
-        results["profile"] = profile(bench, uvicorn, 2.0 if args.quick else 5.0)
+        log("profile (py-spy): mcppool and the floor, REST, JSON upstream")
+        seconds = 2.0 if args.quick else 4.0
+        rest = loadgen.RestTarget(uvicorn.rest_url("json"), uvicorn.token)
+        results["profile"] = profile(bench, uvicorn.pid, rest, "rest", seconds)
+        floor = next(p for p in bench.processes if p.name == "floor-http")
+        floor_rest = loadgen.RestTarget(f"http://127.0.0.1:{floor.port}/rest/echo", "-")
+        results["profile_floor"] = profile(bench, floor.pid, floor_rest, "floor-rest", seconds)
         for p in bench.processes:  # proxies out of the way before memory is measured
             if p.name not in ("bench-http-json", "bench-http-sse"):
                 p.stop()
@@ -684,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
         bench,
     )
     cli = own_script("cli_startup", ["--runs", "3" if args.quick else "5"], 300, bench)
-    extra = [] if args.no_extras or args.quick else extras(bench)
+    extra = [] if args.quick else previous_extras(bench) if args.no_extras else extras(bench)
     table = medians(rows, ("kind", "leg", "concurrency"))
     results.update(headline(table, servers, memory_rows, balancing))
     results.update({k: v for k, v in cli.items() if k.startswith("cli_cpu_ms_")})
