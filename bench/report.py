@@ -536,8 +536,9 @@ def _profile_section(profile: dict[str, Any], floor: dict[str, Any]) -> list[str
 
 
 def _area_table(profile: dict[str, Any], floor: dict[str, Any]) -> list[str]:
-    mine = profile.get("cpu_ms_per_call", math.nan)
-    base = floor.get("cpu_ms_per_call", math.nan)
+    # results.json stores a missing number as null: read it back as NaN.
+    mine = profile.get("cpu_ms_per_call") or math.nan
+    base = floor.get("cpu_ms_per_call") or math.nan
     theirs = {a["area"]: a["share"] for a in floor.get("areas", [])}
     areas = [a["area"] for a in profile["areas"]] + [a for a in theirs if a not in
              {x["area"] for x in profile["areas"]}]  # fmt: skip
@@ -560,7 +561,8 @@ def _extras_section(extras: Sequence[dict[str, Any]]) -> list[str]:
     lines: list[str] = []
     for e in extras:
         status = "" if e["exit"] == 0 else f" — **exit {e['exit']}**"
-        lines += [f"## `{e['command']}`{status}", "", f"Ran in {e['seconds']:.0f} s."]
+        took = f"Ran in {e['seconds']:.0f} s." if e.get("seconds") is not None else ""
+        lines += [f"## `{e['command']}`{status}", "", took]
         if e["output"].strip():
             lines += ["", "```text", e["output"].strip()[-6000:], "```", ""]
         else:
@@ -575,3 +577,17 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         shown = fmt(value) if isinstance(value, int | float) else "–"
         lines.append(f"{key:<36} {shown:>8}   target {target}")
     return lines
+
+
+def main() -> int:
+    """Re-render the generated part of docs/benchmarks.md from bench/results.json (no run)."""
+    import json
+
+    root = Path(__file__).resolve().parent.parent
+    results = json.loads((root / "bench" / "results.json").read_text())
+    write_docs(root / "docs" / "benchmarks.md", results, results.get("extras") or [])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
