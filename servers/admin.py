@@ -172,6 +172,17 @@ class ServerInline(_ServerInline):
     extra = 0
     show_change_link = True  # headers, arguments and environment are on the server's own page
 
+    def formfield_for_dbfield(
+        self, db_field: Field[Any, Any], request: HttpRequest, **kwargs: Any
+    ) -> forms.Field | None:
+        field = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if field is not None and db_field.name in secrets.TARGET_FIELDS:
+            field.help_text = (
+                "Changing it drops the server's stored secret values unless they are given "
+                "again (on the server's own page, in the same save)."
+            )
+        return field
+
     @admin.display(description="health")
     def health_badge(self, server: Server) -> SafeString:
         return health_badge(server)

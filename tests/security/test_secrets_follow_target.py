@@ -175,3 +175,10 @@ def test_apply_dry_run_says_the_secret_is_dropped() -> None:
     plan = configfile.apply_text(changed, "pools.yaml", dry_run=True)
     assert any("secret_headers {'Authorization': '••••'} → {}" in line for line in plan.describe())
     assert Server.objects.get(name="a").secret_headers  # a dry run writes nothing
+
+
+@pytest.mark.django_db
+def test_admin_pool_page_warns_on_the_inline_server_targets(admin_client: Client) -> None:
+    server = _server()
+    page = admin_client.get(reverse("admin:servers_pool_change", args=[server.pool_id]))
+    assert "drops the server&#x27;s stored secret values" in page.content.decode()
