@@ -24,7 +24,7 @@ from typing import IO, Any
 
 import yaml
 
-from tests.upstreams.procs import ROOT, UpstreamProcess, free_port
+from tests.upstreams.procs import ROOT, UpstreamProcess, free_port, guarded
 
 START_TIMEOUT = 60.0
 
@@ -107,7 +107,7 @@ def start(var_dir: Path, token: str, *, server: str = "uvicorn", ready_path: str
     env = environment(var_dir)
     log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by UpstreamProcess.stop
     process = subprocess.Popen(
-        command(server, port),
+        guarded(command(server, port)),
         cwd=ROOT,
         env=env,
         stdin=subprocess.DEVNULL,

@@ -93,7 +93,7 @@ async def test_host_config_change_reaches_runtime_by_redis_event(
     channel_layers.backends.clear()
     pool = await sync_to_async(_make_pool)()
     await host.start()
-    await asyncio.sleep(0.3)  # let the listener join the group
+    await asyncio.wait_for(host.events_joined.wait(), 10)
     version = await sync_to_async(_add_server)(pool)
     assert await _until(lambda: host.runtime.version >= version)
     assert len(host.runtime.pool("echo").endpoints) == 2

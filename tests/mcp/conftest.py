@@ -14,6 +14,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from tests.api.conftest import everything_http, faulty_json, faulty_sse  # noqa: F401
 from tests.api.gateway import Gateway, add_key, add_pool, add_stdio_server, serve_gateway
+from tests.conftest import missing_prerequisite
 from tests.upstreams import procs
 
 
@@ -78,4 +79,4 @@ async def post_rpc(gw: Gateway, pool: str, body: Any, **headers: str) -> httpx2.
 
 def needs_everything(gw: Gateway) -> None:
     if "everything" not in gw.host.runtime.pools:
-        pytest.skip("server-everything is not installed (make node)")
+        missing_prerequisite("server-everything is not installed (make node)")

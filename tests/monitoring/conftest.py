@@ -64,7 +64,7 @@ class Restartable:
         )  # fmt: skip
         log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by UpstreamProcess.stop()
         popen = subprocess.Popen(
-            command, cwd=procs.ROOT, stdin=subprocess.DEVNULL, stdout=log,
+            procs.guarded(command), cwd=procs.ROOT, stdin=subprocess.DEVNULL, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         self.process = procs.UpstreamProcess(self.name, popen, self.port, log)

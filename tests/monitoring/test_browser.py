@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import missing_prerequisite
 from tests.upstreams import procs
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -48,9 +49,7 @@ def _require_browser() -> Any:
     if not missing and not CHROMIUM.exists():
         missing = f"{CHROMIUM} is missing (apt-get install -y chromium)"
     if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"browser tests must run in CI: {missing}")
-        pytest.skip(missing)
+        missing_prerequisite(missing)
     return sync_playwright
 
 
@@ -124,7 +123,7 @@ def service(
     log = var / "service.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "mcppool.launcher"],
+            procs.guarded([sys.executable, "-m", "mcppool.launcher"]),
             env=env,
             cwd=procs.ROOT,
             stdout=out,

@@ -215,7 +215,11 @@ def test_worker_metrics_sum_checks_of_every_forked_child(tmp_path: Any) -> None:
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     worker = subprocess.Popen(
-        [sys.executable, "-c", WORKER], env=env, stdout=subprocess.PIPE, cwd=procs.ROOT
+        procs.guarded([sys.executable, "-c", WORKER]),
+        env=env,
+        stdout=subprocess.PIPE,
+        cwd=procs.ROOT,
+        start_new_session=True,
     )
     try:
         assert worker.stdout is not None

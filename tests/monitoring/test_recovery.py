@@ -172,7 +172,7 @@ async def test_health_change_reaches_the_runtime_by_redis_event(
     host = RuntimeHost()
     try:
         await host.start()
-        await asyncio.sleep(0.3)  # let the listener join the group
+        await asyncio.wait_for(host.events_joined.wait(), 10)
 
         # when a check marks b down (the flip publishes health.changed on commit)
         b.stop()

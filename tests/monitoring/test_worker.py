@@ -22,12 +22,14 @@ from urllib.parse import quote
 import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import connection, connections
+from django.db import connections
 
 from balancing.engine.config import Health
 from balancing.host import RuntimeHost
 from servers.models import Flip, Server
+from tests.conftest import require_postgres
 from tests.monitoring.conftest import Restartable, add_http, make_pool
+from tests.upstreams import procs
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.upstream]
 
@@ -52,8 +54,7 @@ def isolation() -> dict[str, str]:
 def worker(
     transactional_db: Any, redis_url: str, isolation: dict[str, str]
 ) -> Iterator[subprocess.Popen[bytes]]:
-    if connection.vendor != "postgresql":
-        pytest.skip("the worker shares the test database: PostgreSQL only")
+    require_postgres("the worker shares the test database")
     with tempfile.TemporaryDirectory() as var, tempfile.TemporaryFile() as log:
         env = {
             **os.environ,
@@ -73,7 +74,7 @@ def worker(
             "--schedule", str(Path(var) / "celerybeat-schedule"),
         ]  # fmt: skip
         process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            procs.guarded(command), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
         try:

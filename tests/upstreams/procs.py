@@ -3,7 +3,8 @@
 HTTP servers run as processes of their own on a free 127.0.0.1 port (``start_*`` returns once the
 port accepts connections); stdio servers are spawned by the session itself, so for them this
 module only builds the `ServerConfig`. Every process started here runs in its own process group
-and `UpstreamProcess.stop` always reaps it (SIGTERM, then SIGKILL).
+and `UpstreamProcess.stop` always reaps it (SIGTERM, then SIGKILL); if the test run itself is
+killed, `guarded` makes the group die with it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -188,7 +189,7 @@ def _start_http(
             child_env.update(env_for_port(port))
         log = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the UpstreamProcess, closed in stop()
         process = subprocess.Popen(
-            command(port),
+            guarded(command(port)),
             cwd=ROOT,
             env=child_env,
             stdin=subprocess.DEVNULL,
@@ -202,6 +203,15 @@ def _start_http(
         last_output = upstream.output()
         upstream.stop()
     raise RuntimeError(f"{name} did not start listening:\n{last_output}")
+
+
+GUARD = Path(__file__).with_name("guard.py")
+
+
+def guarded(argv: Sequence[str]) -> list[str]:
+    """argv, run so that its process group is killed when this process dies (even by SIGKILL):
+    see `guard.py`. Start it with `start_new_session=True`."""
+    return [sys.executable, "-S", str(GUARD), str(os.getpid()), "--", *argv]
 
 
 def _wait_for_port(process: subprocess.Popen[bytes], port: int) -> bool:

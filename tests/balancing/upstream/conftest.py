@@ -6,7 +6,6 @@ it forget sessions) start their own. Everything started here is stopped and reap
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Protocol
 
@@ -15,6 +14,7 @@ import pytest
 
 from balancing.engine.config import ServerConfig
 from balancing.engine.upstream import MessageHandler, UpstreamSession
+from tests.conftest import missing_prerequisite
 from tests.upstreams import procs
 
 CLIENT_INFO = {"name": "mcppool-tests", "version": "0"}
@@ -25,10 +25,9 @@ def require_everything() -> None:
     """server-everything comes from npm (`make node`): skip without it locally, fail in CI."""
     if procs.everything_installed():
         return
-    message = f"npm server-everything is not installed in {procs.NODE_DIR} (run `make node`)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    missing_prerequisite(
+        f"npm server-everything is not installed in {procs.NODE_DIR} (run `make node`)"
+    )
 
 
 @pytest.fixture
