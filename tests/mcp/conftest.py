@@ -12,7 +12,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.api.conftest import everything_http, faulty_json, faulty_sse  # noqa: F401
+from tests.api.conftest import everything_http  # noqa: F401
 from tests.api.gateway import Gateway, add_key, add_pool, add_stdio_server, serve_gateway
 from tests.conftest import missing_prerequisite
 from tests.upstreams import procs
@@ -40,8 +40,8 @@ def _setup(json_url: str, sse_url: str, everything_url: str | None) -> dict[str,
 
 @pytest.fixture
 async def gateway(
-    faulty_json: procs.UpstreamProcess,  # noqa: F811
-    faulty_sse: procs.UpstreamProcess,  # noqa: F811
+    faulty_json: procs.UpstreamProcess,
+    faulty_sse: procs.UpstreamProcess,
     everything_http: procs.UpstreamProcess | None,  # noqa: F811
 ) -> AsyncIterator[Gateway]:
     ev = everything_http.url if everything_http else None

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
 
 from balancing.engine.config import ServerConfig
+from balancing.host import RuntimeHost
 from monitoring import probes
 from servers import services
 from servers.models import Pool, Server
@@ -132,3 +135,12 @@ def add_stdio(pool: Pool, config: ServerConfig) -> Server:
         Server(pool=pool, name=config.name, transport="stdio", command=config.command,
                args=list(config.args), cwd=config.cwd)
     )  # fmt: skip
+
+
+async def who_answers(host: RuntimeHost, calls: int) -> Counter[str]:
+    """Which replica of pool `web` answered each of `calls` calls of `whoami`."""
+    answers: Counter[str] = Counter()
+    for _ in range(calls):
+        result = await host.runtime.call_tool("web", "whoami", {})
+        answers[json.loads(result["content"][0]["text"])["name"]] += 1
+    return answers

@@ -90,10 +90,8 @@ def _wait_for(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
 
 @pytest.fixture(scope="module")
 def upstreams() -> Iterator[list[procs.UpstreamProcess]]:
-    started = [procs.start_faulty_http(name=f"r{i}", json_response=True) for i in range(2)]
-    yield started
-    for p in started:
-        p.stop()
+    with procs.faulty_replicas(2) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")

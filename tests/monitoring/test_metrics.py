@@ -46,10 +46,8 @@ def scrape(runtime: Runtime) -> Samples:
 
 @pytest.fixture(scope="module")
 def replicas() -> Iterator[list[procs.UpstreamProcess]]:
-    started = [procs.start_faulty_http(name=f"r{i}", json_response=True) for i in range(2)]
-    yield started
-    for p in started:
-        p.stop()
+    with procs.faulty_replicas(2) as started:
+        yield started
 
 
 def servers_of(replicas: list[procs.UpstreamProcess]) -> list[ServerConfig]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -28,7 +27,7 @@ from balancing.engine.config import Health
 from balancing.host import RuntimeHost
 from servers.models import Flip, Server
 from tests.conftest import require_postgres
-from tests.monitoring.conftest import Restartable, add_http, make_pool
+from tests.monitoring.conftest import Restartable, add_http, make_pool, who_answers
 from tests.upstreams import procs
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.upstream]
@@ -136,14 +135,6 @@ def health_of(server: Server) -> str:
 
 async def is_health(server: Server, wanted: Health) -> bool:
     return await health_of(server) == wanted
-
-
-async def who_answers(host: RuntimeHost, calls: int) -> Counter[str]:
-    answers: Counter[str] = Counter()
-    for _ in range(calls):
-        result = await host.runtime.call_tool("web", "whoami", {})
-        answers[json.loads(result["content"][0]["text"])["name"]] += 1
-    return answers
 
 
 def endpoint_health(host: RuntimeHost, name: str) -> Health:

@@ -20,20 +20,6 @@ SECRET = re.compile(r"mcp_[0-9a-f]{8}_[A-Za-z0-9_-]+")
 
 
 @pytest.fixture
-def rule(http_server: Server) -> AffinityRule:
-    return services.save(
-        AffinityRule(
-            pool=http_server.pool,
-            match_on="header",
-            header="X-Tenant",
-            pattern="acme",
-            action="pin",
-            pin_server=http_server,
-        )
-    )
-
-
-@pytest.fixture
 def api_key(pool: Pool) -> ApiKey:
     key, _secret = services.create_api_key("billing", pools=[pool])
     return key

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -203,6 +203,19 @@ def _start_http(
         last_output = upstream.output()
         upstream.stop()
     raise RuntimeError(f"{name} did not start listening:\n{last_output}")
+
+
+@contextlib.contextmanager
+def faulty_replicas(count: int, prefix: str = "r") -> Iterator[list[UpstreamProcess]]:
+    """`count` replicas of the faulty server over HTTP (JSON answers), named r0, r1, …"""
+    started: list[UpstreamProcess] = []
+    try:
+        for i in range(count):
+            started.append(start_faulty_http(name=f"{prefix}{i}", json_response=True))
+        yield started
+    finally:
+        for upstream in started:
+            upstream.stop()
 
 
 GUARD = Path(__file__).with_name("guard.py")

@@ -1,7 +1,8 @@
 """Fixtures for upstream-session tests: real upstream processes on free 127.0.0.1 ports.
 
-Servers that tests only read from live for the module; tests that break a server (crash it, make
-it forget sessions) start their own. Everything started here is stopped and reaped.
+The servers tests only read from (`faulty_json`, `faulty_sse`) are the session's, from
+`tests/conftest.py`; tests that break a server (crash it, make it forget sessions) start their
+own. Everything started here is stopped and reaped.
 """
 
 from __future__ import annotations
@@ -72,20 +73,6 @@ async def connect(http: aiohttp.ClientSession) -> AsyncIterator[Connect]:
     yield open_
     for session in sessions:
         await session.close()
-
-
-@pytest.fixture(scope="module")
-def faulty_sse() -> Iterator[procs.UpstreamProcess]:
-    server = procs.start_faulty_http(name="faulty-sse")
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def faulty_json() -> Iterator[procs.UpstreamProcess]:
-    server = procs.start_faulty_http(name="faulty-json", json_response=True)
-    yield server
-    server.stop()
 
 
 @pytest.fixture
