@@ -42,9 +42,8 @@ async def prober() -> AsyncIterator[probes.Prober]:
 @pytest.fixture
 def replica() -> Iterator[procs.UpstreamProcess]:
     """A faulty HTTP server of the test's own, for tests that break it."""
-    server = procs.start_faulty_http(name="replica", json_response=True)
-    yield server
-    server.stop()
+    with procs.faulty_server("replica") as server:
+        yield server
 
 
 class Restartable:

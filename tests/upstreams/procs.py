@@ -206,6 +206,16 @@ def _start_http(
 
 
 @contextlib.contextmanager
+def faulty_server(name: str) -> Iterator[UpstreamProcess]:
+    """One faulty server over HTTP (JSON answers), stopped and reaped on exit."""
+    upstream = start_faulty_http(name=name, json_response=True)
+    try:
+        yield upstream
+    finally:
+        upstream.stop()
+
+
+@contextlib.contextmanager
 def faulty_replicas(count: int, prefix: str = "r") -> Iterator[list[UpstreamProcess]]:
     """`count` replicas of the faulty server over HTTP (JSON answers), named r0, r1, …"""
     started: list[UpstreamProcess] = []

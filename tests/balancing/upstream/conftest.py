@@ -48,6 +48,26 @@ class Connect(Protocol):
     ) -> UpstreamSession: ...
 
 
+async def open_session(
+    http: aiohttp.ClientSession,
+    config: ServerConfig,
+    *,
+    capabilities: dict[str, Any] | None = None,
+    on_event: MessageHandler | None = None,
+    listen: bool = True,
+) -> UpstreamSession:
+    """A session as the runtime opens one, with this suite's client info and open timeout."""
+    return await UpstreamSession.open(
+        config,
+        http=http,
+        client_info=CLIENT_INFO,
+        capabilities=capabilities or {},
+        on_event=on_event,
+        timeout=OPEN_TIMEOUT,
+        listen=listen,
+    )
+
+
 @pytest.fixture
 async def connect(http: aiohttp.ClientSession) -> AsyncIterator[Connect]:
     """`await connect(config)` opens a session that is closed when the test ends."""
@@ -59,14 +79,7 @@ async def connect(http: aiohttp.ClientSession) -> AsyncIterator[Connect]:
         capabilities: dict[str, Any] | None = None,
         on_event: MessageHandler | None = None,
     ) -> UpstreamSession:
-        session = await UpstreamSession.open(
-            config,
-            http=http,
-            client_info=CLIENT_INFO,
-            capabilities=capabilities or {},
-            on_event=on_event,
-            timeout=OPEN_TIMEOUT,
-        )
+        session = await open_session(http, config, capabilities=capabilities, on_event=on_event)
         sessions.append(session)
         return session
 
@@ -78,9 +91,8 @@ async def connect(http: aiohttp.ClientSession) -> AsyncIterator[Connect]:
 @pytest.fixture
 def faulty_private() -> Iterator[procs.UpstreamProcess]:
     """A server of the test's own, for tests that break it."""
-    server = procs.start_faulty_http(name="faulty-private", json_response=True)
-    yield server
-    server.stop()
+    with procs.faulty_server("faulty-private") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
