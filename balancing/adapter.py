@@ -172,6 +172,11 @@ ConfigConflict = services.ConfigConflict
 POOL_FIELDS = services.POOL_FIELDS
 SERVER_FIELDS = services.SERVER_FIELDS
 RULE_FIELDS = services.RULE_FIELDS
+# Each pool tuning knob with its Python type, from the model: the REST schema takes them all.
+POOL_TUNING_TYPES: dict[str, type[int] | type[float]] = {
+    name: float if Pool._meta.get_field(name).get_internal_type() == "FloatField" else int
+    for name in POOL_TUNING
+}
 parse_api_key = services.parse_api_key
 secret_matches = services.secret_matches
 
