@@ -29,7 +29,7 @@ NODE_DIR = ROOT / "tests" / "upstreams" / "node"
 EVERYTHING_JS = (
     NODE_DIR / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
 )
-START_TIMEOUT = 20.0
+START_TIMEOUT = 60.0  # a bound on a condition wait: generous, for a loaded 2-core machine
 STOP_GRACE = 3.0
 
 
