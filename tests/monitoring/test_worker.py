@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -22,12 +21,14 @@ from urllib.parse import quote
 import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import connection, connections
+from django.db import connections
 
 from balancing.engine.config import Health
 from balancing.host import RuntimeHost
 from servers.models import Flip, Server
-from tests.monitoring.conftest import Restartable, add_http, make_pool
+from tests.conftest import require_postgres
+from tests.monitoring.conftest import Restartable, add_http, make_pool, who_answers
+from tests.upstreams import procs
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.upstream]
 
@@ -52,8 +53,7 @@ def isolation() -> dict[str, str]:
 def worker(
     transactional_db: Any, redis_url: str, isolation: dict[str, str]
 ) -> Iterator[subprocess.Popen[bytes]]:
-    if connection.vendor != "postgresql":
-        pytest.skip("the worker shares the test database: PostgreSQL only")
+    require_postgres("the worker shares the test database")
     with tempfile.TemporaryDirectory() as var, tempfile.TemporaryFile() as log:
         env = {
             **os.environ,
@@ -73,7 +73,7 @@ def worker(
             "--schedule", str(Path(var) / "celerybeat-schedule"),
         ]  # fmt: skip
         process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            procs.guarded(command), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
         try:
@@ -135,14 +135,6 @@ def health_of(server: Server) -> str:
 
 async def is_health(server: Server, wanted: Health) -> bool:
     return await health_of(server) == wanted
-
-
-async def who_answers(host: RuntimeHost, calls: int) -> Counter[str]:
-    answers: Counter[str] = Counter()
-    for _ in range(calls):
-        result = await host.runtime.call_tool("web", "whoami", {})
-        answers[json.loads(result["content"][0]["text"])["name"]] += 1
-    return answers
 
 
 def endpoint_health(host: RuntimeHost, name: str) -> Health:
