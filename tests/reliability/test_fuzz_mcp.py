@@ -75,7 +75,7 @@ def target() -> Iterator[Target]:
     json_replica = procs.start_faulty_http(name="r-json", json_response=True)
     sse_replica = procs.start_faulty_http(name="r-sse")
     try:
-        pools = [
+        pools: list[dict[str, Any]] = [
             {"slug": SHARED, "name": "Echo", "servers": [
                 {"name": "a", "transport": "streamable_http", "url": json_replica.url}]},
             # The fuzzer opens hundreds of sessions with one key: caps are tested elsewhere
