@@ -19,6 +19,9 @@ from tests.upstreams import procs
 pytestmark = pytest.mark.upstream
 
 POOL = PoolConfig(id=1, slug="p", check_timeout=2.0)
+# A probe waits for a stdio server still starting at most its check timeout (then says
+# "starting"); Python's start-up took 19 s on a loaded 2-core machine, so these wait longer.
+STDIO_POOL = replace(POOL, check_timeout=30.0)
 
 
 async def test_probe_modern_server_is_asked_server_discover(
@@ -68,13 +71,13 @@ async def test_probe_session_forgotten_by_server_reinitializes_and_passes(
 async def test_probe_stdio_server_is_probed_through_its_own_process(prober: Prober) -> None:
     server = procs.faulty_stdio_config()
 
-    first = await prober.probe(POOL, server)
+    first = await prober.probe(STDIO_POOL, server)
     kept = prober.session_of(server.id)
     assert kept is not None
     # when the probe process dies between probes
     with pytest.raises(Exception):  # noqa: B017, PT011 - the crash kills the answer
         await kept.request("tools/call", {"name": "crash", "arguments": {}}, timeout=5)
-    second = await prober.probe(POOL, server)
+    second = await prober.probe(STDIO_POOL, server)
 
     # then the next probe spawns another and passes
     assert first.ok, second.error
@@ -139,7 +142,7 @@ async def test_probe_tools_hash_matches_replicas_and_tells_other_servers_apart(
             (other.config(server_id=2), True),
             (procs.time_stdio_config(server_id=3), True),
         ]
-        a, b, time_server = await prober.probe_pool(POOL, servers, jitter=0.05)
+        a, b, time_server = await prober.probe_pool(STDIO_POOL, servers, jitter=0.05)
     finally:
         other.stop()
 
