@@ -59,11 +59,9 @@ FORWARDABLE: Final[dict[str, Any]] = {
     "logging": {},
     "completions": {},
 }
-# Methods the 2026-07-28 wire has that the gateway forwards (or answers: discover, tools/list).
-MODERN_METHODS: Final = frozenset(
+# Methods forwarded upstream as they are on a shared pool.
+FORWARDED: Final = frozenset(
     {
-        "server/discover",
-        "tools/list",
         "tools/call",
         "resources/list",
         "resources/templates/list",
@@ -73,6 +71,8 @@ MODERN_METHODS: Final = frozenset(
         "completion/complete",
     }
 )
+# Methods the 2026-07-28 wire has that the gateway forwards (or answers: discover, tools/list).
+MODERN_METHODS: Final = FORWARDED | {"server/discover", "tools/list"}
 _RUNG_CODES: Final = {
     INVALID_PARAMS: "invalid_arguments",
     HEADER_MISMATCH: "invalid_request",

@@ -37,22 +37,10 @@ from balancing.errors_http import INVALID_PARAMS, METHOD_NOT_FOUND, ApiError, fr
 from balancing.host import RuntimeHost
 from balancing.keys import KeyRecord
 from balancing.mcpserver import clients
-from balancing.mcpserver.era import discover
+from balancing.mcpserver.era import FORWARDED, discover
 from balancing.mcpserver.relays import call_key
 from balancing.mcpserver.replies import Reply
 
-# Methods forwarded upstream as they are on a shared pool.
-FORWARDED: Final = frozenset(
-    {
-        "tools/call",
-        "resources/list",
-        "resources/templates/list",
-        "resources/read",
-        "prompts/list",
-        "prompts/get",
-        "completion/complete",
-    }
-)
 _STICKY_ONLY: Final = frozenset({"resources/subscribe", "resources/unsubscribe"})
 # Results a shared pool may serve from its cache while their hints say they are fresh.
 _CACHED: Final = frozenset(

@@ -20,7 +20,8 @@ import orjson
 from balancing.errors_http import INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR, ApiError
 
 _I64: Final = 2**63
-_NAMED: Final = frozenset({"tools/call", "prompts/get", "resources/read"})
+# Methods that name what they act on, and the param that names it.
+_NAMED: Final = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 
 
 def refusal(message: str, rpc: int = INVALID_REQUEST) -> ApiError:
@@ -72,18 +73,11 @@ def check_params(method: str, params: Any) -> dict[str, Any] | None:
         token = meta["progressToken"]
         if isinstance(token, bool) or not isinstance(token, str | int):
             raise refusal("a progressToken must be a string or an integer", INVALID_PARAMS)
-    if method == "tools/call":
-        if not isinstance(params.get("name"), str):
-            raise refusal("tools/call needs a tool name (a string)", INVALID_PARAMS)
+    named = _NAMED.get(method)
+    if named is not None:
+        if not isinstance(params.get(named), str):
+            raise refusal(f"{method} needs a {named} (a string)", INVALID_PARAMS)
         arguments = params.get("arguments")
         if arguments is not None and not isinstance(arguments, dict):
-            raise refusal("tools/call arguments must be an object", INVALID_PARAMS)
-    elif method == "prompts/get":
-        if not isinstance(params.get("name"), str):
-            raise refusal("prompts/get needs a prompt name (a string)", INVALID_PARAMS)
-        arguments = params.get("arguments")
-        if arguments is not None and not isinstance(arguments, dict):
-            raise refusal("prompts/get arguments must be an object", INVALID_PARAMS)
-    elif method == "resources/read" and not isinstance(params.get("uri"), str):
-        raise refusal("resources/read needs a uri (a string)", INVALID_PARAMS)
+            raise refusal(f"{method} arguments must be an object", INVALID_PARAMS)
     return params

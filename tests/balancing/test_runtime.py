@@ -19,8 +19,10 @@ from balancing.engine.config import (
     ServerConfig,
     Snapshot,
     Strategy,
+    Transport,
 )
-from balancing.engine.errors import UpstreamClosed
+from balancing.engine.errors import UpstreamClosed, UpstreamRefused, UpstreamTimeout
+from balancing.engine.request_state import InvalidState, StateSealer
 from balancing.engine.runtime import NoHealthyServer, Runtime, UnknownPool
 from tests.upstreams import procs
 
@@ -226,3 +228,149 @@ async def test_runtime_undelivered_retries_do_not_spend_the_retry_budget(
     # then every call succeeds: a call that reached no server is always sent elsewhere
     assert [text_of(r) for r in results] == [str(i) for i in range(40)]
     assert runtime.metrics.retries["p"] >= 1 and runtime.metrics.retries_refused["p"] == 0
+
+
+# ---- one call path, client faults, multi-round-trip state (fake upstream sessions) ------------
+
+
+class FakeUpstream:
+    """An upstream session whose answers the test decides; remembers what it was sent."""
+
+    def __init__(self, server: ServerConfig, answer: Any) -> None:
+        self.server = server
+        self.answer = answer
+        self.sent: list[tuple[str, dict[str, Any] | None]] = []
+        self.alive = True
+
+    async def request(
+        self,
+        method: str,
+        params: dict[str, Any] | None,
+        *,
+        timeout: float,
+        on_message: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        self.sent.append((method, params))
+        result: dict[str, Any] = await self.answer(self.server, method, params)
+        return result
+
+    async def ping(self, timeout: float) -> float:
+        return 0.0
+
+    async def close(self) -> None:
+        self.alive = False
+
+
+def fake_servers(n: int = 2) -> list[ServerConfig]:
+    return [
+        ServerConfig(
+            id=i + 1,
+            name=f"s{i + 1}",
+            transport=Transport.STREAMABLE_HTTP,
+            url=f"http://127.0.0.1:1/{i}",
+        )
+        for i in range(n)
+    ]
+
+
+async def fake_runtime(answer: Any, n: int = 2, **knobs: Any) -> tuple[Runtime, list[FakeUpstream]]:
+    opened: list[FakeUpstream] = []
+
+    async def open_session(pool: PoolConfig, server: ServerConfig) -> FakeUpstream:
+        session = FakeUpstream(server, answer)
+        opened.append(session)
+        return session
+
+    runtime = Runtime(open_session=open_session, sealer=StateSealer(["test key"]))  # type: ignore[arg-type]
+    await runtime.start(Snapshot(1, (pool_of(fake_servers(n), **knobs),)))
+    return runtime, opened
+
+
+async def test_runtime_bound_session_failures_eject_its_server_and_are_labelled() -> None:
+    async def hangs(server: ServerConfig, method: str, params: Any) -> dict[str, Any]:
+        raise UpstreamTimeout("no answer", server=server.name)
+
+    runtime, _ = await fake_runtime(hangs)
+    try:
+        live = runtime.pool("p")
+        live, pick = runtime.pick_binding("p")
+        upstream = FakeUpstream(pick.endpoint.config, hangs)
+        for _ in range(live.config.consecutive_failures):
+            with pytest.raises(UpstreamTimeout):
+                await runtime.request_bound("p", pick.endpoint.id, upstream, "tools/call", None)  # type: ignore[arg-type]
+        assert pick.endpoint.outlier.ejected(runtime.clock())
+        name = pick.endpoint.config.name
+        assert runtime.metrics.calls[("p", name, "timeout")] == live.config.consecutive_failures
+        assert runtime.metrics.ejections[("p", name)] == 1
+    finally:
+        await runtime.close(grace=1)
+
+
+async def test_runtime_cancelled_bound_call_is_counted_cancelled_not_ok() -> None:
+    started = asyncio.Event()
+
+    async def waits(server: ServerConfig, method: str, params: Any) -> dict[str, Any]:
+        started.set()
+        await asyncio.Event().wait()
+        return {}
+
+    runtime, _ = await fake_runtime(waits)
+    try:
+        _, pick = runtime.pick_binding("p")
+        upstream = FakeUpstream(pick.endpoint.config, waits)
+        call = asyncio.create_task(
+            runtime.request_bound("p", pick.endpoint.id, upstream, "tools/call", None)  # type: ignore[arg-type]
+        )
+        await started.wait()
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        name = pick.endpoint.config.name
+        assert runtime.metrics.calls[("p", name, "cancelled")] == 1
+        assert runtime.metrics.calls[("p", name, "ok")] == 0
+    finally:
+        await runtime.close(grace=1)
+
+
+async def test_runtime_upstream_refusing_bad_input_is_never_ejected_nor_retried() -> None:
+    async def refuses(server: ServerConfig, method: str, params: Any) -> dict[str, Any]:
+        raise UpstreamRefused("HTTP 400", status=400, server=server.name)
+
+    runtime, opened = await fake_runtime(refuses, retry_policy="always")
+    try:
+        for _ in range(100):
+            with pytest.raises(UpstreamRefused):
+                await runtime.request("p", "tools/call", {"name": "t", "arguments": {}})
+        live = runtime.pool("p")
+        assert not runtime.metrics.ejections
+        assert all(not e.outlier.ejected(runtime.clock()) for e in live.endpoints.values())
+        assert sum(len(s.sent) for s in opened) == 100  # each call went to one server only
+        assert runtime.metrics.calls[("p", "s1", "rejected")] > 0
+    finally:
+        await runtime.close(grace=1)
+
+
+async def test_runtime_input_required_retry_goes_to_the_server_that_asked() -> None:
+    async def asks(server: ServerConfig, method: str, params: Any) -> dict[str, Any]:
+        state = (params or {}).get("requestState")
+        if state is None:
+            return {"resultType": "input_required", "requestState": f"inner-{server.name}"}
+        return {"content": [], "state_seen": state, "server": server.name}
+
+    runtime, _ = await fake_runtime(asks, n=3)
+    try:
+        for _ in range(6):
+            first = await runtime.request("p", "tools/call", {"name": "t"})
+            sealed = first["requestState"]
+            assert "inner" not in sealed  # the client never sees the upstream's own state
+            retry = {"name": "t", "requestState": sealed, "inputResponses": {}}
+            done = await runtime.request("p", "tools/call", retry)
+            assert done["state_seen"] == f"inner-{done['server']}"
+        with pytest.raises(InvalidState):
+            await runtime.request("p", "tools/call", {"name": "t", "requestState": sealed[:-2]})
+        other = StateSealer(["another key"]).seal("p", 1, "inner-s1")
+        with pytest.raises(InvalidState):
+            await runtime.request("p", "tools/call", {"name": "t", "requestState": other})
+    finally:
+        await runtime.close(grace=1)

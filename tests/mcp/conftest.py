@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager
+from functools import partial
 from typing import Any
 
 import httpx2
+import mcp_types as types
 import orjson
 import pytest
 from asgiref.sync import sync_to_async
@@ -50,6 +53,22 @@ async def gateway(
         yield gw
 
 
+def _command(port: int, *, name: str) -> list[str]:
+    return [sys.executable, "-m", "tests.mcp.upstream", "--port", str(port), "--name", name]
+
+
+@pytest.fixture(scope="module")
+def replicas() -> Iterator[list[procs.UpstreamProcess]]:
+    started: list[procs.UpstreamProcess] = []
+    try:
+        for name in ("r1", "r2", "r3"):
+            started.append(procs._start_http(name, partial(_command, name=name)))
+        yield started
+    finally:
+        for upstream in started:
+            upstream.stop()
+
+
 def transport(
     gw: Gateway, pool: str, key: str = "app", **headers: str
 ) -> AbstractAsyncContextManager[Any]:
@@ -74,6 +93,16 @@ async def post_rpc(gw: Gateway, pool: str, body: Any, **headers: str) -> httpx2.
             headers={"Accept": "application/json, text/event-stream",
                      "Content-Type": "application/json", **headers},
         )  # fmt: skip
+
+
+async def sampled(context: Any, params: types.CreateMessageRequestParams) -> Any:
+    """A client's sampling callback: answers `sampled:<prompt>`."""
+    prompt = params.messages[0].content
+    text = prompt.text if isinstance(prompt, types.TextContent) else ""
+    return types.CreateMessageResult(
+        role="assistant", content=types.TextContent(type="text", text=f"sampled:{text}"),
+        model="test", stop_reason="endTurn",
+    )  # fmt: skip
 
 
 def needs_everything(gw: Gateway) -> None:

@@ -11,7 +11,7 @@ from mcp import Client, ClientSession
 
 from balancing.errors_http import GATEWAY_TIMEOUT
 from tests.api.gateway import Gateway
-from tests.mcp.conftest import INIT, post_rpc, transport
+from tests.mcp.conftest import INIT, post_rpc, sampled, transport
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.upstream]
 
@@ -88,17 +88,7 @@ async def test_sticky_pool_relays_progress_and_logging(gateway: Gateway) -> None
 
 
 async def test_sticky_pool_relays_sampling_to_the_client(gateway: Gateway) -> None:
-    async def sample(
-        context: Any, params: types.CreateMessageRequestParams
-    ) -> types.CreateMessageResult:
-        prompt = params.messages[0].content
-        text = prompt.text if isinstance(prompt, types.TextContent) else ""
-        return types.CreateMessageResult(
-            role="assistant", content=types.TextContent(type="text", text=f"sampled:{text}"),
-            model="test", stop_reason="endTurn",
-        )  # fmt: skip
-
-    async with Client(transport(gateway, "sticky"), mode="legacy", sampling_callback=sample) as c:
+    async with Client(transport(gateway, "sticky"), mode="legacy", sampling_callback=sampled) as c:
         result = await c.call_tool("sample", {"prompt": "hi"})
     assert _text(result) == "sampled:hi"
 

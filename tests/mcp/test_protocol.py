@@ -9,9 +9,7 @@ faulty test server.
 from __future__ import annotations
 
 import base64
-import sys
-from collections.abc import AsyncIterator, Iterator
-from functools import partial
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import httpx2
@@ -25,7 +23,7 @@ from mcp.shared.exceptions import MCPError
 from balancing.engine.request_state import StateSealer
 from tests.api.conftest import faulty_json, faulty_sse  # noqa: F401
 from tests.api.gateway import Gateway, add_key, add_pool, serve_gateway
-from tests.mcp.conftest import post_rpc, transport
+from tests.mcp.conftest import post_rpc, sampled, transport
 from tests.upstreams import procs
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.upstream]
@@ -36,22 +34,6 @@ ENVELOPE: dict[str, Any] = {
     "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
     "io.modelcontextprotocol/clientCapabilities": {},
 }
-
-
-def _command(port: int, *, name: str) -> list[str]:
-    return [sys.executable, "-m", "tests.mcp.upstream", "--port", str(port), "--name", name]
-
-
-@pytest.fixture(scope="module")
-def replicas() -> Iterator[list[procs.UpstreamProcess]]:
-    started: list[procs.UpstreamProcess] = []
-    try:
-        for name in ("r1", "r2", "r3"):
-            started.append(procs._start_http(name, partial(_command, name=name)))
-        yield started
-    finally:
-        for upstream in started:
-            upstream.stop()
 
 
 def _setup(urls: list[str], faulty_a: str, faulty_b: str) -> dict[str, str]:
@@ -95,15 +77,6 @@ async def _counts(gw: Gateway, pool: str = "one") -> dict[str, int]:
         result = await client.call_tool("counts", {})
     assert isinstance(result.structured_content, dict)
     return dict(result.structured_content)
-
-
-async def _sample(context: Any, params: types.CreateMessageRequestParams) -> Any:
-    prompt = params.messages[0].content
-    text = prompt.text if isinstance(prompt, types.TextContent) else ""
-    return types.CreateMessageResult(
-        role="assistant", content=types.TextContent(type="text", text=f"sampled {text}"),
-        model="test", stop_reason="endTurn",
-    )  # fmt: skip
 
 
 # ---- errors pass through -----------------------------------------------------------------
@@ -243,7 +216,7 @@ async def test_modern_client_meta_and_trace_context_reach_the_upstream(gw: Gatew
 
 async def test_modern_sdk_client_info_and_capabilities_reach_the_upstream(gw: Gateway) -> None:
     info = types.Implementation(name="probe-client", version="9.9")
-    async with Client(transport(gw, "proto"), client_info=info, sampling_callback=_sample) as c:
+    async with Client(transport(gw, "proto"), client_info=info, sampling_callback=sampled) as c:
         result = await c.call_tool("whoami", {})
     assert isinstance(result.structured_content, dict)
     meta = result.structured_content["meta"]
@@ -373,13 +346,13 @@ async def test_batch_is_refused_as_invalid_request(gw: Gateway) -> None:
 
 async def test_input_required_round_trip_completes_on_any_of_three_replicas(gw: Gateway) -> None:
     answered_by: set[str] = set()
-    async with Client(transport(gw, "proto"), sampling_callback=_sample) as client:
+    async with Client(transport(gw, "proto"), sampling_callback=sampled) as client:
         for i in range(9):
             result = await client.call_tool("sampled", {"prompt": f"q{i}"})
             assert not result.is_error, result
             text = "".join(c.text for c in result.content if isinstance(c, types.TextContent))
             replica, _, answer = text.partition(":")
-            assert answer == f"sampled q{i}"
+            assert answer == f"sampled:q{i}"
             answered_by.add(replica)
     assert len(answered_by) > 1  # balanced across replicas, every retry where it began
 
