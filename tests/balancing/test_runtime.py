@@ -374,3 +374,19 @@ async def test_runtime_input_required_retry_goes_to_the_server_that_asked() -> N
             await runtime.request("p", "tools/call", {"name": "t", "requestState": other})
     finally:
         await runtime.close(grace=1)
+
+
+async def test_runtime_merged_tool_list_carries_the_strictest_hints_of_its_servers() -> None:
+    hints = {"s1": (60_000, "public"), "s2": (5_000, "public"), "s3": (90_000, "private")}
+
+    async def lists(server: ServerConfig, method: str, params: Any) -> dict[str, Any]:
+        ttl, scope = hints[server.name]
+        return {"tools": [{"name": f"t-{server.name}"}], "ttlMs": ttl, "cacheScope": scope}
+
+    runtime, _ = await fake_runtime(lists, n=3)
+    try:
+        tools = await runtime.list_tools("p")
+        assert {t["name"] for t in tools} == {"t-s1", "t-s2", "t-s3"}
+        assert runtime.pool("p").tools_hints == (5_000, "private")
+    finally:
+        await runtime.close(grace=1)
