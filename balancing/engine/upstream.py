@@ -443,10 +443,14 @@ class UpstreamSession:
         """Route a message from the server that is not the answer the transport waits for."""
         kind = jsonrpc.classify(message)
         if kind is Kind.NOTIFICATION:
-            if message["method"] == "notifications/progress":
+            if message["method"] == "notifications/progress" and (
+                call is not None or self._maps_tokens
+            ):
                 message, call = self._progress_owner(message, call)
                 if call is None:
                     return  # progress for a call that already ended
+            # (HTTP progress outside any call's stream carries its owner's own token: the
+            # session's handler passes it on, as any session-level message.)
             handler = call.on_message if call is not None else self._on_event
             if handler is not None:
                 try:
