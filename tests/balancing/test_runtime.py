@@ -282,7 +282,7 @@ async def fake_runtime(answer: Any, n: int = 2, **knobs: Any) -> tuple[Runtime, 
         opened.append(session)
         return session
 
-    runtime = Runtime(open_session=open_session, sealer=StateSealer(["test key"]))  # type: ignore[arg-type]
+    runtime = Runtime(open_session=open_session, sealer=StateSealer(["test key"]))
     await runtime.start(Snapshot(1, (pool_of(fake_servers(n), **knobs),)))
     return runtime, opened
 
