@@ -6,7 +6,7 @@ import asyncio
 import json
 import os
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -251,7 +251,7 @@ class FakeUpstream:
         *,
         timeout: float,
         on_message: Any = None,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         self.sent.append((method, params))
         result: dict[str, Any] = await self.answer(self.server, method, params)
