@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
-from django.db import transaction
+from django.db import connections, transaction
 from django.utils import timezone
 
 from balancing import adapter
@@ -307,6 +307,16 @@ def _history_row(server: Server, result: ProbeResult, now: datetime) -> HealthCh
         tools_count=result.tools_count,
         tools_hash=result.tools_hash,
     )
+
+
+def still_wanted(server_ids: set[int]) -> set[int]:
+    """Which of these servers still exist and are not disabled (the probe loop's sweep, from a
+    thread of its own: the connection is closed after, so none is left behind idle)."""
+    try:
+        alive = Server.objects.filter(pk__in=server_ids).exclude(state=ServerState.DISABLED)
+        return set(alive.values_list("pk", flat=True))
+    finally:
+        connections.close_all()
 
 
 def refresh_tools_differ(pool_id: int) -> None:
