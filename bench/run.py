@@ -15,7 +15,8 @@ One run, on this machine, everything side by side:
 3. A py-spy profile of the gateway during the concurrency-16 REST run.
 4. RSS with 0, 100 and 1000 idle MCP sessions: mcppool and the other proxies.
 5. Subprocesses: the runtime in-process (`bench.runtime_bench`), live balancing
-   (`bench.live_balancing`), and the other engineers' scripts when present
+   (`bench.live_balancing`), health checks at 1000 servers (`bench.health_scale`), and the other
+   engineers' scripts when present
    (`simulate_balancing`, `failure_detection`, `api_overhead`, `metrics_cost`).
 """
 
@@ -604,8 +605,11 @@ def main(argv: list[str] | None = None) -> int:
         bench,
     )
     extra = [] if args.no_extras or args.quick else extras(bench)
+    small = ["--servers", "200", "--pools", "20", "--measure", "10"] if args.quick else []
+    health = own_script("health_scale", small, 600, bench)
     table = medians(rows, ("kind", "leg", "concurrency"))
     results.update(headline(table, servers, memory_rows, balancing))
+    results.update({k: v for k, v in health.items() if k.startswith("health_scale_")})
     results.update(
         {
             "seconds": time.monotonic() - bench.started,
@@ -622,6 +626,7 @@ def main(argv: list[str] | None = None) -> int:
             "idle_sessions": memory_rows,
             "runtime": runtime,
             "balancing": balancing,
+            "health_scale": health,
             "extras": extra,
             "runs": rows,
         }
