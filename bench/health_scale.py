@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -147,7 +148,8 @@ def _worker_main(counter_path: str, celery_args: list[str]) -> None:
 
     def dump() -> None:
         while True:
-            Path(counter_path).write_text(json.dumps(writes))
+            Path(counter_path + ".tmp").write_text(json.dumps(writes))
+            os.replace(counter_path + ".tmp", counter_path)  # never read half-written
             time.sleep(0.5)
 
     threading.Thread(target=dump, daemon=True).start()
@@ -192,10 +194,19 @@ class Run:
 
 
 def layout(args: argparse.Namespace) -> tuple[list[int], list[int], list[int]]:
-    ports = [free_port() for _ in range(args.servers)]
+    found: set[int] = set()
+    while len(found) < args.servers:  # free_port() may hand out a port twice
+        found.add(free_port())
+    ports = sorted(found)
     dead_n = args.servers // 10
     slow_n = args.servers // 10
     return ports[dead_n + slow_n :], ports[dead_n : dead_n + slow_n], ports[:dead_n]
+
+
+def _listening(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+    return False
 
 
 def pools_config(
@@ -327,6 +338,11 @@ def _measure(
         env,
     )  # fmt: skip
     log(f"{len(all_ports)} stub servers starting (pid {stubs.pid})")
+    deadline = time.monotonic() + 60
+    while not _listening(answering[-1]) and time.monotonic() < deadline:
+        if stubs.poll() is not None:
+            raise RuntimeError("the stub servers did not start")
+        time.sleep(0.2)
     var_dir, token = gw.prepare(pools_config(args, all_ports, unrelated_url), run.var)
     db = var_dir / "mcppool.sqlite3"
     gateway = gw.start(var_dir, token)
@@ -368,6 +384,12 @@ def _measure(
         (t0,),
     )
     log(f"flips over the window: {flips}")
+    errors = db_rows(
+        db,
+        "SELECT substr(last_error, 1, 120), COUNT(*) FROM servers_server WHERE health = 'down' "
+        "GROUP BY 1 ORDER BY 2 DESC LIMIT 3",
+    )
+    log(f"why servers are down: {errors}")
     done = checks_between(db, t0, t1)
     shares = coverage(db, t0, t1, args.interval, everyone)
 

@@ -35,9 +35,10 @@ T = TypeVar("T")
 # Probes of a pool start spread over this share of its interval (design: 5 s ± 10 %), so its
 # servers are not all hit in the same millisecond, round after round.
 JITTER_SHARE = 0.1
-# Time given to a round of probes on top of the check timeout before the caller stops waiting
-# (every probe ends within the check timeout: a stdio start goes on in the background).
-ROUND_SLACK = 5.0
+# Time given to a round of probes on top of the check timeout before the caller stops waiting.
+# Every probe ends within the check timeout (a stdio start goes on in the background), but on a
+# starved CPU the loop runs late, and a round given up on loses every result it had: be generous.
+ROUND_SLACK = 30.0
 # A runtime's report on a stdio server stands for a probe while it is this many intervals old at
 # most (runtimes report every half interval): older, the worker probes the server itself.
 REPORT_FRESH_INTERVALS = 2.0

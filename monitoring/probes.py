@@ -42,7 +42,7 @@ import aiohttp
 import orjson
 
 from balancing.engine.config import PoolConfig, ServerConfig, Transport
-from balancing.engine.errors import CallRejected, SessionGone, UpstreamError
+from balancing.engine.errors import CallRejected, SessionGone, UpstreamError, UpstreamTimeout
 from balancing.engine.runtime import local_command
 from balancing.engine.upstream import UpstreamSession
 
@@ -141,7 +141,11 @@ class Prober:
             except Exception as exc:  # whatever went wrong, it is this server's failed probe
                 if not isinstance(exc, (UpstreamError, OSError, TimeoutError)):
                     log.warning("probe of %s failed unexpectedly", server.name, exc_info=True)
-                await self._drop(server.id)
+                kept = self.session_of(server.id)
+                if not (isinstance(exc, (TimeoutError, UpstreamTimeout)) and kept and kept.alive):
+                    # A slow answer leaves the session usable: reopening it (an `initialize` and
+                    # a new connection) on every slow probe cost more than the probes at 1000.
+                    await self._drop(server.id)
                 result = ProbeResult(ok=False, error=_describe(exc, pool.check_timeout))
             finally:
                 if not self.keep_sessions:
