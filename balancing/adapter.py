@@ -6,9 +6,9 @@ and nowhere else (an import-linter contract in `make lint` holds that)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from django.db import IntegrityError
 from django.db.models import Prefetch
@@ -230,6 +230,11 @@ ApiWriteRefused = services.ApiWriteRefused
 POOL_FIELDS = services.POOL_FIELDS
 SERVER_FIELDS = services.SERVER_FIELDS
 RULE_FIELDS = services.RULE_FIELDS
+# Each pool tuning knob with its Python type, from the model: the REST schema takes them all.
+POOL_TUNING_TYPES: dict[str, type[int] | type[float]] = {
+    name: float if Pool._meta.get_field(name).get_internal_type() == "FloatField" else int
+    for name in POOL_TUNING
+}
 parse_api_key = services.parse_api_key
 secret_matches = services.secret_matches
 
@@ -248,61 +253,47 @@ def rule_dict(rule: AffinityRule) -> dict[str, Any]:
     return {"id": rule.pk, **data, "pin_server": pin}
 
 
-def read_pool(slug: str) -> dict[str, Any]:
-    return pool_dict(services.get_pool(slug))
+P = ParamSpec("P")
+Row = TypeVar("Row")
 
 
-def create_pool(fields: Mapping[str, Any]) -> dict[str, Any]:
-    return pool_dict(services.create_pool(fields))
+def _answered(
+    to_dict: Callable[[Row], dict[str, Any]], write: Callable[P, Row]
+) -> Callable[P, dict[str, Any]]:
+    """A service function whose row comes back as the API's plain dict."""
+
+    def call(*args: P.args, **kwargs: P.kwargs) -> dict[str, Any]:
+        return to_dict(write(*args, **kwargs))
+
+    return call
 
 
-def update_pool(slug: str, fields: Mapping[str, Any]) -> dict[str, Any]:
-    return pool_dict(services.update_pool(slug, fields))
+def _listed(
+    to_dict: Callable[[Row], dict[str, Any]], read: Callable[P, list[Row]]
+) -> Callable[P, list[dict[str, Any]]]:
+    def call(*args: P.args, **kwargs: P.kwargs) -> list[dict[str, Any]]:
+        return [to_dict(row) for row in read(*args, **kwargs)]
+
+    return call
 
 
+read_pool = _answered(pool_dict, services.get_pool)
+create_pool = _answered(pool_dict, services.create_pool)
+update_pool = _answered(pool_dict, services.update_pool)
 delete_pool = services.delete_pool
 drain_pool = services.drain_pool
 
-
-def list_servers(slug: str) -> list[dict[str, Any]]:
-    return [server_dict(s) for s in services.list_servers(slug)]
-
-
-def read_server(slug: str, name: str) -> dict[str, Any]:
-    return server_dict(services.get_server(slug, name))
-
-
-def create_server(slug: str, fields: Mapping[str, Any]) -> dict[str, Any]:
-    return server_dict(services.create_server(slug, fields))
-
-
-def update_server(slug: str, name: str, fields: Mapping[str, Any]) -> dict[str, Any]:
-    return server_dict(services.update_server(slug, name, fields))
-
-
+list_servers = _listed(server_dict, services.list_servers)
+read_server = _answered(server_dict, services.get_server)
+create_server = _answered(server_dict, services.create_server)
+update_server = _answered(server_dict, services.update_server)
+set_server_state = _answered(server_dict, services.change_server_state)
 delete_server = services.delete_server
 
-
-def set_server_state(slug: str, name: str, state: str) -> dict[str, Any]:
-    return server_dict(services.change_server_state(slug, name, state))
-
-
-def list_rules(slug: str) -> list[dict[str, Any]]:
-    return [rule_dict(r) for r in services.list_rules(slug)]
-
-
-def read_rule(slug: str, rule_id: int) -> dict[str, Any]:
-    return rule_dict(services.get_rule(slug, rule_id))
-
-
-def create_rule(slug: str, fields: Mapping[str, Any]) -> dict[str, Any]:
-    return rule_dict(services.create_rule(slug, fields))
-
-
-def update_rule(slug: str, rule_id: int, fields: Mapping[str, Any]) -> dict[str, Any]:
-    return rule_dict(services.update_rule(slug, rule_id, fields))
-
-
+list_rules = _listed(rule_dict, services.list_rules)
+read_rule = _answered(rule_dict, services.get_rule)
+create_rule = _answered(rule_dict, services.create_rule)
+update_rule = _answered(rule_dict, services.update_rule)
 delete_rule = services.delete_rule
 
 

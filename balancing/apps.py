@@ -1,3 +1,5 @@
+import os
+
 from django.apps import AppConfig
 
 
@@ -6,8 +8,11 @@ class BalancingConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from balancing import observe
-
         # Tracing from OTEL_*: a variable it cannot honour stops every process at start (web,
-        # worker, manage.py), not a request later.
-        observe.configure_from_environment()
+        # worker, manage.py), not a request later. Only when some OTEL_* is set: the check loads
+        # the data plane, which a plain `mcppool` command must not pay for (tests/test_cli.py);
+        # without them the observer configures itself on first use.
+        if any(name.startswith("OTEL_") for name in os.environ):
+            from balancing import observe
+
+            observe.configure_from_environment()

@@ -80,6 +80,8 @@ class RuntimeHost:
         )
         # The MCP endpoint's client sessions (sticky ones own upstream sessions: closed on stop).
         self.client_sessions = SessionTable(clock=self.runtime.clock)
+        # Set once the control-event listener has joined its group (tests wait on it).
+        self.events_joined = asyncio.Event()
 
     async def _find_key(self, prefix: str) -> KeyRecord | None:
         return await self._db(adapter.find_api_key, prefix)
@@ -277,6 +279,7 @@ class RuntimeHost:
                     # every real layer takes a prefix; the stubs' abstract base does not say so
                     channel = await layer.new_channel("mcppool-runtime.")  # type: ignore[call-arg]
                     await layer.group_add(adapter.CONTROL_GROUP, channel)
+                    self.events_joined.set()
                 message = await layer.receive(channel)
                 if message.get("type") == "health.changed":
                     self._on_health_event(message)

@@ -128,15 +128,17 @@ class KeySet:
         self._background: asyncio.Task[None] | None = None
 
     async def key(self, kid: str | None) -> Any:
-        """The key for `kid` (None when unknown even after the fetch this may allow)."""
-        if not self.loaded:
-            await self.refresh()
+        """The key for `kid` (None when unknown even after the fetch this may allow). Raises
+        when the set was never loaded and may not be fetched again yet: an issuer that is down
+        is asked at most once per `min_refetch`, however many tokens arrive."""
         found = self.lookup(kid)
         now = self._monotonic()
         if found is None:
-            if now - self._attempted_at >= self._min_refetch:
-                await self.refresh()  # maybe rotated: look once more
+            if self._inflight is not None or now - self._attempted_at >= self._min_refetch:
+                await self.refresh()  # first use, or maybe rotated: look once more
                 found = self.lookup(kid)
+            elif not self.loaded:
+                raise RuntimeError("not loaded yet; the last fetch failed")
         elif now - self._fetched_at >= self._max_age:
             self.refresh_soon()
         return found

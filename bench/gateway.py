@@ -24,7 +24,7 @@ from typing import IO, Any
 
 import yaml
 
-from tests.upstreams.procs import ROOT, UpstreamProcess, free_port
+from tests.upstreams.procs import ROOT, UpstreamProcess, free_port, guarded
 
 START_TIMEOUT = 60.0
 
@@ -117,7 +117,7 @@ def start(
     env = {**environment(var_dir), **(extra_env or {})}
     log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by UpstreamProcess.stop
     process = subprocess.Popen(
-        command(server, port),
+        guarded(command(server, port)),
         cwd=ROOT,
         env=env,
         stdin=subprocess.DEVNULL,

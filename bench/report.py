@@ -55,6 +55,18 @@ TARGETS: tuple[tuple[str, str, str, Any], ...] = (
         None,
     ),
     (
+        "health_scale_checked_within_interval_fraction",
+        "share of 1000 servers checked in every 5 s interval (one worker process)",
+        "= 1.0",
+        lambda v: v >= 1.0,
+    ),
+    (
+        "health_scale_reload_p99_ratio",
+        "unrelated pool's p99 during a reload of 1000 servers ÷ before",
+        "< 1.2",
+        lambda v: v < 1.2,
+    ),
+    (
         "gateway_cpu_ms_per_call_http",
         "mcppool CPU per forwarded call, HTTP upstream (REST, c=16)",
         "≤ 0.5 ms",

@@ -15,8 +15,8 @@ One run, on this machine, everything side by side:
 3. A py-spy profile of the gateway during the concurrency-16 REST run.
 4. RSS with 0, 100 and 1000 idle MCP sessions: mcppool and the other proxies.
 5. Subprocesses: the runtime in-process (`bench.runtime_bench`), live balancing
-   (`bench.live_balancing`), the `mcppool` command's start-up CPU (`bench.cli_startup`), and
-   the other engineers' scripts when present
+   (`bench.live_balancing`), health checks at 1000 servers (`bench.health_scale`), the `mcppool`
+   command's start-up CPU (`bench.cli_startup`), and the other engineers' scripts when present
    (`simulate_balancing`, `failure_detection`, `api_overhead`, `metrics_cost`, `auth_cost`).
 """
 
@@ -706,9 +706,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     cli = own_script("cli_startup", ["--runs", "3" if args.quick else "5"], 300, bench)
     extra = [] if args.quick else previous_extras(bench) if args.no_extras else extras(bench)
+    small = ["--servers", "200", "--pools", "20", "--measure", "10"] if args.quick else []
+    health = own_script("health_scale", small, 600, bench)
     table = medians(rows, ("kind", "leg", "concurrency"))
     results.update(headline(table, servers, memory_rows, balancing))
     results.update({k: v for k, v in cli.items() if k.startswith("cli_cpu_ms_")})
+    results.update({k: v for k, v in health.items() if k.startswith("health_scale_")})
     results.update(
         {
             "seconds": time.monotonic() - bench.started,
@@ -726,6 +729,7 @@ def main(argv: list[str] | None = None) -> int:
             "runtime": runtime,
             "balancing": balancing,
             "cli_startup": cli,
+            "health_scale": health,
             "extras": extra,
             "runs": rows,
         }

@@ -44,7 +44,7 @@ from django.conf import settings
 
 from balancing import observe
 from balancing.engine.config import PoolConfig, ServerConfig, Transport
-from balancing.engine.errors import CallRejected, SessionGone, UpstreamError
+from balancing.engine.errors import CallRejected, SessionGone, UpstreamError, UpstreamTimeout
 from balancing.engine.policy import UpstreamPolicy
 from balancing.engine.runtime import local_command
 from balancing.engine.transport_http import client_session
@@ -55,6 +55,10 @@ T = TypeVar("T")
 JsonObject = dict[str, Any]
 
 CLIENT_INFO: JsonObject = {"name": "mcppool-health", "version": "0.1.0"}
+# How often a probe loop asks which of its kept servers still exist and are enabled.
+SWEEP_SECONDS = 1.0
+# Given the ids of the servers with kept probe sessions, the ids still to be probed.
+Sweeper = Callable[[set[int]], set[int]]
 TOOLS_MAX_PAGES = 100  # against a server whose cursor never ends
 # The tool fields that decide what a call may send and get back and whether it may be retried.
 # Descriptions and titles are left out: rewording one changes nothing a caller relies on.
@@ -141,7 +145,11 @@ class Prober:
             except Exception as exc:  # whatever went wrong, it is this server's failed probe
                 if not isinstance(exc, (UpstreamError, OSError, TimeoutError)):
                     log.warning("probe of %s failed unexpectedly", server.name, exc_info=True)
-                await self._drop(server.id)
+                kept = self.session_of(server.id)
+                if not (isinstance(exc, (TimeoutError, UpstreamTimeout)) and kept and kept.alive):
+                    # A slow answer leaves the session usable: reopening it (an `initialize` and
+                    # a new connection) on every slow probe cost more than the probes at 1000.
+                    await self._drop(server.id)
                 result = ProbeResult(ok=False, error=_describe(exc, pool.check_timeout))
             finally:
                 if not self.keep_sessions:
@@ -326,7 +334,7 @@ class ProbeLoop:
     process, and `run` hands it work from any thread, waiting at most `timeout` seconds.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, sweeper: Sweeper | None = None, every: float = SWEEP_SECONDS) -> None:
         self.pid = os.getpid()
         self.prober = Prober()
         self._loop = asyncio.new_event_loop()
@@ -334,6 +342,30 @@ class ProbeLoop:
             target=self._loop.run_forever, name="mcppool-probes", daemon=True
         )
         self._thread.start()
+        self._sweeping: concurrent.futures.Future[None] | None = None
+        if sweeper is not None:
+            self._sweeping = asyncio.run_coroutine_threadsafe(
+                self._sweep_forever(sweeper, every), self._loop
+            )
+
+    async def _sweep_forever(self, sweeper: Sweeper, every: float) -> None:
+        """Close the probe sessions (and stdio probe processes) of servers deleted or disabled
+        since: within `every` seconds, not at the pool's next round — a deleted pool has none."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(every)
+            kept = self.prober.kept
+            if not kept:
+                continue
+            try:
+                wanted = await loop.run_in_executor(None, sweeper, kept)
+            except Exception as exc:  # database away: keep them until it answers
+                log.warning("probe sweep failed: %s", exc)
+                continue
+            gone = kept - wanted
+            if gone:
+                log.info("closing the probe sessions of %d removed server(s)", len(gone))
+                await self.prober.forget(gone)
 
     def run(self, work: Callable[[Prober], Awaitable[T]], timeout: float) -> T:
         future = asyncio.run_coroutine_threadsafe(_call(work, self.prober), self._loop)
@@ -346,6 +378,8 @@ class ProbeLoop:
     def stop(self) -> None:
         if not self._loop.is_running():
             return
+        if self._sweeping is not None:
+            self._sweeping.cancel()
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(self.prober.close(), self._loop).result(30)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -359,6 +393,14 @@ async def _call(work: Callable[[Prober], Awaitable[T]], prober: Prober) -> T:
 
 _process_loop: ProbeLoop | None = None
 _process_lock = threading.Lock()
+_sweeper: Sweeper | None = None
+
+
+def use_sweeper(sweeper: Sweeper) -> None:
+    """Which of the kept servers are still wanted (`monitoring.checks.still_wanted`): this
+    module stays free of the database, the worker's tasks module plugs it in."""
+    global _sweeper
+    _sweeper = sweeper
 
 
 def process_loop() -> ProbeLoop:
@@ -366,7 +408,7 @@ def process_loop() -> ProbeLoop:
     global _process_loop
     with _process_lock:
         if _process_loop is None or _process_loop.pid != os.getpid():
-            _process_loop = ProbeLoop()
+            _process_loop = ProbeLoop(_sweeper)
         return _process_loop
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import shared_task
-from celery.signals import worker_process_shutdown, worker_shutdown
+from celery.signals import worker_init, worker_process_shutdown, worker_shutdown
 from django.conf import settings
 
 from monitoring import broker, checks, probes
@@ -64,6 +64,14 @@ def check_now(server_ids: list[int]) -> int:
 def prune_history() -> int:
     """Delete health checks older than `MCPPOOL_HEALTH_RETENTION_DAYS`; returns how many."""
     return checks.prune_history(settings.MCPPOOL_HEALTH_RETENTION_DAYS)
+
+
+@worker_init.connect  # type: ignore[untyped-decorator]
+def _sweep_removed_servers(**_: Any) -> None:
+    # A deleted or disabled server's probe sessions end within a second in every worker process
+    # (a deleted pool has no next round that would close them). Set before the pool forks, so
+    # every child inherits it; not in eager mode (tests), whose rows other threads cannot see.
+    probes.use_sweeper(checks.still_wanted)
 
 
 @worker_process_shutdown.connect  # type: ignore[untyped-decorator]

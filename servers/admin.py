@@ -269,6 +269,17 @@ class ServerInline(OperatorFields, _ServerInline):
     def arguments(self, server: Server) -> str:
         return shlex.join(server.args) if server.args else "–"
 
+    def formfield_for_dbfield(
+        self, db_field: Field[Any, Any], request: HttpRequest, **kwargs: Any
+    ) -> forms.Field | None:
+        field = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if field is not None and db_field.name in secrets.TARGET_FIELDS:
+            field.help_text = (
+                "Changing it drops the server's stored secret values unless they are given "
+                "again (on the server's own page, in the same save)."
+            )
+        return field
+
     @admin.display(description="health")
     def health_badge(self, server: Server) -> SafeString:
         return health_badge(server)

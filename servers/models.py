@@ -19,17 +19,17 @@ from servers import choices, secrets
 # Floats must also be finite: NaN passes any comparison and infinity overflows what uses it.
 
 
-def _finite(value: float) -> None:
+def finite_number(value: float) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         raise ValidationError("Give a finite number.", code="not_finite")
 
 
 def _positive(maximum: float) -> list[Any]:
-    return [_finite, MinValueValidator(0.001), MaxValueValidator(maximum)]
+    return [finite_number, MinValueValidator(0.001), MaxValueValidator(maximum)]
 
 
 def _between(low: float, high: float) -> list[Any]:
-    return [_finite, MinValueValidator(low), MaxValueValidator(high)]
+    return [finite_number, MinValueValidator(low), MaxValueValidator(high)]
 
 
 RATE_LIMIT_MAX = 1_000_000  # calls per minute

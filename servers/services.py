@@ -273,6 +273,9 @@ def rotate_secrets() -> int:
             rotated.append(server)
         for server in rotated:
             server.save(update_fields=["secret_headers", "secret_env", "updated_at"])
+        from servers.identity.services import rotate_user_secrets  # imports this module
+
+        rotate_user_secrets()  # callers' own secrets for servers: the same key, the same change
     return len(rotated)
 
 

@@ -14,6 +14,7 @@ from balancing.engine.runtime import HeadersFor, LivePool
 from balancing.engine.sticky import SessionLimit
 from balancing.errors_http import ApiError, rate_limited, session_limit
 from balancing.host import RuntimeHost, get_host
+from balancing.identity import TokenSubject
 from balancing.keys import KeyRecord, bearer_secret
 from balancing.oauth import TokenRejected, looks_like_jwt
 
@@ -61,7 +62,12 @@ def pool_for(host: RuntimeHost, key: KeyRecord, slug: str) -> LivePool:
     """The live pool `slug`, if this key may use it. A key not allowed on a pool gets 403 whether
     or not the pool exists, so a restricted key cannot probe which pools there are."""
     if not key.may_use(slug):
-        raise ApiError("pool_forbidden", f"this API key may not use pool {slug!r}")
+        who = (
+            "no grant of this token covers"
+            if isinstance(key, TokenSubject)
+            else "this API key may not use"
+        )
+        raise ApiError("pool_forbidden", f"{who} pool {slug!r}")
     live = host.runtime.pools.get(slug)
     if live is None:
         raise ApiError("unknown_pool", f"no pool {slug!r}")

@@ -13,11 +13,14 @@ is how an MCP client discovers where to get a token.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Final
 
 from django.conf import settings
+from django.http.request import split_domain_port, validate_host
 
-from balancing.api.http import Receive, Scope, Send, header, send_bytes, send_json
+from balancing.api.http import Receive, Scope, Send, header, send_bytes, send_error, send_json
+from balancing.errors_http import ApiError
 from balancing.host import RuntimeHost
 
 WELL_KNOWN: Final = "/.well-known/oauth-protected-resource"
@@ -25,12 +28,22 @@ MCP_PATH: Final = "/mcp/"
 
 
 def base_url(scope: Scope) -> str:
+    """The public base URL; from the request only for a `Host` in `ALLOWED_HOSTS` (403 else):
+    otherwise a client could pick the audience its token is checked against."""
     configured: str = settings.MCPPOOL_PUBLIC_URL
     if configured:
         return configured
-    host = (header(scope, b"host") or b"localhost").decode("latin-1")
+    host = (header(scope, b"host") or b"").decode("latin-1")
+    if not _allowed(host, tuple(settings.ALLOWED_HOSTS)):
+        raise ApiError("origin_forbidden", "this Host is not allowed (ALLOWED_HOSTS)")
     scheme = scope.get("scheme") or "http"
     return f"{scheme}://{host}"
+
+
+@lru_cache(maxsize=256)
+def _allowed(host: str, allowed: tuple[str, ...]) -> bool:
+    domain, _ = split_domain_port(host)
+    return bool(domain) and validate_host(domain, list(allowed))
 
 
 def resource_url(scope: Scope, slug: str) -> str:
@@ -50,10 +63,11 @@ def challenge(
         parts.append(f'error="{error}"')
         if detail:
             parts.append('error_description="{}"'.format(detail.replace('"', "'")))
-    if slug and host.access.issuers_for(slug):
-        parts.append(f'resource_metadata="{metadata_url(scope, slug)}"')
-    else:
-        parts.append('realm="mcppool"')
+    try:
+        metadata = metadata_url(scope, slug) if slug and host.access.issuers_for(slug) else ""
+    except ApiError:
+        metadata = ""
+    parts.append(f'resource_metadata="{metadata}"' if metadata else 'realm="mcppool"')
     return ("Bearer " + ", ".join(parts)).encode("latin-1", "replace")
 
 
@@ -77,8 +91,13 @@ async def handle(scope: Scope, receive: Receive, send: Send, host: RuntimeHost) 
         status = 405 if scope["method"] != "GET" else 404
         await send_json(send, status, {"error": "no protected resource here"}, cors)
         return
+    try:
+        resource = resource_url(scope, slug)
+    except ApiError as error:
+        await send_error(send, error)
+        return
     document = {
-        "resource": resource_url(scope, slug),
+        "resource": resource,
         "authorization_servers": issuers,
         "bearer_methods_supported": ["header"],
         "resource_name": f"mcppool pool {slug}",

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from ninja import Schema
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, create_model
 
+from balancing import adapter
 from balancing.engine.config import PoolStatus
 
 
@@ -82,35 +83,24 @@ class ServerStateIn(Schema):
     state: Literal["enabled", "draining", "disabled"]
 
 
-class PoolIn(Schema):
-    """Pool fields (create: `slug` and `name` required; update: any subset). Every operator
-    field the admin and YAML accept, no more (a test compares with the service's field list)."""
-
+class _PoolNamesIn(Schema):
     model_config = ConfigDict(extra="forbid")
     slug: str | None = None
     name: str | None = None
     description: str | None = None
     strategy: Literal["round_robin", "least_connections", "health_based"] | None = None
     session_mode: Literal["shared", "sticky"] | None = None
-    sessions_per_server: int | None = None
-    calls_per_session: int | None = None
-    acquire_timeout: float | None = None
-    call_timeout: float | None = None
     retry_policy: Literal["safe", "undelivered", "never"] | None = None
-    retry_budget_percent: float | None = None
-    retry_budget_min: int | None = None
-    check_interval: float | None = None
-    check_timeout: float | None = None
-    start_timeout: float | None = None
-    fall: int | None = None
-    rise: int | None = None
-    consecutive_failures: int | None = None
-    ejection_base: float | None = None
-    ejection_cap: float | None = None
-    max_ejection_percent: float | None = None
-    panic_threshold: float | None = None
-    slow_start_window: float | None = None
-    rate_limit_per_minute: int | None = Field(default=None, description="0 = unlimited")
+
+
+# Pool fields (create: `slug` and `name` required; update: any subset): the names above and every
+# tuning knob of the model, typed from it, so a knob added to the model is accepted here too (REST
+# takes every field the admin and YAML take; a test compares with the service's field list).
+PoolIn = create_model(
+    "PoolIn",
+    __base__=_PoolNamesIn,
+    **{name: (kind | None, None) for name, kind in adapter.POOL_TUNING_TYPES.items()},  # type: ignore[call-overload]
+)
 
 
 class ServerIn(Schema):

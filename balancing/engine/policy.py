@@ -22,7 +22,6 @@ import socket
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -348,8 +347,14 @@ class _Addresses:
         return address in self.addresses or (self.local and any(address in n for n in _LOOPBACK))
 
 
-@lru_cache(maxsize=16)
+_service_cache: dict[str, _Addresses] = {}
+
+
 def _service_addresses(host: str) -> _Addresses:
+    """Resolved once and kept; a name that does not resolve (yet) is asked again next time."""
+    cached = _service_cache.get(host)
+    if cached is not None:
+        return cached
     literal = _address(host)
     if literal is not None:
         found: list[IPAddress] = [literal]
@@ -358,7 +363,10 @@ def _service_addresses(host: str) -> _Addresses:
     else:
         found = [a for a in (_address(r) for r in _resolved(host, 0)) if a is not None]
     local = any(a.is_loopback or a.is_unspecified for a in found)
-    return _Addresses(found, local)
+    addresses = _Addresses(found, local)
+    if found:
+        _service_cache[host] = addresses
+    return addresses
 
 
 def _resolved(host: str, port: int) -> list[str]:

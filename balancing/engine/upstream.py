@@ -141,11 +141,13 @@ class UpstreamSession:
         self._on_event = on_event
         self._clock = clock
         self._ids = jsonrpc.IdAllocator()
-        self._by_token: dict[Any, Call] = {}  # wire progress token -> call
-        # Shared by many clients over stdio (where nothing ties a notification to its call):
-        # progress tokens are rewritten to the session-unique request id, and restored on the
-        # way back. A session with one owner, or HTTP (each call's stream carries its own
-        # progress), sends the client's token as the client wrote it.
+        # Over HTTP each call's progress comes on its own response stream, so the caller's token
+        # goes upstream as the caller wrote it. Over stdio nothing ties a notification to its
+        # call: progress is routed by token (`_by_token`, wire token -> call), and a session
+        # shared by many clients rewrites tokens to the session-unique request id, restoring
+        # the caller's own on the way back (one owner's tokens are already unique).
+        self._by_token: dict[Any, Call] = {}
+        self._maps_tokens = False
         self._rewrite_tokens = False
         self.handshake_version = protocol.LATEST_HANDSHAKE_VERSION
         self._tasks: set[asyncio.Task[None]] = set()
@@ -200,6 +202,7 @@ class UpstreamSession:
         if handshake_version in protocol.HANDSHAKE_PROTOCOL_VERSIONS:
             session.handshake_version = handshake_version
         if server.transport is Transport.STDIO:
+            session._maps_tokens = True
             session._rewrite_tokens = not listen
             from balancing.engine.transport_stdio import StdioTransport
 
@@ -329,7 +332,7 @@ class UpstreamSession:
 
     # ---------------------------------------------------------------- calls
 
-    async def request(
+    async def request(  # noqa: C901  # one branch per way a call can end, kept in order
         self,
         method: str,
         params: JsonObject | None,
@@ -363,7 +366,8 @@ class UpstreamSession:
                         wire_token = request_id
                         meta = {**meta, "progressToken": request_id}
                         wire_params = {**params, "_meta": meta}
-                    self._by_token[wire_token] = call
+                    if self._maps_tokens:
+                        self._by_token[wire_token] = call
                 if self.era is Era.HANDSHAKE and protocol.has_envelope(meta):
                     # A 2026 client's envelope means nothing to a handshake-era server.
                     wire_params = {**params, "_meta": protocol.without_envelope(meta)}
@@ -384,7 +388,7 @@ class UpstreamSession:
             raise
         finally:
             self._in_flight -= 1
-            if wire_token is not None:
+            if wire_token is not None and self._maps_tokens:
                 self._by_token.pop(wire_token, None)
             self.last_used = self._clock()
         result = response.get("result")
@@ -443,10 +447,14 @@ class UpstreamSession:
         """Route a message from the server that is not the answer the transport waits for."""
         kind = jsonrpc.classify(message)
         if kind is Kind.NOTIFICATION:
-            if message["method"] == "notifications/progress":
+            if message["method"] == "notifications/progress" and (
+                call is not None or self._maps_tokens
+            ):
                 message, call = self._progress_owner(message, call)
                 if call is None:
                     return  # progress for a call that already ended
+            # (HTTP progress outside any call's stream carries its owner's own token: the
+            # session's handler passes it on, as any session-level message.)
             handler = call.on_message if call is not None else self._on_event
             if handler is not None:
                 try:
@@ -467,6 +475,9 @@ class UpstreamSession:
     def _progress_owner(
         self, message: JsonObject, call: Call | None
     ) -> tuple[JsonObject, Call | None]:
+        if not self._maps_tokens:
+            # HTTP: on the call's own stream, with the caller's own token
+            return message, (call if call is not None and call.progress_token is not None else None)
         params = message.get("params")
         if not isinstance(params, dict):
             return message, None

@@ -94,6 +94,43 @@ def is_modern(scope: Scope, message: dict[str, Any]) -> bool:
 
 def check_modern_request(scope: Scope, message: dict[str, Any]) -> None:
     """Refuse a 2026-07-28 request the spec says a server must refuse."""
+    method = message["method"]
+    if not _plainly_valid(scope, message, method):
+        _check_ladder(scope, message)
+    if method not in MODERN_METHODS:
+        # initialize, ping, logging/setLevel, resources/subscribe… are not on this wire.
+        raise ApiError("not_found", f"Method not found: {method}", rpc=METHOD_NOT_FOUND)
+
+
+def _plainly_valid(scope: Scope, message: dict[str, Any], method: str) -> bool:
+    """The hot path's check of a well-formed request (a few comparisons, no allocation): when it
+    is not plainly valid, the SDK's ladder finds the first rung it fails, with its error."""
+    params = message.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    if not isinstance(meta, dict) or protocol.CLIENT_CAPABILITIES_META_KEY not in meta:
+        return False
+    version = meta.get(protocol.PROTOCOL_VERSION_META_KEY)
+    if version not in protocol.MODERN_PROTOCOL_VERSIONS:
+        return False
+    name_key = protocol.NAME_BEARING_METHODS.get(method)
+    name = params.get(name_key) if name_key is not None and params is not None else None
+    seen = 0
+    for header_name, value in scope["headers"]:
+        if header_name == b"mcp-protocol-version":
+            ok = value == version.encode()
+        elif header_name == b"mcp-method":
+            ok = value == method.encode()
+        elif header_name == b"mcp-name":
+            ok = name is None or value == name.encode()
+        else:
+            continue
+        if not ok:
+            return False
+        seen += 1
+    return seen == (3 if name is not None else 2)
+
+
+def _check_ladder(scope: Scope, message: dict[str, Any]) -> None:
     routing = [
         (name.decode("latin-1"), value.decode("latin-1"))
         for name, value in scope["headers"]
@@ -107,10 +144,6 @@ def check_modern_request(scope: Scope, message: dict[str, Any]) -> None:
     verdict = classify_inbound_request(message, headers=dict(routing))
     if isinstance(verdict, InboundLadderRejection):
         raise _rejection(verdict)
-    method = message["method"]
-    if method not in MODERN_METHODS:
-        # initialize, ping, logging/setLevel, resources/subscribe… are not on this wire.
-        raise ApiError("not_found", f"Method not found: {method}", rpc=METHOD_NOT_FOUND)
 
 
 def _rejection(verdict: InboundLadderRejection) -> ApiError:

@@ -20,21 +20,6 @@ from tests.upstreams import procs, threaded
 
 
 @pytest.fixture(scope="session")
-def faulty_json() -> Iterator[procs.UpstreamProcess]:
-    upstream = procs.start_faulty_http(name="faulty-json", json_response=True)
-    yield upstream
-    upstream.stop()
-
-
-@pytest.fixture(scope="session")
-def faulty_sse() -> Iterator[procs.UpstreamProcess]:
-    """Answers over SSE, so notifications can flow during a call (JSON mode has no stream)."""
-    upstream = procs.start_faulty_http(name="faulty-sse")
-    yield upstream
-    upstream.stop()
-
-
-@pytest.fixture(scope="session")
 def everything_http() -> Iterator[procs.UpstreamProcess | None]:
     """npm server-everything (resources and prompts); None when `make node` has not run."""
     if not procs.everything_installed():

@@ -78,24 +78,39 @@ async def test_call_tool_concurrent_callers_each_get_their_own_answer(gateway: G
     assert await gateway.sessions_idle()
 
 
-async def test_call_tool_streams_progress_and_log_as_sse(gateway: Gateway) -> None:
+async def _progress_call(gateway: Gateway, steps: int) -> list[tuple[str, Any]]:
     url = f"{gateway.url}/api/v1/pools/stream/tools/progress/call"
     headers = {**gateway.auth(), "Accept": "text/event-stream"}
-    body = orjson.dumps({"arguments": {"steps": 3}})
+    body = orjson.dumps({"arguments": {"steps": steps}})
     async with gateway.http.post(url, data=body, headers=headers) as response:
         assert response.status == 200
         assert response.headers["Content-Type"] == "text/event-stream"
         text = (await response.read()).decode()
-    events = [
+    return [
         (block.split("\n")[0].removeprefix("event: "), orjson.loads(block.split("data: ", 1)[1]))
         for block in text.strip().split("\n\n")
     ]
+
+
+async def test_call_tool_streams_progress_and_log_as_sse(gateway: Gateway) -> None:
+    events = await _progress_call(gateway, 3)
     progress = [data for name, data in events if name == "progress"]
     assert [p["progress"] for p in progress] == [1, 2, 3]
     assert all("progressToken" not in p for p in progress)
     assert events[-1][0] == "result"
     assert events[-1][1]["content"][0]["text"] == "done 3"
     assert await gateway.sessions_idle()
+
+
+async def test_call_tool_concurrent_sse_calls_each_get_their_own_progress(
+    gateway: Gateway,
+) -> None:
+    # more calls than the pool has sessions: several share one upstream session
+    runs = await asyncio.gather(*(_progress_call(gateway, steps) for steps in range(2, 10)))
+    for steps, events in zip(range(2, 10), runs, strict=True):
+        progress = [data["progress"] for name, data in events if name == "progress"]
+        assert progress == list(range(1, steps + 1))
+        assert events[-1][1]["content"][0]["text"] == f"done {steps}"
 
 
 async def test_call_tool_sse_error_before_any_event_is_a_plain_json_error(

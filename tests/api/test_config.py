@@ -58,7 +58,7 @@ CONTRACTS = {
         lambda obj: f"/pools/echo/servers/{obj['name']}",
         lambda obj: f"/pools/echo/config/servers/{obj['name']}",
         {"weight": 5, "priority": 2},
-        {"name": "s", "transport": "stdio"},  # stdio needs a command
+        {"name": "s", "transport": "streamable_http", "url": "ftp://x"},  # not an HTTP URL
     ),
     "rule": Contract(
         "rule",

@@ -9,13 +9,14 @@ from asgiref.sync import sync_to_async
 
 from tests.api.conftest import error_of
 from tests.api.gateway import Gateway, db_state
+from tests.conftest import missing_prerequisite
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.upstream]
 
 
 def _needs_everything(gw: Gateway) -> None:
     if "everything" not in gw.host.runtime.pools:
-        pytest.skip("server-everything is not installed (make node)")
+        missing_prerequisite("server-everything is not installed (make node)")
 
 
 # ---- reads for apps --------------------------------------------------------------------

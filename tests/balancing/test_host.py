@@ -77,27 +77,15 @@ async def test_host_config_change_reaches_runtime_by_polling(
 
 
 async def test_host_config_change_reaches_runtime_by_redis_event(
-    host: RuntimeHost, settings: Any, redis_url: str
+    host: RuntimeHost, redis_events: str
 ) -> None:
     # given a real Redis channel layer and a poll too slow to matter
-    settings.REDIS_URL = redis_url
-    settings.MCPPOOL_CONFIG_POLL_SECONDS = 3600
-    settings.CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [redis_url], "prefix": "mcppool-host-test"},
-        }
-    }
-    from channels.layers import channel_layers
-
-    channel_layers.backends.clear()
     pool = await sync_to_async(_make_pool)()
     await host.start()
-    await asyncio.sleep(0.3)  # let the listener join the group
+    await asyncio.wait_for(host.events_joined.wait(), 10)
     version = await sync_to_async(_add_server)(pool)
     assert await _until(lambda: host.runtime.version >= version)
     assert len(host.runtime.pool("echo").endpoints) == 2
-    channel_layers.backends.clear()
 
 
 async def test_host_database_unavailable_keeps_serving_then_follows_it_again(

@@ -6,7 +6,7 @@ import asyncio
 import json
 import os
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -251,7 +251,7 @@ class FakeUpstream:
         *,
         timeout: float,
         on_message: Any = None,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         self.sent.append((method, params))
         result: dict[str, Any] = await self.answer(self.server, method, params)
@@ -284,7 +284,7 @@ async def fake_runtime(answer: Any, n: int = 2, **knobs: Any) -> tuple[Runtime, 
         opened.append(session)
         return session
 
-    runtime = Runtime(open_session=open_session, sealer=StateSealer(["test key"]))  # type: ignore[arg-type]
+    runtime = Runtime(open_session=open_session, sealer=StateSealer(["test key"]))
     await runtime.start(Snapshot(1, (pool_of(fake_servers(n), **knobs),)))
     return runtime, opened
 
@@ -374,5 +374,21 @@ async def test_runtime_input_required_retry_goes_to_the_server_that_asked() -> N
         other = StateSealer(["another key"]).seal("p", 1, "inner-s1")
         with pytest.raises(InvalidState):
             await runtime.request("p", "tools/call", {"name": "t", "requestState": other})
+    finally:
+        await runtime.close(grace=1)
+
+
+async def test_runtime_merged_tool_list_carries_the_strictest_hints_of_its_servers() -> None:
+    hints = {"s1": (60_000, "public"), "s2": (5_000, "public"), "s3": (90_000, "private")}
+
+    async def lists(server: ServerConfig, method: str, params: Any) -> dict[str, Any]:
+        ttl, scope = hints[server.name]
+        return {"tools": [{"name": f"t-{server.name}"}], "ttlMs": ttl, "cacheScope": scope}
+
+    runtime, _ = await fake_runtime(lists, n=3)
+    try:
+        tools = await runtime.list_tools("p")
+        assert {t["name"] for t in tools} == {"t-s1", "t-s2", "t-s3"}
+        assert runtime.pool("p").tools_hints == (5_000, "private")
     finally:
         await runtime.close(grace=1)

@@ -86,3 +86,16 @@ def test_admin_user_secret_is_stored_encrypted_and_shown_masked(
     listing = admin_client.get(reverse("admin:identity_usersecret_changelist")).content.decode()
     assert "alice-own-token-123" not in listing
     assert "••••23" in listing
+
+
+def test_rotate_secrets_reencrypts_user_secrets_so_the_old_key_can_go(
+    server: Server, settings: Any
+) -> None:
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    settings.MCPPOOL_SECRETS_KEYS = [old]
+    identity.set_user_secret(server, "alice", "alice-own-token")
+    settings.MCPPOOL_SECRETS_KEYS = [new, old]
+    services.rotate_secrets()
+    settings.MCPPOOL_SECRETS_KEYS = [new]
+    row = UserSecret.objects.get(subject="alice")
+    assert Fernet(new.encode()).decrypt(row.secret.encode()) == b"alice-own-token"

@@ -224,6 +224,18 @@ async def test_token_for_another_audience_is_refused(
     assert (status, body["error"]["data"]["code"]) == (403, "pool_forbidden")
 
 
+async def test_token_for_a_lookalike_host_is_refused_whatever_host_the_client_claims(
+    gateway: Gateway, auth_server: AuthServer
+) -> None:
+    # given a token the same provider issued for another service's look-alike URL
+    token = await auth_server.token("http://evil.example.com/mcp/tools/")
+    # when the client claims to be talking to that host
+    headers = {**bearer(token), "Host": "evil.example.com"}
+    status, body, _ = await rest_call(gateway, headers, "echo")
+    # then the audience is never taken from a Host outside ALLOWED_HOSTS
+    assert (status, body["error"]["code"]) == (403, "origin_forbidden")
+
+
 async def test_expired_token_is_refused(gateway: Gateway, auth_server: AuthServer) -> None:
     token = await auth_server.token(resource(gateway), client="cc-short")
     expires = jwt.decode(token, options={"verify_signature": False})["exp"]

@@ -180,3 +180,26 @@ async def test_validator_refuses_a_kept_verdict_once_the_token_expires() -> None
     await asyncio.sleep(max(0.0, expires + 0.2 - time.time()))  # until the token's own expiry
     with pytest.raises(TokenRejected, match="expired"):
         await v.validate(token, AUDIENCE)
+
+
+async def test_validator_asks_an_unreachable_issuer_once_per_interval() -> None:
+    # given an issuer whose key set cannot be fetched
+    issuer = Issuer()
+    clock = Clock()
+    fetched: list[str] = []
+
+    async def down(url: str) -> Any:
+        fetched.append(url)
+        raise ValueError("503")
+
+    v = TokenValidator(fetch_json=down, monotonic=clock, min_refetch=10.0)
+    v.configure([IssuerConfig(issuer=ISSUER, jwks_uri=f"{ISSUER}/jwks")])
+    # when many tokens arrive, then it is asked once, and each token is refused as such
+    for _ in range(10):
+        with pytest.raises(TokenRejected, match="unavailable"):
+            await v.validate(issuer.token(), AUDIENCE)
+    assert fetched == [f"{ISSUER}/jwks"]
+    clock.now += 10.0
+    with pytest.raises(TokenRejected, match="unavailable"):
+        await v.validate(issuer.token(), AUDIENCE)
+    assert len(fetched) == 2

@@ -15,8 +15,9 @@ import pytest
 from asgiref.sync import sync_to_async
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.api.conftest import everything_http, faulty_json, faulty_sse  # noqa: F401
+from tests.api.conftest import everything_http  # noqa: F401
 from tests.api.gateway import Gateway, add_key, add_pool, add_stdio_server, serve_gateway
+from tests.conftest import missing_prerequisite
 from tests.upstreams import procs
 
 
@@ -42,8 +43,8 @@ def _setup(json_url: str, sse_url: str, everything_url: str | None) -> dict[str,
 
 @pytest.fixture
 async def gateway(
-    faulty_json: procs.UpstreamProcess,  # noqa: F811
-    faulty_sse: procs.UpstreamProcess,  # noqa: F811
+    faulty_json: procs.UpstreamProcess,
+    faulty_sse: procs.UpstreamProcess,
     everything_http: procs.UpstreamProcess | None,  # noqa: F811
 ) -> AsyncIterator[Gateway]:
     ev = everything_http.url if everything_http else None
@@ -107,4 +108,4 @@ async def sampled(context: Any, params: types.CreateMessageRequestParams) -> Any
 
 def needs_everything(gw: Gateway) -> None:
     if "everything" not in gw.host.runtime.pools:
-        pytest.skip("server-everything is not installed (make node)")
+        missing_prerequisite("server-everything is not installed (make node)")

@@ -8,6 +8,7 @@ import httpx2
 import mcp_types as types
 import pytest
 from mcp import Client, ClientSession
+from mcp.shared.exceptions import MCPError
 
 from balancing.errors_http import GATEWAY_TIMEOUT
 from tests.api.gateway import Gateway
@@ -94,6 +95,23 @@ async def test_sticky_pool_relays_sampling_to_the_client(gateway: Gateway) -> No
     async with Client(transport(gateway, "sticky"), mode="legacy", sampling_callback=sampled) as c:
         result = await c.call_tool("sample", {"prompt": "hi"})
     assert _text(result) == "sampled:hi"
+
+
+async def test_sticky_pool_passes_the_clients_refusal_to_the_server_as_sent(
+    gateway: Gateway,
+) -> None:
+    async def refuse(context: Any, params: types.CreateMessageRequestParams) -> types.ErrorData:
+        return types.ErrorData(code=-1, message="User rejected the sampling request")
+
+    async with Client(transport(gateway, "sticky"), mode="legacy", sampling_callback=refuse) as c:
+        with pytest.raises(MCPError) as caught:
+            await c.call_tool("sample", {"prompt": "hi"})
+    # the server got the client's own error and failed the call with it; that error came back
+    # unchanged too (not the gateway's -32603 "client handler failed" nor an upstream_rejected)
+    assert (caught.value.error.code, caught.value.error.message) == (
+        -1,
+        "User rejected the sampling request",
+    )
 
 
 async def test_sticky_sessions_get_their_own_upstream_sessions(gateway: Gateway) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.api.gateway import Gateway
+from tests.conftest import missing_prerequisite
 from tests.upstreams import procs
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.upstream]
@@ -18,7 +19,7 @@ INSPECTOR_CLI = procs.NODE_DIR / "node_modules/@modelcontextprotocol/inspector-c
 
 async def inspect(gw: Gateway, pool: str, *args: str) -> Any:
     if not INSPECTOR_CLI.exists():
-        pytest.skip("inspector-cli is not installed (make node)")
+        missing_prerequisite("inspector-cli is not installed (make node)")
     process = await asyncio.create_subprocess_exec(
         "node", str(INSPECTOR_CLI), f"{gw.url}/mcp/{pool}/", "--transport", "http",
         "--header", f"Authorization: Bearer {gw.keys['app']}", *args,

@@ -21,7 +21,6 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 
 from balancing.engine.request_state import StateSealer
-from tests.api.conftest import faulty_json, faulty_sse  # noqa: F401
 from tests.api.gateway import Gateway, add_key, add_pool, serve_gateway
 from tests.mcp.conftest import post_rpc, sampled, transport
 from tests.upstreams import procs
@@ -49,8 +48,8 @@ def _setup(urls: list[str], faulty_a: str, faulty_b: str) -> dict[str, str]:
 @pytest.fixture
 async def gw(
     replicas: list[procs.UpstreamProcess],
-    faulty_json: procs.UpstreamProcess,  # noqa: F811
-    faulty_sse: procs.UpstreamProcess,  # noqa: F811
+    faulty_json: procs.UpstreamProcess,
+    faulty_sse: procs.UpstreamProcess,
 ) -> AsyncIterator[Gateway]:
     urls = [r.url for r in replicas]
     keys = await sync_to_async(_setup)(urls, faulty_json.url, faulty_sse.url)

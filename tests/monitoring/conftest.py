@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
 
 from balancing.engine.config import ServerConfig
+from balancing.host import RuntimeHost
 from monitoring import probes
 from servers import services
 from servers.models import Pool, Server
@@ -39,9 +42,8 @@ async def prober() -> AsyncIterator[probes.Prober]:
 @pytest.fixture
 def replica() -> Iterator[procs.UpstreamProcess]:
     """A faulty HTTP server of the test's own, for tests that break it."""
-    server = procs.start_faulty_http(name="replica", json_response=True)
-    yield server
-    server.stop()
+    with procs.faulty_server("replica") as server:
+        yield server
 
 
 class Restartable:
@@ -64,7 +66,7 @@ class Restartable:
         )  # fmt: skip
         log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by UpstreamProcess.stop()
         popen = subprocess.Popen(
-            command, cwd=procs.ROOT, stdin=subprocess.DEVNULL, stdout=log,
+            procs.guarded(command), cwd=procs.ROOT, stdin=subprocess.DEVNULL, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         self.process = procs.UpstreamProcess(self.name, popen, self.port, log)
@@ -132,3 +134,12 @@ def add_stdio(pool: Pool, config: ServerConfig) -> Server:
         Server(pool=pool, name=config.name, transport="stdio", command=config.command,
                args=list(config.args), cwd=config.cwd)
     )  # fmt: skip
+
+
+async def who_answers(host: RuntimeHost, calls: int) -> Counter[str]:
+    """Which replica of pool `web` answered each of `calls` calls of `whoami`."""
+    answers: Counter[str] = Counter()
+    for _ in range(calls):
+        result = await host.runtime.call_tool("web", "whoami", {})
+        answers[json.loads(result["content"][0]["text"])["name"]] += 1
+    return answers

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import missing_prerequisite
 from tests.upstreams import procs
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -52,9 +53,7 @@ def _require_browser() -> Any:
     if not missing and not CHROMIUM.exists():
         missing = f"{CHROMIUM} is missing (apt-get install -y chromium)"
     if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"browser tests must run in CI: {missing}")
-        pytest.skip(missing)
+        missing_prerequisite(missing)
     return sync_playwright
 
 
@@ -96,10 +95,8 @@ def _wait_for(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
 
 @pytest.fixture(scope="module")
 def upstreams() -> Iterator[list[procs.UpstreamProcess]]:
-    started = [procs.start_faulty_http(name=f"r{i}", json_response=True) for i in range(2)]
-    yield started
-    for p in started:
-        p.stop()
+    with procs.faulty_replicas(2) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +127,7 @@ def service(
     log = var / "service.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "mcppool.launcher"],
+            procs.guarded([sys.executable, "-m", "mcppool.launcher"]),
             env=env,
             cwd=procs.ROOT,
             stdout=out,

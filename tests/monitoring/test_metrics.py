@@ -46,10 +46,8 @@ def scrape(runtime: Runtime) -> Samples:
 
 @pytest.fixture(scope="module")
 def replicas() -> Iterator[list[procs.UpstreamProcess]]:
-    started = [procs.start_faulty_http(name=f"r{i}", json_response=True) for i in range(2)]
-    yield started
-    for p in started:
-        p.stop()
+    with procs.faulty_replicas(2) as started:
+        yield started
 
 
 def servers_of(replicas: list[procs.UpstreamProcess]) -> list[ServerConfig]:
@@ -215,7 +213,11 @@ def test_worker_metrics_sum_checks_of_every_forked_child(tmp_path: Any) -> None:
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     worker = subprocess.Popen(
-        [sys.executable, "-c", WORKER], env=env, stdout=subprocess.PIPE, cwd=procs.ROOT
+        procs.guarded([sys.executable, "-c", WORKER]),
+        env=env,
+        stdout=subprocess.PIPE,
+        cwd=procs.ROOT,
+        start_new_session=True,
     )
     try:
         assert worker.stdout is not None

@@ -15,7 +15,7 @@ from monitoring.probes import ProbeResult
 from servers import services
 from servers.choices import Health
 from servers.models import Flip, Server
-from tests.conftest import require_env
+from tests.conftest import require_env, require_postgres
 from tests.monitoring.conftest import add_http, make_pool
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -26,8 +26,7 @@ RACERS = 8
 @pytest.fixture(autouse=True)
 def _postgres() -> None:
     require_env("DATABASE_URL")
-    if connection.vendor != "postgresql":
-        pytest.skip("the race needs row locks: PostgreSQL")
+    require_postgres("the race needs row locks")
 
 
 def race(work: Callable[[], T], racers: int = RACERS) -> list[T]:

@@ -4,9 +4,7 @@ ramps back in, passive ejections reach the database, a passing check un-ejects."
 from __future__ import annotations
 
 import asyncio
-import json
 import math
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -21,7 +19,7 @@ from balancing.host import RuntimeHost
 from monitoring import checks
 from servers.models import Flip, Pool, Server
 from tests.balancing.engine.test_sessions import Clock, make
-from tests.monitoring.conftest import Restartable, add_http, make_pool
+from tests.monitoring.conftest import Restartable, add_http, make_pool, who_answers
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.upstream]
 
@@ -47,14 +45,6 @@ async def until(predicate: Callable[[], Any], seconds: float = 15.0) -> bool:
 async def _value(predicate: Callable[[], Any]) -> Any:
     value = predicate()
     return await value if asyncio.iscoroutine(value) else value
-
-
-async def who_answers(host: RuntimeHost, calls: int) -> Counter[str]:
-    answers: Counter[str] = Counter()
-    for _ in range(calls):
-        result = await host.runtime.call_tool("web", "whoami", {})
-        answers[json.loads(result["content"][0]["text"])["name"]] += 1
-    return answers
 
 
 def endpoint(host: RuntimeHost, name: str) -> Any:
@@ -152,27 +142,16 @@ async def _is(value: Any, expected: Any) -> bool:
 
 
 async def test_health_change_reaches_the_runtime_by_redis_event(
-    settings: Any, redis_url: str, restartable: Callable[[str], Restartable]
+    redis_events: str, restartable: Callable[[str], Restartable]
 ) -> None:
     # given a runtime listening on Redis, with a poll too slow to matter
-    settings.REDIS_URL = redis_url
-    settings.MCPPOOL_CONFIG_POLL_SECONDS = 3600
-    settings.CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [redis_url], "prefix": f"mcppool-test-{uuid.uuid4().hex[:8]}"},
-        }
-    }
-    from channels.layers import channel_layers
-
-    channel_layers.backends.clear()
     a, b = restartable("a"), restartable("b")
     pool, _, _ = await setup_pool(a, b, fall=1)
     await run_checks(pool)
     host = RuntimeHost()
     try:
         await host.start()
-        await asyncio.sleep(0.3)  # let the listener join the group
+        await asyncio.wait_for(host.events_joined.wait(), 10)
 
         # when a check marks b down (the flip publishes health.changed on commit)
         b.stop()
@@ -182,7 +161,6 @@ async def test_health_change_reaches_the_runtime_by_redis_event(
         assert await until(lambda: endpoint(host, "b").config.health is Health.DOWN)
     finally:
         await host.stop()
-        channel_layers.backends.clear()
         await sync_to_async(connections.close_all)()
 
 

@@ -11,6 +11,7 @@ from django.core.management import call_command
 from django.core.management.sql import emit_post_migrate_signal
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
+from audit import schedule as audit_schedule
 from monitoring import schedules
 from servers import services
 from servers.models import Pool
@@ -102,7 +103,13 @@ def test_setup_schedules_repairs_missing_drops_stale_and_per_pool_tasks() -> Non
     call_command("setup_schedules", stdout=StringIO())  # idempotent
 
     names = set(PeriodicTask.objects.values_list("name", flat=True))
-    assert names == {"mcppool: checks every 1s", schedules.PRUNE_NAME, schedules.PURGE_NAME}
+    # (the audit trail's daily prune is kept by migrate, beside these)
+    assert names == {
+        "mcppool: checks every 1s",
+        schedules.PRUNE_NAME,
+        schedules.PURGE_NAME,
+        audit_schedule.PRUNE_NAME,
+    }
     prune = PeriodicTask.objects.get(name=schedules.PRUNE_NAME)
     assert (prune.task, prune.interval.period) == ("monitoring.tasks.prune_history", "days")
     purge = PeriodicTask.objects.get(name=schedules.PURGE_NAME)

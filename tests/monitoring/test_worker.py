@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -22,12 +21,16 @@ from urllib.parse import quote
 import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import connection, connections
+from django.db import connections
 
 from balancing.engine.config import Health
 from balancing.host import RuntimeHost
-from servers.models import Flip, Server
-from tests.monitoring.conftest import Restartable, add_http, make_pool
+from servers import services
+from servers.choices import ServerState
+from servers.models import Flip, Pool, Server
+from tests.conftest import require_postgres
+from tests.monitoring.conftest import Restartable, add_http, make_pool, who_answers
+from tests.upstreams import procs
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.upstream]
 
@@ -52,8 +55,7 @@ def isolation() -> dict[str, str]:
 def worker(
     transactional_db: Any, redis_url: str, isolation: dict[str, str]
 ) -> Iterator[subprocess.Popen[bytes]]:
-    if connection.vendor != "postgresql":
-        pytest.skip("the worker shares the test database: PostgreSQL only")
+    require_postgres("the worker shares the test database")
     with tempfile.TemporaryDirectory() as var, tempfile.TemporaryFile() as log:
         env = {
             **os.environ,
@@ -73,7 +75,7 @@ def worker(
             "--schedule", str(Path(var) / "celerybeat-schedule"),
         ]  # fmt: skip
         process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            procs.guarded(command), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
         try:
@@ -135,14 +137,6 @@ def health_of(server: Server) -> str:
 
 async def is_health(server: Server, wanted: Health) -> bool:
     return await health_of(server) == wanted
-
-
-async def who_answers(host: RuntimeHost, calls: int) -> Counter[str]:
-    answers: Counter[str] = Counter()
-    for _ in range(calls):
-        result = await host.runtime.call_tool("web", "whoami", {})
-        answers[json.loads(result["content"][0]["text"])["name"]] += 1
-    return answers
 
 
 def endpoint_health(host: RuntimeHost, name: str) -> Health:
@@ -207,3 +201,49 @@ def test_worker_settings_module_is_the_service_settings_with_a_private_queue() -
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, timeout=60
     )
     assert out.stdout.decode().split() == ["q-1", "False"], out.stderr.decode()[-2000:]
+
+
+def _alive(pid: int) -> bool:
+    """Is the process running (a zombie waiting to be reaped has ended)?"""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def _probe_pids(spawn_log: Path) -> list[int]:
+    return [int(p) for p in spawn_log.read_text().split()] if spawn_log.exists() else []
+
+
+async def test_worker_deleted_pool_and_disabled_server_end_their_probe_processes_at_once(
+    worker: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
+    # given two pools whose stdio servers only the worker runs (no web process reports on them)
+    logs = {name: tmp_path / f"{name}.spawns" for name in ("gone", "off")}
+
+    @sync_to_async
+    def setup() -> tuple[Pool, Server]:
+        made = []
+        for name, log in logs.items():
+            pool = make_pool(name, check_interval=1.0, check_timeout=0.5)
+            made.append(services.save(Server(
+                pool=pool, name=name, transport="stdio", command=sys.executable, cwd=str(ROOT),
+                args=["-m", "tests.upstreams.bad_stdio", "ok", "--spawn-log", str(log)],
+            )))  # fmt: skip
+        return made[0].pool, made[1]
+
+    deleted_pool, disabled = await setup()
+    assert await until(lambda: all(_probe_pids(log) for log in logs.values()), 60)
+    assert await until(
+        lambda: sync_to_async(lambda: Server.objects.filter(health=Health.UP).count())(), 30
+    )
+
+    # when the operator deletes one pool and disables the other's server
+    await sync_to_async(services.delete)(deleted_pool)
+    await sync_to_async(services.set_server_state)([disabled], ServerState.DISABLED)
+
+    # then every probe process of both ends within a few seconds, while the worker lives on
+    every = [pid for log in logs.values() for pid in _probe_pids(log)]
+    assert await until(lambda: not any(_alive(pid) for pid in every), 15), every
+    assert worker.poll() is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import mcp_types as types
@@ -258,3 +259,14 @@ async def test_relayed_sampling_request_is_a_span_of_the_call(
     assert relay.trace_id == server.trace_id
     assert relay.parent_span_id == server.span_id
     assert relay.attributes["mcppool.relayed"] is True
+
+
+def test_off_by_default_the_runtime_holds_no_observer(monkeypatch: pytest.MonkeyPatch) -> None:
+    # given: no OTEL_* variables, no audit log, no pool auditing to the database
+    for name in [n for n in os.environ if n.startswith("OTEL_")]:
+        monkeypatch.delenv(name)
+    # when
+    observe.configure_from_environment()
+    # then: nothing wraps the hot path and the runtime's hooks are bare None checks
+    assert observe.refresh() is None
+    assert observe.observer() is None

@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-from django.db import connection
 
 from bench.gateway import command
+from tests.conftest import require_postgres
 from tests.monitoring.test_worker import database_url
 from tests.upstreams import procs
-from tests.upstreams.procs import ROOT, UpstreamProcess, free_port
+from tests.upstreams.procs import ROOT, UpstreamProcess, free_port, guarded
 
 START_TIMEOUT = 60.0
 BODY = b'{"arguments": {"text": "hi"}}'
@@ -59,7 +59,7 @@ def start_web(env: dict[str, str], name: str = "web") -> UpstreamProcess:
     port = free_port()
     log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by UpstreamProcess.stop
     process = subprocess.Popen(
-        command("uvicorn", port), cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
+        guarded(command("uvicorn", port)), cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
         stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     web = UpstreamProcess(name, process, port, log)
@@ -158,8 +158,7 @@ def until(predicate: Callable[[], Any], seconds: float, every: float = 0.1) -> b
 @pytest.fixture
 def postgres(transactional_db: Any) -> None:
     """The test database, committed rows visible to other processes (PostgreSQL only)."""
-    if connection.vendor != "postgresql":
-        pytest.skip("other processes share the test database: PostgreSQL only")
+    require_postgres("other processes share the test database")
 
 
 @pytest.fixture

@@ -75,10 +75,13 @@ def target() -> Iterator[Target]:
     json_replica = procs.start_faulty_http(name="r-json", json_response=True)
     sse_replica = procs.start_faulty_http(name="r-sse")
     try:
-        pools = [
+        pools: list[dict[str, Any]] = [
             {"slug": SHARED, "name": "Echo", "servers": [
                 {"name": "a", "transport": "streamable_http", "url": json_replica.url}]},
-            {"slug": STICKY, "name": "Sticky", "session_mode": "sticky", "servers": [
+            # The fuzzer opens hundreds of sessions with one key: caps are tested elsewhere
+            # (tests/security/test_session_cost.py).
+            {"slug": STICKY, "name": "Sticky", "session_mode": "sticky",
+             "max_sticky_sessions": 10000, "max_sticky_sessions_per_key": 10000, "servers": [
                 {"name": "s", "transport": "streamable_http", "url": sse_replica.url}]},
         ]  # fmt: skip
         var_dir, token = gateway.prepare(pools)

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from monitoring.models import HealthCheck
+from tests.conftest import missing_prerequisite
 from tests.reliability.conftest import (
     Load,
     call,
@@ -58,7 +59,7 @@ class RedisServer:
     def __init__(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            pytest.skip("redis-server is not installed")
+            missing_prerequisite("redis-server is not installed (apt-get install redis-server)")
         self.binary = binary
         self.port = procs.free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -69,8 +70,8 @@ class RedisServer:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--daemonize", "no"],
+            procs.guarded([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save",
+                           "", "--appendonly", "no", "--daemonize", "no"]),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
         )  # fmt: skip
@@ -111,9 +112,9 @@ def worker(redis_server: RedisServer, var_dir: Path) -> Iterator[dict[str, str]]
     env.pop("MCPPOOL_WORKER_METRICS_PORT", None)
     log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by UpstreamProcess.stop
     process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "mcppool", "worker", "--loglevel", "INFO",
-         "--concurrency", "1", "-Q", queue, "--without-gossip", "--without-mingle",
-         "--without-heartbeat"],
+        procs.guarded([sys.executable, "-m", "celery", "-A", "mcppool", "worker", "--loglevel",
+                       "INFO", "--concurrency", "1", "-Q", queue, "--without-gossip",
+                       "--without-mingle", "--without-heartbeat"]),
         cwd=procs.ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,
     )  # fmt: skip
@@ -159,7 +160,8 @@ def test_redis_killed_under_load_calls_flow_and_events_and_tasks_resume_after_re
 
         # when Redis is started again (empty) on its port, with load still running
         redis_server.start()
-        time.sleep(1.0)
+        resumed = load.snapshot()
+        assert until(lambda: (load.snapshot() - resumed)["200"] >= 20, 30, every=0.05)
     assert set(load.snapshot()) == {"200"}, load.snapshot()
 
     # then a config change made now reaches the web process by event: its new pool answers

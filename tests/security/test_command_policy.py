@@ -21,6 +21,7 @@ from balancing.engine.upstream import UpstreamSession
 from servers import configfile, services
 from servers.models import Pool, Server
 from tests.api.gateway import add_key, add_pool, db_state, serve_gateway
+from tests.servers.test_secrets import _server_form
 
 DEFAULT = CommandPolicy.parse(["python -m mcp_server_time"])
 
@@ -127,12 +128,9 @@ def test_admin_shell_server_shows_the_policy_error_and_saves_nothing(
     admin_client: Client, tmp_path: Path
 ) -> None:
     pool = services.save(Pool(name="P", slug="p"))
-    form = {
-        "pool": str(pool.pk), "name": "evil", "transport": "stdio", "url": "", "headers": "{}",
-        "secret_headers": "{}", "command": "/bin/sh", "args": f'["-c", "id > {tmp_path}/f"]',
-        "env": "{}", "secret_env": "{}", "cwd": "", "weight": "1", "priority": "0",
-        "state": "enabled", "max_in_flight": "0", "era": "auto",
-    }  # fmt: skip
+    evil = Server(pool=pool, name="evil", transport="stdio")
+    args = f'["-c", "id > {tmp_path}/f"]'
+    form = _server_form(evil, command="/bin/sh", args=args, headers="{}", secret_headers="{}")
     response = admin_client.post(reverse("admin:servers_server_add"), form)
     assert response.status_code == 200
     assert "MCPPOOL_STDIO_COMMANDS" in response.content.decode()

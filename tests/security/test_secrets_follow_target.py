@@ -18,6 +18,7 @@ from servers import configfile, secrets, services
 from servers.models import Pool, Server
 from tests.api.gateway import add_key, serve_gateway
 from tests.security.conftest import Listener
+from tests.servers.test_secrets import _server_form
 from tests.upstreams import procs
 
 TOKEN = "Bearer sk-live-steal-me-0123456789"
@@ -91,27 +92,9 @@ def _change_url(server: Server) -> str:
     return reverse("admin:servers_server_change", args=[server.pk])
 
 
-def _form(server: Server, **overrides: str) -> dict[str, str]:
-    data = {
-        "pool": str(server.pool_id),
-        "name": server.name,
-        "transport": server.transport,
-        "url": server.url,
-        "headers": "{}",
-        "secret_headers": json.dumps({"Authorization": secrets.MASK}),
-        "command": "",
-        "args": "[]",
-        "env": "{}",
-        "secret_env": "{}",
-        "cwd": "",
-        "weight": "1",
-        "priority": "0",
-        "state": "enabled",
-        "max_in_flight": "0",
-        "era": "auto",
-    }
-    data.update(overrides)
-    return data
+def _form(server: Server, **fields: str) -> dict[str, str]:
+    """The admin's server form as posted, secret values masked (kept unless the target moves)."""
+    return _server_form(server, headers="{}", **fields)
 
 
 @pytest.mark.django_db
@@ -192,3 +175,10 @@ def test_apply_dry_run_says_the_secret_is_dropped() -> None:
     plan = configfile.apply_text(changed, "pools.yaml", dry_run=True)
     assert any("secret_headers {'Authorization': '••••'} → {}" in line for line in plan.describe())
     assert Server.objects.get(name="a").secret_headers  # a dry run writes nothing
+
+
+@pytest.mark.django_db
+def test_admin_pool_page_warns_on_the_inline_server_targets(admin_client: Client) -> None:
+    server = _server()
+    page = admin_client.get(reverse("admin:servers_pool_change", args=[server.pool_id]))
+    assert "drops the server&#x27;s stored secret values" in page.content.decode()

@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 
 from servers import services
-from servers.models import Pool, Server
+from servers.models import AffinityRule, Pool, Server
 
 
 @pytest.fixture
@@ -24,4 +24,19 @@ def http_server(pool: Pool) -> Server:
 def stdio_server(pool: Pool) -> Server:
     return services.save(
         Server(pool=pool, name="b", transport="stdio", command="python", args=["-m", "x"])
+    )
+
+
+@pytest.fixture
+def rule(http_server: Server) -> AffinityRule:
+    """A rule pinning header X-Tenant: acme to server `a`."""
+    return services.save(
+        AffinityRule(
+            pool=http_server.pool,
+            match_on="header",
+            header="X-Tenant",
+            pattern="acme",
+            action="pin",
+            pin_server=http_server,
+        )
     )

@@ -20,20 +20,6 @@ SECRET = re.compile(r"mcp_[0-9a-f]{8}_[A-Za-z0-9_-]+")
 
 
 @pytest.fixture
-def rule(http_server: Server) -> AffinityRule:
-    return services.save(
-        AffinityRule(
-            pool=http_server.pool,
-            match_on="header",
-            header="X-Tenant",
-            pattern="acme",
-            action="pin",
-            pin_server=http_server,
-        )
-    )
-
-
-@pytest.fixture
 def api_key(pool: Pool) -> ApiKey:
     key, _secret = services.create_api_key("billing", pools=[pool])
     return key
@@ -98,6 +84,28 @@ def test_admin_pages_render_for_staff(
     for page in pages:
         response = admin_client.get(page)
         assert response.status_code == 200, page
+
+
+def test_admin_key_list_says_plainly_what_each_admin_key_may_configure(
+    admin_client: Client, pool: Pool
+) -> None:
+    services.create_api_key("root-admin", all_pools=True, is_admin=True)
+    services.create_api_key("team-admin", pools=[pool], is_admin=True)
+    services.create_api_key("plain-app", pools=[pool])
+
+    page = admin_client.get(_url("apikey", "changelist")).content.decode()
+
+    rows = {
+        name: row
+        for row in page.split("<tr")
+        for name in ("root-admin", "team-admin", "plain-app")
+        if f">{name}<" in row
+    }
+    assert "may create pools" in rows["root-admin"]
+    assert "its pools only" in rows["team-admin"]
+    assert "may create pools" not in rows["team-admin"]
+    assert "its pools only" not in rows["plain-app"]
+    assert "may create pools" not in rows["plain-app"]
 
 
 def test_admin_anonymous_is_sent_to_login(client: Client, pool: Pool) -> None:

@@ -17,7 +17,7 @@ from django.db import connection, connections
 
 from servers import services
 from servers.models import Pool, Server
-from tests.conftest import require_env
+from tests.conftest import require_env, require_postgres
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -69,8 +69,7 @@ def _race(
 @pytest.fixture
 def postgres() -> None:
     require_env("DATABASE_URL")
-    if connection.vendor != "postgresql":
-        pytest.skip("this race needs PostgreSQL's row locks (DATABASE_URL is not PostgreSQL)")
+    require_postgres("this race needs row locks")
 
 
 def test_concurrent_pool_patches_keep_both_changes(

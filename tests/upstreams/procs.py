@@ -3,7 +3,8 @@
 HTTP servers run as processes of their own on a free 127.0.0.1 port (``start_*`` returns once the
 port accepts connections); stdio servers are spawned by the session itself, so for them this
 module only builds the `ServerConfig`. Every process started here runs in its own process group
-and `UpstreamProcess.stop` always reaps it (SIGTERM, then SIGKILL).
+and `UpstreamProcess.stop` always reaps it (SIGTERM, then SIGKILL); if the test run itself is
+killed, `guarded` makes the group die with it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -33,7 +34,7 @@ NODE22 = NODE_DIR / "node_modules" / ".bin" / "node"
 CONFORMANCE_JS = (
     NODE_DIR / "node_modules" / "@modelcontextprotocol" / "conformance" / "dist" / "index.js"
 )
-START_TIMEOUT = 20.0
+START_TIMEOUT = 60.0  # a bound on a condition wait: generous, for a loaded 2-core machine
 STOP_GRACE = 3.0
 
 
@@ -207,7 +208,7 @@ def _start_http(
             child_env.update(env_for_port(port))
         log = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the UpstreamProcess, closed in stop()
         process = subprocess.Popen(
-            command(port),
+            guarded(command(port)),
             cwd=ROOT,
             env=child_env,
             stdin=subprocess.DEVNULL,
@@ -221,6 +222,38 @@ def _start_http(
         last_output = upstream.output()
         upstream.stop()
     raise RuntimeError(f"{name} did not start listening:\n{last_output}")
+
+
+@contextlib.contextmanager
+def faulty_server(name: str) -> Iterator[UpstreamProcess]:
+    """One faulty server over HTTP (JSON answers), stopped and reaped on exit."""
+    upstream = start_faulty_http(name=name, json_response=True)
+    try:
+        yield upstream
+    finally:
+        upstream.stop()
+
+
+@contextlib.contextmanager
+def faulty_replicas(count: int, prefix: str = "r") -> Iterator[list[UpstreamProcess]]:
+    """`count` replicas of the faulty server over HTTP (JSON answers), named r0, r1, …"""
+    started: list[UpstreamProcess] = []
+    try:
+        for i in range(count):
+            started.append(start_faulty_http(name=f"{prefix}{i}", json_response=True))
+        yield started
+    finally:
+        for upstream in started:
+            upstream.stop()
+
+
+GUARD = Path(__file__).with_name("guard.py")
+
+
+def guarded(argv: Sequence[str]) -> list[str]:
+    """argv, run so that its process group is killed when this process dies (even by SIGKILL):
+    see `guard.py`. Start it with `start_new_session=True`."""
+    return [sys.executable, "-S", str(GUARD), str(os.getpid()), "--", *argv]
 
 
 def _wait_for_port(process: subprocess.Popen[bytes], port: int) -> bool:

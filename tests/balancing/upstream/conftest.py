@@ -1,12 +1,12 @@
 """Fixtures for upstream-session tests: real upstream processes on free 127.0.0.1 ports.
 
-Servers that tests only read from live for the module; tests that break a server (crash it, make
-it forget sessions) start their own. Everything started here is stopped and reaped.
+The servers tests only read from (`faulty_json`, `faulty_sse`) are the session's, from
+`tests/conftest.py`; tests that break a server (crash it, make it forget sessions) start their
+own. Everything started here is stopped and reaped.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Protocol
 
@@ -15,20 +15,20 @@ import pytest
 
 from balancing.engine.config import ServerConfig
 from balancing.engine.upstream import MessageHandler, UpstreamSession
+from tests.conftest import missing_prerequisite
 from tests.upstreams import procs
 
 CLIENT_INFO = {"name": "mcppool-tests", "version": "0"}
-OPEN_TIMEOUT = 20.0
+OPEN_TIMEOUT = 60.0  # bound of a condition wait (the session opens as soon as it can)
 
 
 def require_everything() -> None:
     """server-everything comes from npm (`make node`): skip without it locally, fail in CI."""
     if procs.everything_installed():
         return
-    message = f"npm server-everything is not installed in {procs.NODE_DIR} (run `make node`)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    missing_prerequisite(
+        f"npm server-everything is not installed in {procs.NODE_DIR} (run `make node`)"
+    )
 
 
 @pytest.fixture
@@ -48,6 +48,26 @@ class Connect(Protocol):
     ) -> UpstreamSession: ...
 
 
+async def open_session(
+    http: aiohttp.ClientSession,
+    config: ServerConfig,
+    *,
+    capabilities: dict[str, Any] | None = None,
+    on_event: MessageHandler | None = None,
+    listen: bool = True,
+) -> UpstreamSession:
+    """A session as the runtime opens one, with this suite's client info and open timeout."""
+    return await UpstreamSession.open(
+        config,
+        http=http,
+        client_info=CLIENT_INFO,
+        capabilities=capabilities or {},
+        on_event=on_event,
+        timeout=OPEN_TIMEOUT,
+        listen=listen,
+    )
+
+
 @pytest.fixture
 async def connect(http: aiohttp.ClientSession) -> AsyncIterator[Connect]:
     """`await connect(config)` opens a session that is closed when the test ends."""
@@ -59,14 +79,7 @@ async def connect(http: aiohttp.ClientSession) -> AsyncIterator[Connect]:
         capabilities: dict[str, Any] | None = None,
         on_event: MessageHandler | None = None,
     ) -> UpstreamSession:
-        session = await UpstreamSession.open(
-            config,
-            http=http,
-            client_info=CLIENT_INFO,
-            capabilities=capabilities or {},
-            on_event=on_event,
-            timeout=OPEN_TIMEOUT,
-        )
+        session = await open_session(http, config, capabilities=capabilities, on_event=on_event)
         sessions.append(session)
         return session
 
@@ -75,26 +88,11 @@ async def connect(http: aiohttp.ClientSession) -> AsyncIterator[Connect]:
         await session.close()
 
 
-@pytest.fixture(scope="module")
-def faulty_sse() -> Iterator[procs.UpstreamProcess]:
-    server = procs.start_faulty_http(name="faulty-sse")
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def faulty_json() -> Iterator[procs.UpstreamProcess]:
-    server = procs.start_faulty_http(name="faulty-json", json_response=True)
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def faulty_private() -> Iterator[procs.UpstreamProcess]:
     """A server of the test's own, for tests that break it."""
-    server = procs.start_faulty_http(name="faulty-private", json_response=True)
-    yield server
-    server.stop()
+    with procs.faulty_server("faulty-private") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from balancing.engine.config import Era, ServerConfig, Transport
 from balancing.engine.upstream import MessageHandler, UpstreamSession
-from tests.balancing.upstream.conftest import CLIENT_INFO, OPEN_TIMEOUT
+from tests.balancing.upstream.conftest import open_session
 from tests.upstreams import procs
 
 pytestmark = pytest.mark.upstream
@@ -55,14 +55,8 @@ async def opened(
     capabilities: dict[str, Any] | None = None,
     listen: bool = True,
 ) -> AsyncIterator[UpstreamSession]:
-    session = await UpstreamSession.open(
-        config,
-        http=http,
-        client_info=CLIENT_INFO,
-        capabilities=capabilities or {},
-        on_event=on_event,
-        timeout=OPEN_TIMEOUT,
-        listen=listen,
+    session = await open_session(
+        http, config, capabilities=capabilities, on_event=on_event, listen=listen
     )
     try:
         yield session
