@@ -468,7 +468,7 @@ def main() -> int:
     text = args.json.read_text() if args.json.exists() else ""
     data = json.loads(text) if text.strip() else {}
     data.update(result)
-    args.json.write_text(json.dumps(data, indent=2) + "\n")
+    args.json.write_text(json.dumps(data, indent=1) + "\n")  # as bench.run writes it
     return 0
 
 
