@@ -139,3 +139,4 @@ async def test_stdio_probe_slow_start_starts_once_and_counts_no_failure(tmp_path
         assert await sync_to_async(health_of)(server) == Health.UP
     assert spawns(spawn_log) == 1
     assert await sync_to_async(HealthCheck.objects.filter(server=server, ok=False).count)() == 0
+    await sync_to_async(connections.close_all)()
