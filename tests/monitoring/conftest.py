@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -111,6 +113,18 @@ def restartable() -> Iterator[Callable[[str], Restartable]]:
             with contextlib.suppress(ProcessLookupError):
                 server.thaw()
         server.stop()
+
+
+async def until(predicate: Callable[[], Any], seconds: float) -> bool:
+    """Wait until `predicate()` (a value or a coroutine) is true; False after `seconds`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while loop.time() < deadline:
+        value = predicate()
+        if await value if asyncio.iscoroutine(value) else value:
+            return True
+        await asyncio.sleep(0.1)
+    return False
 
 
 def make_pool(slug: str = "web", **knobs: object) -> Pool:
