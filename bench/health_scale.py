@@ -11,10 +11,10 @@ On the embedded default (SQLite, the SQLite broker), loopback only:
 2. A gateway (uvicorn), a Celery worker (`--pool solo`: one process) and a separate beat, with the
    servers in `--pools` pools checked every `--interval` s, plus an unrelated pool of one real
    upstream (`tests/upstreams/faulty`).
-3. Once every server has been checked, `--measure` seconds of checks: how many servers were
-   checked in each interval, the CPU per check of the worker and of beat (`/proc`), the database
-   writes per check (INSERT/UPDATE/DELETE statements the worker sent, counted by a wrapper this
-   module installs in the worker), the broker file's size.
+3. Once every server has been judged (none `unknown`), `--measure` seconds of checks: how many
+   servers were checked in each interval, the CPU per check of the worker and of beat (`/proc`),
+   the database writes per check (INSERT/UPDATE/DELETE statements the worker sent, counted by a
+   wrapper this module installs in the worker), the broker file's size.
 4. Tool calls on the unrelated pool (REST, concurrency 4) before and during `mcppool apply` of a
    new weight for every one of the servers (a config reload of all of them): the p99 ratio.
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import socket
@@ -252,21 +253,35 @@ def checked_servers(db: Path) -> int:
     return int(db_rows(db, "SELECT COUNT(DISTINCT server_id) FROM monitoring_healthcheck")[0][0])
 
 
-def coverage(db: Path, start: float, end: float, interval: float, servers: int) -> list[float]:
-    """For each whole interval in [start, end): the share of servers checked in it."""
+def unknown_servers(db: Path) -> int:
+    return int(db_rows(db, "SELECT COUNT(*) FROM servers_server WHERE health = 'unknown'")[0][0])
+
+
+def coverage(db: Path, start: float, end: float, interval: float, servers: int) -> float:
+    """The share of servers checked within every interval of [start, end).
+
+    A check is stamped when its round's results are written, which is up to the check timeout
+    (2 s) and the start jitter (a tenth of the interval) after the round began; so a server counts
+    as checked within each interval when no gap between its checks (nor from `start` to the first
+    or from the last to `end`) is longer than the interval plus that slack. Rounds every interval,
+    none missed, give 1.0; one round missed fails every server in it.
+    """
+    slack = interval * 0.1 + 2.0
     rows = db_rows(
         db,
-        "SELECT server_id, strftime('%s', at) + (strftime('%f', at) - strftime('%S', at)) "
-        "FROM monitoring_healthcheck WHERE at >= datetime(?, 'unixepoch')",
-        (start,),
+        "SELECT server_id, (julianday(at) - 2440587.5) * 86400.0 FROM monitoring_healthcheck "
+        "WHERE at >= datetime(?, 'unixepoch') AND at < datetime(?, 'unixepoch') ORDER BY 2",
+        (start, end),
     )
-    shares = []
-    t = start
-    while t + interval <= end:
-        seen = {sid for sid, at in rows if t <= float(at) < t + interval}
-        shares.append(len(seen) / servers)
-        t += interval
-    return shares
+    times: dict[int, list[float]] = {}
+    for server_id, at in rows:
+        times.setdefault(int(server_id), []).append(float(at))
+    good = 0
+    for stamps in times.values():
+        edges = [start, *stamps, end]
+        if max(b - a for a, b in itertools.pairwise(edges)) <= interval + slack:
+            good += 1
+    return good / servers
 
 
 def checks_between(db: Path, start: float, end: float) -> int:
@@ -341,7 +356,8 @@ def _measure(
     deadline = time.monotonic() + 60
     while not _listening(answering[-1]) and time.monotonic() < deadline:
         if stubs.poll() is not None:
-            raise RuntimeError("the stub servers did not start")
+            run.logs[0].seek(0)
+            raise RuntimeError(f"the stub servers did not start: {run.logs[0].read()[-2000:]!r}")
         time.sleep(0.2)
     var_dir, token = gw.prepare(pools_config(args, all_ports, unrelated_url), run.var)
     db = var_dir / "mcppool.sqlite3"
@@ -363,10 +379,12 @@ def _measure(
     log(f"gateway {gateway.pid}, worker {worker.pid}, beat {beat.pid}; waiting for every check")
     started = time.monotonic()
     everyone = args.servers + 1  # the unrelated pool's server is checked too
-    while checked_servers(db) < everyone and time.monotonic() - started < WARMUP_LIMIT:
-        time.sleep(1.0)
+    while time.monotonic() - started < WARMUP_LIMIT and (
+        checked_servers(db) < everyone or unknown_servers(db)
+    ):
+        time.sleep(1.0)  # until every server has been judged (up or down): the steady state
     warmup = time.monotonic() - started
-    log(f"{checked_servers(db)} servers checked after {warmup:.0f} s; measuring {args.measure} s")
+    log(f"{checked_servers(db)} servers judged after {warmup:.0f} s; measuring {args.measure} s")
 
     cpu0 = {"worker": cpu(worker.pid), "beat": cpu(beat.pid)}
     writes0 = written(counter)
@@ -391,7 +409,8 @@ def _measure(
     )
     log(f"why servers are down: {errors}")
     done = checks_between(db, t0, t1)
-    shares = coverage(db, t0, t1, args.interval, everyone)
+    share = coverage(db, t0, t1, args.interval, everyone)
+    rounds = max((t1 - t0) / args.interval, 1.0)
 
     log("reloading every server (mcppool apply of a new weight for all) under calls")
     reweighted = run.var / "reweighted.yaml"
@@ -408,8 +427,8 @@ def _measure(
         "health_scale_pools": args.pools,
         "health_scale_interval_s": args.interval,
         "health_scale_warmup_s": round(warmup, 1),
-        "health_scale_checks_per_interval": round(done / max(len(shares), 1), 1),
-        "health_scale_checked_within_interval_fraction": round(min(shares), 3) if shares else 0.0,
+        "health_scale_checks_per_interval": round(done / rounds, 1),
+        "health_scale_checked_within_interval_fraction": round(share, 3),
         "health_scale_worker_cpu_ms_per_check": round(
             1000 * (cpu1["worker"] - cpu0["worker"]) / max(done, 1), 3
         ),
@@ -449,7 +468,7 @@ def main() -> int:
     text = args.json.read_text() if args.json.exists() else ""
     data = json.loads(text) if text.strip() else {}
     data.update(result)
-    args.json.write_text(json.dumps(data, indent=2) + "\n")
+    args.json.write_text(json.dumps(data, indent=1) + "\n")  # as bench.run writes it
     return 0
 
 

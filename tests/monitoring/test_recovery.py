@@ -19,6 +19,7 @@ from balancing.host import RuntimeHost
 from monitoring import checks
 from servers.models import Flip, Pool, Server
 from tests.balancing.engine.test_sessions import Clock, make
+from tests.helpers.wait import until
 from tests.monitoring.conftest import Restartable, add_http, make_pool, who_answers
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.upstream]
@@ -31,20 +32,6 @@ async def host(settings: Any) -> AsyncIterator[RuntimeHost]:
     yield h
     await h.stop()
     await sync_to_async(connections.close_all)()
-
-
-async def until(predicate: Callable[[], Any], seconds: float = 15.0) -> bool:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while asyncio.get_running_loop().time() < deadline:
-        if await _value(predicate):
-            return True
-        await asyncio.sleep(0.05)
-    return False
-
-
-async def _value(predicate: Callable[[], Any]) -> Any:
-    value = predicate()
-    return await value if asyncio.iscoroutine(value) else value
 
 
 def endpoint(host: RuntimeHost, name: str) -> Any:

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -20,6 +19,7 @@ from monitoring import checks
 from monitoring.models import HealthCheck
 from servers import services
 from servers.models import Pool, RuntimeReport, Server
+from tests.helpers.wait import until
 from tests.monitoring.conftest import make_pool
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.upstream]
@@ -45,17 +45,6 @@ def spawns(spawn_log: Path) -> int:
 
 def health_of(server: Server) -> str:
     return Server.objects.values_list("health", flat=True).get(pk=server.pk)
-
-
-async def until(predicate: Callable[[], Any], seconds: float) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while loop.time() < deadline:
-        value = predicate()
-        if await value if asyncio.iscoroutine(value) else value:
-            return True
-        await asyncio.sleep(0.1)
-    return False
 
 
 @pytest.fixture
@@ -139,3 +128,4 @@ async def test_stdio_probe_slow_start_starts_once_and_counts_no_failure(tmp_path
         assert await sync_to_async(health_of)(server) == Health.UP
     assert spawns(spawn_log) == 1
     assert await sync_to_async(HealthCheck.objects.filter(server=server, ok=False).count)() == 0
+    await sync_to_async(connections.close_all)()

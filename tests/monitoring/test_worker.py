@@ -4,7 +4,6 @@ stops receiving calls; started again, it is up after `rise` checks and takes cal
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -29,6 +28,7 @@ from servers import services
 from servers.choices import ServerState
 from servers.models import Flip, Pool, Server
 from tests.conftest import require_postgres
+from tests.helpers.wait import until
 from tests.monitoring.conftest import Restartable, add_http, make_pool, who_answers
 from tests.upstreams import procs
 
@@ -117,17 +117,6 @@ async def host(settings: Any, redis_url: str, isolation: dict[str, str]) -> Asyn
     await h.stop()
     channel_layers.backends.clear()
     await sync_to_async(connections.close_all)()
-
-
-async def until(predicate: Callable[[], Any], seconds: float) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while loop.time() < deadline:
-        value = predicate()
-        if await value if asyncio.iscoroutine(value) else value:
-            return True
-        await asyncio.sleep(0.1)
-    return False
 
 
 @sync_to_async

@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -27,6 +27,7 @@ import pytest
 
 from bench.gateway import command
 from tests.conftest import require_postgres
+from tests.helpers.wait import until_sync
 from tests.monitoring.test_worker import database_url
 from tests.upstreams import procs
 from tests.upstreams.procs import ROOT, UpstreamProcess, free_port, guarded
@@ -145,14 +146,7 @@ class Load:
             return self.outcomes.copy()
 
 
-def until(predicate: Callable[[], Any], seconds: float, every: float = 0.1) -> bool:
-    """Whether `predicate` became true within `seconds`."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(every)
-    return bool(predicate())
+until = until_sync  # the shared helper, under the name these tests use
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from servers import services
 from servers.choices import ServerState
 from servers.models import Pool, Server
 from tests.api.gateway import Gateway, add_key, add_pool, add_stdio_server, serve_gateway
+from tests.helpers.wait import until
 from tests.upstreams import procs
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -49,14 +50,6 @@ def processes(marker: str) -> int:
         except OSError:
             continue
     return count
-
-
-async def until(condition: Any, seconds: float = 20.0) -> bool:
-    for _ in range(int(seconds / 0.1)):
-        if condition():
-            return True
-        await asyncio.sleep(0.1)
-    return bool(condition())
 
 
 async def initialize(gw: Gateway, pool: str, key: str) -> aiohttp.ClientResponse:
@@ -100,7 +93,7 @@ async def test_200_initializes_stay_at_the_cap_and_children_end_with_the_pool() 
     key = await sync_to_async(add_key)("app", ["sticky"])
     async with serve_gateway() as gw:
         # the pool's own session (sessions_per_server=1) before any client comes
-        assert await until(lambda: processes(marker) == 1)
+        assert await until(lambda: processes(marker) == 1, 20.0)
         peak = 0
 
         async def watch() -> None:
@@ -123,7 +116,7 @@ async def test_200_initializes_stay_at_the_cap_and_children_end_with_the_pool() 
         # when the pool is deleted, every child ends within seconds, with no request coming in
         pool = await Pool.objects.aget(slug="sticky")
         await sync_to_async(services.delete)(pool)
-        assert await until(lambda: processes(marker) == 0), processes(marker)
+        assert await until(lambda: processes(marker) == 0, 20.0), processes(marker)
         assert len(gw.host.client_sessions) == 0
 
 
@@ -141,7 +134,7 @@ async def test_pool_total_cap_holds_across_keys() -> None:
         assert refused.status == 429
         assert refused.headers["Retry-After"] == "10"
         await sync_to_async(services.delete)(await Pool.objects.aget(slug="sticky"))
-        assert await until(lambda: processes(marker) == 0)
+        assert await until(lambda: processes(marker) == 0, 20.0)
 
 
 async def test_disabling_a_server_ends_its_sticky_sessions_and_children() -> None:
@@ -153,5 +146,5 @@ async def test_disabling_a_server_ends_its_sticky_sessions_and_children() -> Non
             assert (await initialize(gw, "sticky", key)).status == 200
         assert processes(marker) == 1 + 2
         await sync_to_async(services.set_server_state)([server], ServerState.DISABLED)
-        assert await until(lambda: processes(marker) == 0), processes(marker)
+        assert await until(lambda: processes(marker) == 0, 20.0), processes(marker)
         assert len(gw.host.client_sessions) == 0

@@ -20,6 +20,7 @@ from aiohttp import web
 from balancing.engine.config import Era, ServerConfig, Transport
 from balancing.engine.upstream import MessageHandler, UpstreamSession
 from tests.balancing.upstream.conftest import open_session
+from tests.helpers.wait import wait_until
 from tests.upstreams import procs
 
 pytestmark = pytest.mark.upstream
@@ -62,13 +63,6 @@ async def opened(
         yield session
     finally:
         await session.close()
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        # Polling: the state changes in a background task with no event to await.
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
 
 
 # ---------------------------------------------------------------- real servers

@@ -12,6 +12,7 @@ from balancing.engine.errors import CallRejected, ConnectFailed, SessionGone, Up
 from balancing.engine.upstream import UpstreamSession
 from tests.balancing.upstream.conftest import Connect
 from tests.helpers import assert_measures_a_round_trip, timed
+from tests.helpers.wait import wait_until
 from tests.upstreams import procs
 
 pytestmark = pytest.mark.upstream
@@ -24,13 +25,6 @@ def tool(name: str, **arguments: Any) -> dict[str, Any]:
 def text_of(result: dict[str, Any]) -> str:
     text: str = result["content"][0]["text"]
     return text
-
-
-async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        # Polling: the state lives in another process or in the session, with no event to await.
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
 
 
 @pytest.fixture(params=["sse", "json"])

@@ -13,7 +13,8 @@ import pytest
 from balancing.engine.config import Era, ServerConfig, Transport
 from balancing.engine.errors import ConnectFailed, SessionGone, UpstreamClosed, UpstreamTimeout
 from tests.balancing.upstream.conftest import Connect
-from tests.balancing.upstream.test_session_http import text_of, tool, wait_until
+from tests.balancing.upstream.test_session_http import text_of, tool
+from tests.helpers.wait import wait_until
 from tests.upstreams import procs
 
 pytestmark = pytest.mark.upstream
