@@ -34,21 +34,6 @@ def slow_replica() -> Iterator[procs.UpstreamProcess]:
     upstream.stop()
 
 
-@pytest.fixture(scope="session")
-def fast_replica() -> Iterator[procs.UpstreamProcess]:
-    upstream = procs.start_faulty_http(name="fast", json_response=True)
-    yield upstream
-    upstream.stop()
-
-
-@pytest.fixture(scope="session")
-def sse_replica() -> Iterator[procs.UpstreamProcess]:
-    """Answers over SSE: a server→client request can arrive in the middle of a call."""
-    upstream = procs.start_faulty_http(name="sse")
-    yield upstream
-    upstream.stop()
-
-
 def tracer_provider(endpoint: str) -> TracerProvider:
     """What `OTEL_EXPORTER_OTLP_ENDPOINT` would build, aimed at `endpoint`, exporting promptly."""
     provider = TracerProvider(resource=Resource.create({"service.name": "mcppool-test"}))
@@ -91,9 +76,9 @@ def setup_pools(slow_url: str, fast_url: str) -> dict[str, str]:
 
 @pytest.fixture
 async def gateway(
-    slow_replica: procs.UpstreamProcess, fast_replica: procs.UpstreamProcess
+    slow_replica: procs.UpstreamProcess, faulty_json: procs.UpstreamProcess
 ) -> AsyncIterator[Gateway]:
-    keys = await sync_to_async(setup_pools)(slow_replica.url, fast_replica.url)
+    keys = await sync_to_async(setup_pools)(slow_replica.url, faulty_json.url)
     async with serve_gateway() as gw:
         gw.keys.update(keys)
         yield gw

@@ -174,10 +174,10 @@ async def test_sticky_call_traces_its_attempt_on_the_bound_server(
     tracing: TracerProvider,
     receiver: Receiver,
     gateway: Gateway,
-    fast_replica: procs.UpstreamProcess,
+    faulty_json: procs.UpstreamProcess,
 ) -> None:
     # given: a client session bound to a server of a sticky pool
-    secret = await sync_to_async(_add_sticky_pool)(fast_replica.url)
+    secret = await sync_to_async(_add_sticky_pool)(faulty_json.url)
     await gateway.settle()
     url = f"{gateway.url}/mcp/sticky/"
     headers = {"Authorization": f"Bearer {secret}", "Accept": "application/json"}
@@ -207,13 +207,13 @@ async def test_sticky_call_traces_its_attempt_on_the_bound_server(
 
 
 async def test_health_probe_is_traced(
-    tracing: TracerProvider, receiver: Receiver, fast_replica: procs.UpstreamProcess
+    tracing: TracerProvider, receiver: Receiver, faulty_json: procs.UpstreamProcess
 ) -> None:
     # given
     prober = Prober(keep_sessions=False)
     # when
     try:
-        result = await prober.probe(PoolConfig(id=1, slug="probed"), fast_replica.config())
+        result = await prober.probe(PoolConfig(id=1, slug="probed"), faulty_json.config())
     finally:
         await prober.close()
     # then
@@ -228,11 +228,11 @@ async def test_relayed_sampling_request_is_a_span_of_the_call(
     tracing: TracerProvider,
     receiver: Receiver,
     gateway: Gateway,
-    sse_replica: procs.UpstreamProcess,
+    faulty_sse: procs.UpstreamProcess,
 ) -> None:
     # given: a sticky pool whose tool asks the client for a sampling completion mid-call
     def add_relay_pool() -> str:
-        add_pool("relay", [("sse", sse_replica.url)], session_mode="sticky")
+        add_pool("relay", [("sse", faulty_sse.url)], session_mode="sticky")
         return add_key("relay-app", ["relay"])
 
     gateway.keys["relay-app"] = await sync_to_async(add_relay_pool)()
