@@ -45,6 +45,7 @@ class Connect(Protocol):
         *,
         capabilities: dict[str, Any] | None = None,
         on_event: MessageHandler | None = None,
+        listen: bool = True,
     ) -> UpstreamSession: ...
 
 
@@ -78,8 +79,11 @@ async def connect(http: aiohttp.ClientSession) -> AsyncIterator[Connect]:
         *,
         capabilities: dict[str, Any] | None = None,
         on_event: MessageHandler | None = None,
+        listen: bool = True,
     ) -> UpstreamSession:
-        session = await open_session(http, config, capabilities=capabilities, on_event=on_event)
+        session = await open_session(
+            http, config, capabilities=capabilities, on_event=on_event, listen=listen
+        )
         sessions.append(session)
         return session
 

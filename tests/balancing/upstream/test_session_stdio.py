@@ -62,7 +62,10 @@ async def test_stdio_session_300_concurrent_calls_each_caller_gets_its_own_answe
 
 
 async def test_stdio_session_progress_reaches_only_its_call(connect: Connect) -> None:
-    session = await connect(procs.faulty_stdio_config(era=Era.HANDSHAKE))
+    # A pooled session (no single owner): calls of different clients may share a token, which
+    # the session rewrites on the wire and restores on the way back (a sticky session forwards
+    # its one client's tokens as they are; the spec makes that client keep them unique).
+    session = await connect(procs.faulty_stdio_config(era=Era.HANDSHAKE), listen=False)
     seen: dict[str, list[Any]] = {"a": [], "b": []}
 
     def collector(who: str) -> Any:
