@@ -8,6 +8,12 @@ class BalancingConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        # OpenTelemetry's API is loaded at start in every process (web, worker, commands). Found
+        # by bisecting, not yet explained: when a management command loaded it only later, config
+        # events it published after Redis restarted never reached a web process
+        # (tests/reliability/test_redis_restart.py). It is light (no mcp SDK, no aiohttp).
+        from balancing.engine import tracing  # noqa: F401
+
         # Tracing from OTEL_*: a variable it cannot honour stops every process at start (web,
         # worker, manage.py), not a request later. Only when some OTEL_* is set: the check loads
         # the data plane, which a plain `mcppool` command must not pay for (tests/test_cli.py);

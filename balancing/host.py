@@ -279,6 +279,11 @@ class RuntimeHost:
                     # every real layer takes a prefix; the stubs' abstract base does not say so
                     channel = await layer.new_channel("mcppool-runtime.")  # type: ignore[call-arg]
                     await layer.group_add(adapter.CONTROL_GROUP, channel)
+                    if self.events_joined.is_set():
+                        # Rejoined after the broker was away: what was published meanwhile
+                        # never reaches us, so catch up with the database now.
+                        await self.reload(if_newer_than=self.runtime.version)
+                        await self.poll_health()
                     self.events_joined.set()
                 message = await layer.receive(channel)
                 if message.get("type") == "health.changed":
