@@ -29,6 +29,10 @@ class HealthSummary(Schema):
     unknown: int
     draining: int
     status: PoolStatus
+    panic: bool = Field(
+        description="Too few healthy servers: calls are spread over all of them (panic mode)"
+    )
+    panic_reason: str = Field(description="Why the pool is in panic; empty when it is not")
 
 
 class PoolOut(Schema):

@@ -147,6 +147,7 @@ def health_summary(live: LivePool, now: float) -> HealthSummary:
         counts[Health.EJECTED if ep.outlier.ejected(now) else ep.config.health] += 1
     available = sum(1 for ep in endpoints if ep.available(now))
     draining = sum(1 for ep in endpoints if ep.config.state is AdminState.DRAINING)
+    panic = live.balancer.panic_state(endpoints, now)
     return HealthSummary(
         servers=len(endpoints),
         available=available,
@@ -156,6 +157,8 @@ def health_summary(live: LivePool, now: float) -> HealthSummary:
         unknown=counts[Health.UNKNOWN],
         draining=draining,
         status=pool_status(available, len(endpoints)),
+        panic=panic.panic,
+        panic_reason=panic.reason,
     )
 
 

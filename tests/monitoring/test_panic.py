@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
+from balancing.api.views import health_summary
 from balancing.engine.config import Health, PoolConfig, ServerConfig, Snapshot, Strategy
 from balancing.engine.errors import ConnectFailed
 from balancing.engine.runtime import NoHealthyServer, Runtime
@@ -94,6 +95,20 @@ async def test_pool_panic_metric_is_1_in_panic_and_0_when_healthy(panicking: Run
     healthy = pool_config(server(1, "a"), server(2, "b"), server(3, "c"))
     await panicking.apply(Snapshot(2, (healthy,)))
     assert gauge(panicking) == 0.0
+
+
+async def test_rest_pool_status_says_panic_with_the_reason_and_clears_when_healthy(
+    panicking: Runtime,
+) -> None:
+    # the REST pool status (`GET /api/v1/pools/<slug>`'s `health`), as the view builds it
+    summary = health_summary(panicking.pools["p"], panicking.clock())
+    assert summary.panic
+    assert "1 of 3 servers healthy" in summary.panic_reason
+    healthy = pool_config(server(1, "a"), server(2, "b"), server(3, "c"))
+    await panicking.apply(Snapshot(2, (healthy,)))
+    summary = health_summary(panicking.pools["p"], panicking.clock())
+    assert not summary.panic
+    assert summary.panic_reason == ""
 
 
 async def test_pool_numbers_in_panic_carry_the_reason(panicking: Runtime) -> None:
