@@ -179,8 +179,8 @@ class StdioTransport:
     # ---------------------------------------------------------------- receiving
 
     async def _read_messages(self) -> None:
-        assert self._process is not None
-        assert self._process.stdout is not None
+        assert self._process is not None  # noqa: S101  # started before this runs
+        assert self._process.stdout is not None  # noqa: S101  # started before this runs
         stdout = self._process.stdout
         try:
             while True:
@@ -230,8 +230,8 @@ class StdioTransport:
 
     async def _read_stderr(self) -> None:
         """Log stderr line by line; lines are cut at MAX_STDERR_LINE so nothing grows unbounded."""
-        assert self._process is not None
-        assert self._process.stderr is not None
+        assert self._process is not None  # noqa: S101  # started before this runs
+        assert self._process.stderr is not None  # noqa: S101  # started before this runs
         stderr = self._process.stderr
         partial = b""
         while chunk := await stderr.read(65536):
@@ -269,7 +269,7 @@ class StdioTransport:
 
     async def _watch_exit(self, stderr_task: asyncio.Task[None]) -> None:
         # A grandchild may hold stdout open after the server itself died; the exit decides.
-        assert self._process is not None
+        assert self._process is not None  # noqa: S101  # started before this runs
         code = await self._process.wait()
         if self._alive:
             # Its last stderr line usually says why (a bad option, a missing variable).

@@ -301,7 +301,7 @@ class UpstreamSession:
                 f"initialize answered protocol version {version!r}, which we do not speak",
                 server=self.server.name,
             )
-        assert isinstance(version, str)
+        assert isinstance(version, str)  # noqa: S101  # narrows the type only
         self._transport.use(Era.HANDSHAKE, version)
         self.era = Era.HANDSHAKE
         self.protocol_version = version

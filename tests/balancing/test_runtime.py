@@ -24,6 +24,7 @@ from balancing.engine.config import (
 from balancing.engine.errors import UpstreamClosed, UpstreamRefused, UpstreamTimeout
 from balancing.engine.request_state import InvalidState, StateSealer
 from balancing.engine.runtime import NoHealthyServer, Runtime, UnknownPool
+from tests.helpers.wait import wait_until
 from tests.upstreams import procs
 
 pytestmark = pytest.mark.upstream
@@ -92,7 +93,7 @@ async def test_runtime_cancelled_call_frees_its_slot(
     pool = pool_of(http_servers(replicas, 1), sessions_per_server=1, calls_per_session=1)
     await runtime.start(Snapshot(1, (pool,)))
     task = asyncio.create_task(runtime.call_tool("p", "slow", {"seconds": 30}))
-    await asyncio.sleep(0.3)
+    await wait_until(lambda: runtime.pool("p").sessions[1].in_flight == 1)  # the call is out
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -191,7 +192,7 @@ async def test_runtime_stdio_process_killed_is_replaced(runtime: Runtime) -> Non
     await runtime.start(Snapshot(1, (pool,)))
     first = json.loads(text_of(await runtime.call_tool("p", "whoami", {})))["pid"]
     with pytest.raises(UpstreamClosed):
-        await runtime.call_tool("p", "crash", {})  # delivered, so never retried
+        await runtime.call_tool("p", "crash", {})  # the call that killed it fails (one server)
     second = json.loads(text_of(await runtime.call_tool("p", "whoami", {})))["pid"]
     assert second != first
     assert not _is_child_zombie(first)  # the dead child was reaped
