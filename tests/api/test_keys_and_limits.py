@@ -11,15 +11,8 @@ from balancing.errors_http import ApiError
 from balancing.keys import LOOKUPS_PER_SECOND, KeyRecord, bearer_secret
 from balancing.ratelimit import MemoryRateLimiter, RedisRateLimiter
 from servers import keyformat
+from tests.helpers.fakes import Clock
 from tests.helpers.keys import a_wrong_secret, key_cache
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _record(secret: str, **fields: Any) -> KeyRecord:

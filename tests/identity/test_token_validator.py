@@ -16,17 +16,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from balancing.oauth import IssuerConfig, TokenRejected, TokenValidator
+from tests.helpers.fakes import Clock
 
 ISSUER = "https://id.example.com"
 AUDIENCE = "https://gw.example.com/mcp/docs/"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Issuer:

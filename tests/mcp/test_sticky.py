@@ -10,16 +10,9 @@ from asgiref.sync import sync_to_async
 
 from balancing.engine.sticky import ClientSession, SessionIds, SessionTable, close_sessions
 from tests.api.gateway import Gateway, add_key, add_pool
+from tests.helpers.fakes import Clock
 from tests.mcp.conftest import INIT, post_rpc
 from tests.upstreams import procs
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _session(session_id: str, now: float = 0.0) -> ClientSession:
@@ -40,7 +33,7 @@ def test_session_ids_are_unguessable_and_verifiable() -> None:
 
 
 def test_session_table_expires_idle_sessions_but_not_busy_ones() -> None:
-    clock = Clock()
+    clock = Clock(0.0)
     table = SessionTable(idle_timeout=60, clock=clock, sweep_every=10)
     idle, busy = _session("idle"), _session("busy")
     busy.in_flight = 1

@@ -18,7 +18,8 @@ from balancing.engine.errors import ConnectFailed
 from balancing.host import RuntimeHost
 from monitoring import checks
 from servers.models import Flip, Pool, Server
-from tests.balancing.engine.test_sessions import Clock, make
+from tests.balancing.engine.test_sessions import make
+from tests.helpers.fakes import Clock
 from tests.helpers.wait import until
 from tests.monitoring.conftest import Restartable, add_http, make_pool, who_answers
 

@@ -13,6 +13,7 @@ import pytest
 from balancing.engine.config import PoolConfig, ServerConfig, Transport
 from balancing.engine.errors import ConnectFailed, SessionGone
 from balancing.engine.sessions import AcquireTimeout, PoolClosed, SessionPool
+from tests.helpers.fakes import Clock
 
 POOL = PoolConfig(id=1, slug="p", sessions_per_server=2, calls_per_session=4, acquire_timeout=5.0)
 SERVER = ServerConfig(id=1, name="a", transport=Transport.STDIO, command="x")
@@ -68,14 +69,6 @@ class Opener:
         session = FakeSession(len(self.sessions))
         self.sessions.append(session)
         return session
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make(pool: PoolConfig = POOL, clock: Any = None) -> tuple[SessionPool, Opener]:
