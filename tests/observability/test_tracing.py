@@ -59,7 +59,10 @@ def _retried(spans: list[ReceivedSpan]) -> bool:
 
 
 async def test_trace_of_retried_rest_call_shows_both_attempts_under_the_clients_span(
-    tracing: TracerProvider, receiver: Receiver, gateway: Gateway
+    tracing: TracerProvider,
+    receiver: Receiver,
+    gateway: Gateway,
+    faulty_json: procs.UpstreamProcess,
 ) -> None:
     # given: a pool whose first pick (the slow replica) times out on a read-only tool
     await _tools_known(gateway, "replicas")
@@ -68,7 +71,7 @@ async def test_trace_of_retried_rest_call_shows_both_attempts_under_the_clients_
     # then: the fast replica answered, after one retry
     assert status == 200, body
     answer = orjson.loads(body["content"][0]["text"])
-    assert answer["name"] == "fast"
+    assert answer["name"] == faulty_json.name  # the fast replica's own name for itself
     spans = _gateway_spans(await receiver.wait_for(_retried))
     (server,) = [s for s in spans if s.kind == "SERVER"]
     assert server.name == "tools/call whoami"
