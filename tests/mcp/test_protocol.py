@@ -225,9 +225,25 @@ async def test_modern_sdk_client_info_and_capabilities_reach_the_upstream(gw: Ga
 
 async def test_tool_with_x_mcp_header_parameter_works_through_the_gateway(gw: Gateway) -> None:
     async with Client(transport(gw, "proto")) as client:
+        # the SDK mirrors a parameter into its header once it has listed the tool (its documented
+        # use; an unlisted tool takes the -32020 re-list round trip, which the SDK owns)
+        await client.list_tools()
         result = await client.call_tool("regional", {"region": "eu-west"})
     assert not result.is_error
     assert "region eu-west" in str(result.content)
+
+
+@pytest.mark.parametrize("sent", [True, False])
+async def test_mcp_param_header_reaches_the_upstream_as_sent(gw: Gateway, sent: bool) -> None:
+    body, headers = _modern("tools/call", {"name": "regional", "arguments": {"region": "eu-west"}})
+    if sent:
+        headers["Mcp-Param-Region"] = "eu-west"
+    answer = await post_rpc(gw, "proto", body, **gw.auth(), **headers)
+    if sent:  # the upstream saw the header: it checks it against the argument
+        assert answer.status_code == 200, answer.text
+        assert "region eu-west" in str(answer.json()["result"]["content"])
+    else:  # the upstream's own refusal, passed on unchanged
+        assert (answer.status_code, answer.json()["error"]["code"]) == (400, -32020)
 
 
 async def test_sticky_session_speaks_as_the_client(gw: Gateway) -> None:
