@@ -63,9 +63,12 @@ def pools_file(pools: list[dict[str, Any]], directory: Path) -> Path:
     return path
 
 
-def environment(var_dir: Path) -> dict[str, str]:
+def environment(var_dir: Path, root: Path = ROOT) -> dict[str, str]:
+    """The process environment; `root`: the source tree to serve (another commit's, for
+    `bench.versus`), first on the import path."""
     env = {
         **os.environ,
+        "PYTHONPATH": str(root),
         "MCPPOOL_VAR_DIR": str(var_dir),
         "DJANGO_SETTINGS_MODULE": "mcppool.settings",
         "DEBUG": "0",
@@ -78,14 +81,17 @@ def environment(var_dir: Path) -> dict[str, str]:
     return env
 
 
-def prepare(pools: list[dict[str, Any]], var_dir: Path | None = None) -> tuple[Path, str]:
-    """A migrated database holding `pools`, and an API key allowed on all of them."""
+def prepare(
+    pools: list[dict[str, Any]], var_dir: Path | None = None, root: Path = ROOT
+) -> tuple[Path, str]:
+    """A migrated database holding `pools`, and an API key allowed on all of them (by the code
+    of the source tree `root`)."""
     var_dir = var_dir or Path(tempfile.mkdtemp(prefix="mcppool-bench-"))
     path = pools_file(pools, var_dir)
     done = subprocess.run(
         [sys.executable, "-m", "bench.gateway", "prepare", str(var_dir), str(path)],
-        cwd=ROOT,
-        env=environment(var_dir),
+        cwd=root,
+        env=environment(var_dir, root),
         capture_output=True,
         text=True,
         check=False,
@@ -110,15 +116,17 @@ def start(
     server: str = "uvicorn",
     ready_path: str = "",
     extra_env: dict[str, str] | None = None,
+    root: Path = ROOT,
 ) -> Gateway:
     """Serve the prepared var dir; returns once `ready_path` (a REST call URL) answers 200.
-    `extra_env`: more environment for the process (tracing's `OTEL_*`, say)."""
+    `extra_env`: more environment for the process (tracing's `OTEL_*`, say); `root`: the
+    source tree to serve."""
     port = free_port()
-    env = {**environment(var_dir), **(extra_env or {})}
+    env = {**environment(var_dir, root), **(extra_env or {})}
     log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by UpstreamProcess.stop
     process = subprocess.Popen(
         guarded(command(server, port)),
-        cwd=ROOT,
+        cwd=root,
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=log,

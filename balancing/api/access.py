@@ -12,6 +12,7 @@ from balancing.api.resource import challenge, resource_url
 from balancing.engine.config import SessionMode
 from balancing.engine.runtime import HeadersFor, LivePool
 from balancing.engine.sticky import SessionLimit
+from balancing.engine.toolpolicy import UNRESTRICTED
 from balancing.errors_http import ApiError, rate_limited, session_limit
 from balancing.host import RuntimeHost, get_host
 from balancing.identity import TokenSubject
@@ -121,6 +122,8 @@ async def allowed_tool(host: RuntimeHost, key: KeyRecord, live: LivePool, tool: 
     caller's per-tool rate limit is spent."""
     slug = live.config.slug
     policy = host.access.on_pool(key, slug)
+    if policy is UNRESTRICTED:  # a key without grants: every tool, no tool limit (the hot path)
+        return
     if not policy.allows(tool):
         raise ApiError("tool_forbidden", f"Tool not allowed for this caller: {tool}")
     per_minute = policy.limit(tool)

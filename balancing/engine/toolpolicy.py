@@ -53,7 +53,8 @@ class PoolPolicy:
     tool_limits: tuple[tuple[str, int], ...]
 
     def allows(self, tool: str) -> bool:
-        return matches(tool, self.allow) and not matches(tool, self.deny)
+        allowed = self.allow == EVERYTHING or matches(tool, self.allow)
+        return allowed and not (self.deny and matches(tool, self.deny))
 
     def limit(self, tool: str) -> int:
         """Calls per minute allowed for `tool`; 0 when no grant limits it."""
