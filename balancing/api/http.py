@@ -8,13 +8,13 @@ own cost per call near the 0.08 ms the design measured for a bare callable under
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
 import orjson
 from django.conf import settings
 
+from balancing.engine.deadlines import deadline
 from balancing.errors_http import ApiError
 
 Scope = MutableMapping[str, Any]
@@ -59,7 +59,7 @@ async def read_body(
     the connection for as long as it likes."""
     seconds = settings.MCPPOOL_BODY_TIMEOUT_SECONDS if timeout is None else timeout
     try:
-        async with asyncio.timeout(seconds):
+        async with deadline(seconds):
             return await _read_body(scope, receive, limit)
     except TimeoutError:
         raise ApiError(

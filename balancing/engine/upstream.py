@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from balancing.engine import jsonrpc, protocol
 from balancing.engine.config import Era, ServerConfig, Transport
+from balancing.engine.deadlines import deadline
 from balancing.engine.errors import (
     CallRejected,
     ProtocolError,
@@ -376,7 +377,7 @@ class UpstreamSession:
         body = jsonrpc.encode_request(request_id, method, wire_params)
         self._in_flight += 1
         try:
-            async with asyncio.timeout(timeout):
+            async with deadline(timeout):
                 response = await self._transport.roundtrip(call, body, method, wire_params)
         except TimeoutError:
             self._abandon(call, "timeout")
