@@ -52,11 +52,12 @@ STDERR_LOG_RATE: Final = 20.0  # lines per second
 # The last stderr line is kept (this long at most) to explain a process that died.
 LAST_WORDS_CHARS: Final = 300
 # After the process exits, how long its stderr gets to deliver its last line for the error; and
-# after stdout closes, how long the process gets to exit so its exit code explains the loss (a
+# after stdout closes, how long the exit watcher gets to name the exit code and last words (a
 # process that closed stdout is almost always exiting: on a loaded machine that took over 0.5 s,
-# and the calls it held fail only this much later).
-LAST_WORDS_GRACE: Final = 0.2
-STDOUT_EOF_GRACE: Final = 2.0
+# and the calls it held fail only this much later). Both wait for events that come at once
+# unless the machine is busy; only a dying server pays them.
+LAST_WORDS_GRACE: Final = 1.0
+STDOUT_EOF_GRACE: Final = 3.0
 # Stop logging garbage lines after this many (then only every 1000th): a server printing its
 # logs to stdout must not flood ours.
 GARBAGE_LOG_LIMIT: Final = 20
@@ -86,6 +87,7 @@ class StdioTransport:
         self._process: asyncio.subprocess.Process | None = None
         self._pending: dict[int, asyncio.Future[JsonObject]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._exit_watch: asyncio.Task[None] | None = None
         self._drain_lock = asyncio.Lock()
         self._alive = False
         self._garbage = 0
@@ -140,11 +142,8 @@ class StdioTransport:
         loop = asyncio.get_running_loop()
         self._stderr_refilled_at = loop.time()
         stderr_task = loop.create_task(self._read_stderr())
-        self._tasks = [
-            loop.create_task(self._read_messages()),
-            stderr_task,
-            loop.create_task(self._watch_exit(stderr_task)),
-        ]
+        self._exit_watch = loop.create_task(self._watch_exit(stderr_task))
+        self._tasks = [loop.create_task(self._read_messages()), stderr_task, self._exit_watch]
 
     # ---------------------------------------------------------------- sending
 
@@ -181,7 +180,8 @@ class StdioTransport:
     async def _read_messages(self) -> None:
         assert self._process is not None  # noqa: S101  # started before this runs
         assert self._process.stdout is not None  # noqa: S101  # started before this runs
-        stdout = self._process.stdout
+        assert self._exit_watch is not None  # noqa: S101  # started before this runs
+        stdout, exit_watch = self._process.stdout, self._exit_watch
         try:
             while True:
                 try:
@@ -193,11 +193,9 @@ class StdioTransport:
                     )
                     continue
                 if not line:
-                    # Usually the process is exiting: let its exit (code, last words) explain.
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(
-                            asyncio.shield(self._process.wait()), STDOUT_EOF_GRACE
-                        )
+                    # Usually the process is exiting: let its exit (code, last words) explain,
+                    # as the exit watcher words it.
+                    await asyncio.wait({exit_watch}, timeout=STDOUT_EOF_GRACE)
                     return
                 message = jsonrpc.decode(line) if _looks_like_object(line) else None
                 if message is None:
