@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import shutil
 import subprocess
@@ -43,6 +44,13 @@ SECTION = "## This tree against an earlier commit (`python -m bench.versus`)"
 BASELINE = "40d304f"  # main before issues 12 (2026 wire rules) and 20 (traces, audit)
 CONCURRENCY = 16
 READY = "/api/v1/pools/bench/tools/echo/call"
+
+
+@contextmanager
+def checkouts(refs: list[str]) -> Iterator[list[tuple[Path, str]]]:
+    """Each of `refs`' files in a temporary directory, with its full commit id."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(checkout(ref)) for ref in refs]
 
 
 @contextmanager
@@ -73,14 +81,15 @@ def targets(gateway: gw.Gateway, side: str) -> list[Target]:
     ]
 
 
-async def measure(ref: str, duration: float, rounds: int) -> dict[str, Any]:
+async def measure(refs: list[str], duration: float, rounds: int) -> dict[str, Any]:
     upstream = procs.start_faulty_http(name="bench-upstream", json_response=True)
     pools = [{"slug": "bench", "name": "Bench", "servers": [
         {"name": "up", "transport": "streamable_http", "url": upstream.url}]}]  # fmt: skip
     gateways: dict[str, gw.Gateway] = {}
     try:
-        with checkout(ref) as (old_root, commit):
-            for side, root in (("this tree", ROOT), (f"at {commit[:7]}", old_root)):
+        with checkouts(refs) as trees:
+            sides = [("this tree", ROOT)] + [(f"at {commit[:7]}", root) for root, commit in trees]
+            for side, root in sides:
                 var_dir, token = gw.prepare(pools, root=root)
                 gateways[side] = gw.start(var_dir, token, ready_path=READY, root=root)
             runs: dict[str, list[RunResult]] = {}
@@ -110,7 +119,7 @@ async def measure(ref: str, duration: float, rounds: int) -> dict[str, Any]:
               f"ms/call  errors {row.errors}", flush=True)  # fmt: skip
     return {
         "machine": procfs.machine_brief(),
-        "ref": commit,
+        "refs": [commit for _, commit in trees],
         "duration_s": duration,
         "rounds": rounds,
         "concurrency": CONCURRENCY,
@@ -120,12 +129,13 @@ async def measure(ref: str, duration: float, rounds: int) -> dict[str, Any]:
 
 
 def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Gateway CPU per call, this tree over the earlier commit, per path."""
-    cpu: dict[str, dict[bool, float]] = {}
-    for row in rows:
-        path, side = row["target"].split(" · ")
-        cpu.setdefault(path, {})[side == "this tree"] = row["cpu_ms_per_call"]["gateway"]
-    return {path: sides[True] / sides[False] for path, sides in cpu.items()}
+    """Gateway CPU per call, this tree over each earlier commit, per path ("REST · at abc1234")."""
+    cpu = {row["target"]: row["cpu_ms_per_call"]["gateway"] for row in rows}
+    return {
+        target: cpu[target.split(" · ")[0] + " · this tree"] / value
+        for target, value in cpu.items()
+        if not target.endswith("· this tree")
+    }
 
 
 def table(report: dict[str, Any]) -> str:
@@ -137,7 +147,7 @@ def table(report: dict[str, Any]) -> str:
         lines.append(f"| {r['target']} | {r['calls_per_s']:.0f} | {r['p50_ms']:.3f} | "
                      f"{r['p99_ms']:.3f} | {r['cpu_ms_per_call']['gateway']:.3f} |")  # fmt: skip
     lines.append("")
-    lines.append("| path | gateway CPU per call, this tree / earlier |")
+    lines.append("| path · earlier commit | gateway CPU per call, this tree / earlier |")
     lines.append("|---|---|")
     for path, ratio in report["cpu_ratio"].items():
         lines.append(f"| {path} | {ratio:.3f} ({(ratio - 1) * 100:+.1f} %) |")
@@ -147,7 +157,8 @@ def table(report: dict[str, Any]) -> str:
 def write_docs(report: dict[str, Any], text: str) -> None:
     machine = report["machine"]
     intro = " ".join([
-        f"This tree (tracing and audit off) against commit {report['ref'][:7]}, each under uvicorn "
+        "This tree (tracing and audit off) against commit"
+        f" {', '.join(ref[:7] for ref in report['refs'])}, each under uvicorn "
         f"on its own SQLite database, one JSON upstream, concurrency {report['concurrency']}, "
         f"the median of {report['rounds']} interleaved rounds of {report['duration_s']:g} s per "
         f"row, on {machine['cpu']} ({machine['cores']} cores, load average "
@@ -161,14 +172,14 @@ def write_docs(report: dict[str, Any], text: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--ref", default=BASELINE, help="the earlier commit")
+    parser.add_argument("--ref", action="append", help=f"an earlier commit (default {BASELINE})")
     parser.add_argument("--duration", type=float, default=2.0, help="seconds per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--no-docs", action="store_true")
     parser.add_argument("--note", default="", help="a sentence under the table in the docs")
     args = parser.parse_args()
-    report = run_on_new_loop(measure(args.ref, args.duration, args.rounds))
+    report = run_on_new_loop(measure(args.ref or [BASELINE], args.duration, args.rounds))
     print()
     print(table(report))
     if args.json:
