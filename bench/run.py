@@ -17,7 +17,8 @@ One run, on this machine, everything side by side:
 5. Subprocesses: the runtime in-process (`bench.runtime_bench`), live balancing
    (`bench.live_balancing`), health checks at 1000 servers (`bench.health_scale`), the `mcppool`
    command's start-up CPU (`bench.cli_startup`), and the other engineers' scripts when present
-   (`simulate_balancing`, `failure_detection`, `api_overhead`, `metrics_cost`, `auth_cost`).
+   (`simulate_balancing`, `failure_detection`, `api_overhead`, `metrics_cost`, `auth_cost`,
+   `instructions`).
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ EXTRA_SCRIPTS: tuple[tuple[str, list[str], float, bool], ...] = (
     ("metrics_cost", [], 120, True),
     ("tracing_cost", ["--duration", "1", "--json", "{json}", "--no-docs"], 300, True),
     ("auth_cost", ["--json", "{json}"], 120, True),
+    # the gateway's instructions per call against main before issues 12 and 20 (valgrind)
+    ("instructions", ["--json", "{json}", "--no-docs"], 1500, True),
 )
 
 
