@@ -1,7 +1,8 @@
 """Instructions per call, counted by valgrind: what a change costs, whatever the machine is doing.
 
     .venv/bin/python -m bench.instructions [--ref COMMIT ...] [--calls 1000] [--json PATH]
-                                           [--no-docs]
+                                           [--no-docs] [--note TEXT]
+    .venv/bin/python -m bench.instructions --render PATH [--note TEXT]   (docs from a --json)
 
 CPU time per call moves ±20 % between two processes of the same code on a shared 2-core machine
 (`bench.versus` with `--ref HEAD` shows it), too much to check a 2 % or 5 % budget. Instructions
@@ -212,7 +213,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--no-docs", action="store_true")
     parser.add_argument("--note", default="", help="a sentence under the table in the docs")
+    parser.add_argument("--render", type=Path, help="write the docs from this --json, no run")
     args = parser.parse_args()
+    if args.render:
+        write_docs(json.loads(args.render.read_text()), args.note)
+        return
     report = measure(args.ref or [BASELINE], args.calls)
     print()
     print(table(report))
