@@ -7,17 +7,19 @@
 CPU time per call moves ±20 % between two processes of the same code on a shared 2-core machine
 (`bench.versus` with `--ref HEAD` shows it), too much to check a 2 % or 5 % budget. Instructions
 do not: valgrind's callgrind counts every instruction the gateway process executes, the same
-count for the same work however loaded the machine is (two runs of one tree differ by ~0.3 %).
+count for the same work however loaded the machine is (two runs of one tree differed by ~1 %).
 
-Each tree (this one, and each `--ref`, default `bench.versus.BASELINE`, unpacked by `git
-archive`) serves one JSON upstream under uvicorn inside `valgrind --tool=callgrind`. After a
-warm-up (200 calls), the counters are zeroed, `--calls` REST calls run at concurrency 16 and the
-counters are dumped; then the same for MCP calls on kept handshake-era sessions. Reported:
-instructions per call (the window's total over its calls, the load generator's per-worker warm-up
-calls and the process's once-a-second upkeep included, alike for every tree) and the ratio of
-this tree to each earlier one. A commit whose migrations had two leaves (an integration branch
-before its merge migration) gets them merged in its temporary copy. Writes a section of
-`docs/benchmarks.md` unless `--no-docs`.
+Each tree (this one, and each `--ref`, default `bench.versus.BASELINE`, unpacked by `git archive`)
+serves one JSON upstream under uvicorn inside `valgrind --tool=callgrind`. After a warm-up (200
+calls), the counters are zeroed, `--calls` REST calls run at concurrency 16 and the counters are
+dumped; then the same for MCP calls on kept handshake-era sessions. Last, an idle window (no calls)
+counts what the process does by itself each second (upkeep, reports, config polls): under valgrind
+a window of calls lasts long, and without this a tree with more background work (or a slower
+window) would count it as per-call cost. Reported: instructions per call (the window's total, less
+the idle rate times its duration, over its calls; the load generator's per-worker warm-up calls
+included alike for every tree) and the ratio of this tree to each earlier one. A commit whose
+migrations had two leaves (an integration branch before its merge migration) gets them merged in
+its temporary copy. Writes a section of `docs/benchmarks.md` unless `--no-docs`.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Instructions per call (`python -m bench.instructions`)"
 CONCURRENCY = 16
 WARMUP_CALLS = 200
+IDLE_WINDOW = 15.0  # seconds of no calls, to count the process's own background work
+IDLE = "idle, per second"
 START_TIMEOUT = 600.0  # Django and the runtime start ~50× slower under valgrind
 
 
@@ -127,17 +131,28 @@ def measure_tree(root: Path, upstream_url: str, calls: int) -> dict[str, float]:
     }
     try:
         _wait_ready(process, rest_url, token)
-        per_call: dict[str, float] = {}
+        windows: dict[str, tuple[int, float, int]] = {}  # instructions, seconds, calls
         for path, target in targets.items():
             run_on_new_loop(run(target, concurrency=4, duration=600, max_calls=WARMUP_CALLS))
             subprocess.run([control, "--zero", str(process.pid)], capture_output=True, check=True)
+            started = time.monotonic()
             result = run_on_new_loop(
                 run(target, concurrency=CONCURRENCY, duration=600, max_calls=calls)
             )
             total = _dump_total(control, process.pid, out_dir)
-            per_call[path] = total / result.calls
+            windows[path] = (total, time.monotonic() - started, result.calls)
+        # What the process does with no call at all (upkeep, reports, config polls), per second:
+        # taken out of each window, so a slower window does not count more of it per call.
+        subprocess.run([control, "--zero", str(process.pid)], capture_output=True, check=True)
+        started = time.monotonic()
+        time.sleep(IDLE_WINDOW)
+        idle = _dump_total(control, process.pid, out_dir) / (time.monotonic() - started)
+        per_call: dict[str, float] = {IDLE: idle}
+        for path, (total, seconds, n) in windows.items():
+            per_call[path] = (total - idle * seconds) / n
             print(f"{root.name:28} {path:5} {per_call[path]:>10,.0f} instructions per call "
-                  f"({result.calls} calls, errors {result.errors})", flush=True)  # fmt: skip
+                  f"({n} calls in {seconds:.0f} s; {total / n:,.0f} before taking out "
+                  f"{idle:,.0f} a second of idle work)", flush=True)  # fmt: skip
         return per_call
     finally:
         process.send_signal(signal.SIGINT)
@@ -177,7 +192,7 @@ def table(report: dict[str, Any]) -> str:
     counted = report["instructions_per_call"]
     paths = list(counted["this tree"])
     lines = [
-        "| tree | " + " | ".join(f"{p} instructions per call" for p in paths) + " |",
+        "| tree | " + " | ".join(p if p == IDLE else f"{p}, per call" for p in paths) + " |",
         "|---|" + "---|" * len(paths),
     ]
     for side, per_path in counted.items():
