@@ -50,7 +50,7 @@ from balancing.engine.errors import (
 from balancing.engine.metrics import RuntimeMetrics
 from balancing.engine.outlier import Ejected, Outcome, OutlierDetector, OutlierEvent, Recovered
 from balancing.engine.policy import UpstreamPolicy
-from balancing.engine.request_state import Opened, StateSealer
+from balancing.engine.request_state import InvalidState, Opened, StateSealer
 from balancing.engine.retry import RetryBudget, may_retry
 from balancing.engine.sessions import AcquireTimeout, PoolClosed, Session, SessionPool
 from balancing.engine.stats import ServerStats
@@ -161,6 +161,16 @@ def _label_of(exc: UpstreamError) -> str:
     if isinstance(exc, NoHealthyServer):
         return "no_server"
     return "transport_error"
+
+
+def _restored(params: JsonObject, opened: Opened, server_id: int) -> JsonObject:
+    """The retry's params with the upstream's own `requestState` back in place of ours."""
+    if opened.server_id != server_id:
+        raise InvalidState("sealed for another server")
+    params = {k: v for k, v in params.items() if k != "requestState"}
+    if opened.state is not None:
+        params["requestState"] = opened.state
+    return params
 
 
 def _claim_trial(endpoint: Endpoint, now: float) -> bool:
@@ -517,9 +527,7 @@ class Runtime:
             raise NoHealthyServer(
                 f"pool {live.config.slug!r}: the server that asked for input left the pool"
             )
-        params = {k: v for k, v in params.items() if k != "requestState"}
-        if opened.state is not None:
-            params["requestState"] = opened.state
+        params = _restored(params, opened, endpoint.id)
         timeout = (
             live.config.call_timeout if timeout is None else min(timeout, live.config.call_timeout)
         )
@@ -694,11 +702,14 @@ class Runtime:
         upstream_headers: HeadersFor | None = None,
     ) -> JsonObject:
         """Forward one request on a session bound to one client (sticky pools): no pick, no
-        retry (the session's state lives on that server), the same accounting as any call."""
+        retry (the session's state lives on that server), the same accounting as any call.
+        A multi-round-trip retry's sealed `requestState` is opened (it must name this server)."""
         live = self.pool(slug)
         endpoint = live.endpoints.get(server_id)
         if endpoint is None:
             raise SessionGone("the session's server left the pool")
+        if params is not None and "requestState" in params and self.sealer is not None:
+            params = _restored(params, self.sealer.open(slug, params["requestState"]), server_id)
         if upstream_headers is not None and (identity := upstream_headers(server_id)):
             headers = {**(headers or {}), **identity}
         trial = _claim_trial(endpoint, self.clock())

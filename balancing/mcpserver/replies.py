@@ -141,6 +141,17 @@ class Reply:
         # No timeout of its own: the call's deadline bounds it.
         return await relay_request(session, message, self._send_event, None)
 
+    @property
+    def can_ask(self) -> bool:
+        """A server→client request can reach this client: it has a session and reads SSE."""
+        return self._sse_ok and self.session is not None
+
+    async def ask(self, message: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+        """Send the client a request of the gateway's own on this call's stream (the era
+        bridge) and return its answer's result; an error answer raises `ClientRefused`."""
+        assert self.session is not None  # noqa: S101  # checked by can_ask
+        return await relay_request(self.session, message, self._send_event, timeout)
+
     async def _send_event(self, message: dict[str, Any]) -> None:
         await self._start()
         await self._send({"type": "http.response.body", "body": sse(message), "more_body": True})
