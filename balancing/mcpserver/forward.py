@@ -102,6 +102,18 @@ async def answer(request: Request, receive: Receive) -> None:
 
 
 async def dispatch(request: Request) -> dict[str, Any]:
+    reply = request.reply
+    if reply.modern and bridge.holds(request.host, request.live, request.method, request.params):
+        await _admit(request)
+        assert request.params is not None  # noqa: S101  # `holds` said so
+        return await bridge.run_for_new_client(
+            request.host,
+            request.key,
+            request.live,
+            request.params,
+            reply.emit,
+            upstream_headers(request.host, request.key),
+        )
     result = await _dispatch(request)
     if bridge.asks_old_client(request.reply, result):
         return await bridge.answer_for_old_client(
@@ -141,10 +153,7 @@ async def _dispatch(request: Request) -> dict[str, Any]:
         return {}
     if method not in FORWARDED and not (sticky and (method in _STICKY_ONLY or "/" in method)):
         raise ApiError("not_found", f"Method not found: {method}", rpc=METHOD_NOT_FOUND)
-    if method == "tools/call" and isinstance(tool := (request.params or {}).get("name"), str):
-        await allowed_tool(host, request.key, live, tool)  # the caller's per-tool policy
-    if method in FORWARDED:
-        await charge(host, request.key, live)
+    await _admit(request)
     if not sticky:
         return await _forward_shared(request)
     result = await _forward_sticky(request)
@@ -152,6 +161,15 @@ async def _dispatch(request: Request) -> dict[str, Any]:
         tools = visible_tools(host, request.key, live.config.slug, result.get("tools") or [])
         result = {**result, "tools": tools}
     return result
+
+
+async def _admit(request: Request) -> None:
+    """The caller's per-tool policy and its rate, for what goes upstream."""
+    host, live, method = request.host, request.live, request.method
+    if method == "tools/call" and isinstance(tool := (request.params or {}).get("name"), str):
+        await allowed_tool(host, request.key, live, tool)
+    if method in FORWARDED:
+        await charge(host, request.key, live)
 
 
 def upstream_params(request: Request) -> dict[str, Any] | None:

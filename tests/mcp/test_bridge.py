@@ -8,10 +8,13 @@ npm server-everything (handshake era only).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from typing import Any, Literal
 
+import httpx2
 import mcp_types as types
+import orjson
 import pytest
 from asgiref.sync import sync_to_async
 from mcp import Client
@@ -19,9 +22,16 @@ from mcp.shared.exceptions import MCPError
 from pydantic import FileUrl
 
 from servers import services
-from servers.models import Server
+from servers.models import Pool, Server
 from tests.api.gateway import Gateway, add_key, add_pool, serve_gateway
-from tests.mcp.conftest import sampled, transport
+from tests.mcp.conftest import (
+    bridge_quiet,
+    fixture_command,
+    modern_request,
+    post_rpc,
+    sampled,
+    transport,
+)
 from tests.upstreams import procs
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.upstream]
@@ -29,22 +39,43 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.upstream]
 Mode = Literal["auto", "legacy"]
 
 
-def _setup(url: str) -> dict[str, str]:
-    add_pool("new-shared", [("r1", url)])
-    sticky = add_pool("new-sticky", [], session_mode="sticky")
+POOLS = ["new-shared", "new-sticky", "old-sticky", "old-shared", "old-brief"]
+
+
+def _server(pool: Pool, url: str, era: str) -> None:
+    services.save(Server(pool=pool, name="r", transport="streamable_http", url=url, era=era))
+
+
+def _setup(new_url: str, old_url: str) -> dict[str, str]:
+    add_pool("new-shared", [("r1", new_url)])
     # a sticky session speaks the handshake era upstream unless the server is set to 2026
-    services.save(
-        Server(pool=sticky, name="r1", transport="streamable_http", url=url, era="modern")
+    _server(add_pool("new-sticky", [], session_mode="sticky"), new_url, "modern")
+    # the same SDK server, spoken to in the handshake era only: it asks mid-call
+    _server(add_pool("old-sticky", [], session_mode="sticky"), old_url, "handshake")
+    _server(add_pool("old-shared", []), old_url, "handshake")
+    _server(
+        add_pool("old-brief", [], session_mode="sticky", call_timeout=1.0), old_url, "handshake"
     )
-    return {"app": add_key("app", ["new-shared", "new-sticky"])}
+    return {"app": add_key("app", POOLS), "other": add_key("other", POOLS)}
+
+
+@pytest.fixture(scope="module")
+def handshake_sse() -> Iterator[procs.UpstreamProcess]:
+    """`tests.mcp.upstream` answering on SSE streams, so the handshake era can ask mid-call."""
+    upstream = procs._start_http("h1", partial(fixture_command, name="h1", sse=True))
+    yield upstream
+    upstream.stop()
 
 
 @pytest.fixture
-async def gw(replicas: list[procs.UpstreamProcess]) -> AsyncIterator[Gateway]:
-    keys = await sync_to_async(_setup)(replicas[0].url)
+async def gw(
+    replicas: list[procs.UpstreamProcess], handshake_sse: procs.UpstreamProcess
+) -> AsyncIterator[Gateway]:
+    keys = await sync_to_async(_setup)(replicas[0].url, handshake_sse.url)
     async with serve_gateway() as gateway:
         gateway.keys.update(keys)
         yield gateway
+    assert await bridge_quiet()
 
 
 async def _accept(context: Any, params: Any) -> types.ElicitResult:
@@ -125,3 +156,117 @@ async def test_old_clients_refusal_ends_the_call_with_its_error_as_a_new_clients
                 await client.call_tool("sampled", {"prompt": "hi"})
         errors.append((raised.value.error.code, raised.value.error.message))
     assert errors[0] == errors[1] == (-1, "User rejected sampling")
+
+
+# ---- old server, new client ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("tool", "args", "who"), CASES)
+async def test_new_client_on_sticky_pool_gets_what_an_old_client_gets_from_an_old_server(
+    gw: Gateway, handshake_sse: procs.UpstreamProcess, tool: str, args: dict[str, Any], who: str
+) -> None:
+    # given what a handshake-era client gets from the server directly (asked mid-call)
+    direct = await _call(handshake_sse.url, "legacy", tool, args, who)
+    assert direct["isError"] is False, direct
+    # when a 2026 client calls it through a sticky pool that speaks the handshake era to it
+    through = await _call(transport(gw, "old-sticky"), "auto", tool, args, who)
+    # then the gateway held the call, asked in input_required rounds, and the result is the same
+    assert through == direct
+
+
+CAPS: dict[str, Any] = {"io.modelcontextprotocol/clientCapabilities": {"sampling": {}}}
+
+
+def _events(answer: httpx2.Response) -> list[dict[str, Any]]:
+    """The JSON-RPC messages of an answer: one JSON body, or each event of an SSE stream."""
+    if answer.headers["content-type"].startswith("application/json"):
+        return [answer.json()]
+    lines = answer.text.splitlines()
+    return [orjson.loads(line[len("data: ") :]) for line in lines if line.startswith("data: ")]
+
+
+async def _round(
+    gw: Gateway, pool: str, extra: dict[str, Any], key: str = "app", request_id: int = 7
+) -> tuple[int, list[dict[str, Any]]]:
+    params = {"name": "chatty", "arguments": {"prompt": "hi"}, **extra}
+    params["_meta"] = {**CAPS, **extra.get("_meta", {})}
+    body, headers = modern_request("tools/call", params, request_id)
+    answer = await post_rpc(gw, pool, body, **gw.auth(key), **headers)
+    return answer.status_code, _events(answer)
+
+
+def _input_required(events: list[dict[str, Any]]) -> tuple[str, str]:
+    (last,) = events
+    result = last["result"]
+    assert result["resultType"] == "input_required", result
+    ((key, request),) = result["inputRequests"].items()
+    assert request["method"] == "sampling/createMessage"
+    return key, result["requestState"]
+
+
+def _sampled(key: str, text: str) -> dict[str, Any]:
+    content = {"type": "text", "text": text}
+    return {key: {"role": "assistant", "content": content, "model": "m"}}
+
+
+async def test_held_call_passes_progress_and_the_logs_the_client_asked_for(gw: Gateway) -> None:
+    # given a 2026 client's call that opts in to logs and asks for progress
+    meta = {"progressToken": "p-1", "io.modelcontextprotocol/logLevel": "info"}
+    _, first = await _round(gw, "old-sticky", {"_meta": meta})
+    key, state = _input_required(first)
+    # when it answers the server's request
+    extra = {"inputResponses": _sampled(key, "fine"), "requestState": state, "_meta": meta}
+    _, events = await _round(gw, "old-sticky", extra, request_id=8)
+    # then what the server said meanwhile reaches it on its retry's stream, then the result
+    methods = [e.get("method") for e in events[:-1]]
+    assert methods == ["notifications/message", "notifications/progress"]
+    assert events[0]["params"]["data"] == "the model said fine"
+    assert events[1]["params"]["progressToken"] == "p-1"
+    assert events[-1]["result"]["content"][0]["text"] == "h1:fine"
+
+
+async def test_held_call_abandoned_past_the_call_timeout_is_cancelled(gw: Gateway) -> None:
+    # given a held call on a pool with a 1 s call timeout
+    _, first = await _round(gw, "old-brief", {})
+    key, state = _input_required(first)
+    # when its client does not come back, then the call ends and its upstream session closes
+    assert await bridge_quiet()
+    # and a late retry is told why it cannot go on
+    extra = {"inputResponses": _sampled(key, "late"), "requestState": state}
+    status, (answer,) = await _round(gw, "old-brief", extra, request_id=8)
+    assert (status, answer["error"]["code"]) == (400, -32602)
+    assert answer["error"]["data"]["reason"] == "held_call_ended"
+
+
+async def test_held_call_resumes_only_for_the_key_that_started_it(gw: Gateway) -> None:
+    _, first = await _round(gw, "old-sticky", {})
+    key, state = _input_required(first)
+    extra = {"inputResponses": _sampled(key, "mine"), "requestState": state}
+    status, (answer,) = await _round(gw, "old-sticky", extra, key="other", request_id=8)
+    assert (status, answer["error"]["data"]["reason"]) == (400, "held_call_ended")
+    _, (mine,) = await _round(gw, "old-sticky", extra, request_id=9)
+    assert mine["result"]["content"][0]["text"] == "h1:mine"
+
+
+async def test_retry_of_a_call_held_by_another_process_names_the_cause(gw: Gateway) -> None:
+    # given a state sealed by this deployment for a call that another web process holds
+    sealer = gw.host.runtime.sealer
+    assert sealer is not None
+    state = sealer.seal_held("old-sticky", "0123456789ab.some-call")
+    # when the retry reaches this process
+    extra = {"inputResponses": _sampled("mcppool-1", "x"), "requestState": state}
+    status, (answer,) = await _round(gw, "old-sticky", extra)
+    # then it is refused, naming the cause
+    assert (status, answer["error"]["code"]) == (400, -32602)
+    assert answer["error"]["data"]["reason"] == "held_by_another_process"
+    assert "another web process (0123456789ab)" in answer["error"]["message"]
+
+
+async def test_held_calls_upstream_session_speaks_as_the_client(gw: Gateway) -> None:
+    info = types.Implementation(name="bridged-client", version="7")
+    async with Client(transport(gw, "old-sticky"), client_info=info, **CALLBACKS["accepting"]) as c:
+        result = await c.call_tool("whoami", {})
+    assert result.structured_content is not None
+    who = result.structured_content
+    # its own session, opened with the client's clientInfo in the handshake era
+    assert (who["client_name"], who["protocol_version"]) == ("bridged-client", "2025-11-25")

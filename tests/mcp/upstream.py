@@ -110,6 +110,18 @@ async def interview(answer: Annotated[types.CreateMessageResult, Resolve(_ask_af
     return f"{NAME[0]}:{text}"
 
 
+@mcp.tool()
+async def chatty(
+    prompt: str, ctx: Context, answer: Annotated[types.CreateMessageResult, Resolve(_ask)]
+) -> str:
+    """Ask the client's model, then log what it said and report progress."""
+    content = answer.content
+    text = content.text if isinstance(content, types.TextContent) else str(content)
+    await ctx.info(f"the model said {text}")
+    await ctx.report_progress(1, 1)
+    return f"{NAME[0]}:{text}"
+
+
 def _roots() -> ListRoots:
     return ListRoots()
 
@@ -177,9 +189,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--name", default="proto")
+    # answer on SSE streams: a handshake-era client can then be sent requests mid-call
+    parser.add_argument("--sse", action="store_true")
     args = parser.parse_args()
     NAME[0] = args.name
-    app = CountRequests(mcp.streamable_http_app(json_response=True))
+    app = CountRequests(mcp.streamable_http_app(json_response=not args.sse))
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 
