@@ -73,6 +73,14 @@ def replicas() -> Iterator[list[procs.UpstreamProcess]]:
             upstream.stop()
 
 
+@pytest.fixture(scope="module")
+def handshake_sse() -> Iterator[procs.UpstreamProcess]:
+    """`tests.mcp.upstream` answering on SSE streams, so the handshake era can ask mid-call."""
+    upstream = procs._start_http("h1", partial(fixture_command, name="h1", sse=True))
+    yield upstream
+    upstream.stop()
+
+
 def transport(
     gw: Gateway, pool: str, key: str = "app", **headers: str
 ) -> AbstractAsyncContextManager[Any]:

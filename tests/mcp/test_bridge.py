@@ -8,8 +8,7 @@ npm server-everything (handshake era only).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from functools import partial
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import httpx2
@@ -21,12 +20,9 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 from pydantic import FileUrl
 
-from servers import services
-from servers.models import Pool, Server
 from tests.api.gateway import Gateway, add_key, add_pool, serve_gateway
 from tests.mcp.conftest import (
     bridge_quiet,
-    fixture_command,
     modern_request,
     post_rpc,
     sampled,
@@ -39,32 +35,21 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.upstream]
 Mode = Literal["auto", "legacy"]
 
 
-POOLS = ["new-shared", "new-sticky", "old-sticky", "old-shared", "old-brief"]
-
-
-def _server(pool: Pool, url: str, era: str) -> None:
-    services.save(Server(pool=pool, name="r", transport="streamable_http", url=url, era=era))
+POOLS = ["new-shared", "new-sticky", "dual-sticky", "old-sticky", "old-shared", "old-brief"]
 
 
 def _setup(new_url: str, old_url: str) -> dict[str, str]:
     add_pool("new-shared", [("r1", new_url)])
     # a sticky session speaks the handshake era upstream unless the server is set to 2026
-    _server(add_pool("new-sticky", [], session_mode="sticky"), new_url, "modern")
+    add_pool("new-sticky", [("r", new_url)], session_mode="sticky", era="modern")
     # the same SDK server, spoken to in the handshake era only: it asks mid-call
-    _server(add_pool("old-sticky", [], session_mode="sticky"), old_url, "handshake")
-    _server(add_pool("old-shared", []), old_url, "handshake")
-    _server(
-        add_pool("old-brief", [], session_mode="sticky", call_timeout=1.0), old_url, "handshake"
-    )
+    add_pool("old-sticky", [("r", old_url)], session_mode="sticky", era="handshake")
+    add_pool("old-shared", [("r", old_url)], era="handshake")
+    # a server of both eras, negotiated: a sticky session speaks the client's (handshake) era
+    add_pool("dual-sticky", [("r", old_url)], session_mode="sticky")
+    add_pool("old-brief", [("r", old_url)], session_mode="sticky", era="handshake",
+             call_timeout=1.0)  # fmt: skip
     return {"app": add_key("app", POOLS), "other": add_key("other", POOLS)}
-
-
-@pytest.fixture(scope="module")
-def handshake_sse() -> Iterator[procs.UpstreamProcess]:
-    """`tests.mcp.upstream` answering on SSE streams, so the handshake era can ask mid-call."""
-    upstream = procs._start_http("h1", partial(fixture_command, name="h1", sse=True))
-    yield upstream
-    upstream.stop()
 
 
 @pytest.fixture
@@ -144,6 +129,16 @@ async def test_old_client_on_sticky_pool_of_a_2026_server_gets_input_required_br
     through = await _call(transport(gw, "new-sticky"), "legacy", "interview", {}, "accepting")
     assert through == direct
     assert through["content"][0]["text"] == "r1:sampled:greet accepted ada"
+
+
+async def test_old_client_on_sticky_pool_of_a_dual_era_server_is_asked_by_the_server(
+    gw: Gateway, handshake_sse: procs.UpstreamProcess
+) -> None:
+    # a server of both eras, era negotiated: the client's own session speaks the handshake era,
+    # so the server itself asks mid-call and the gateway relays (no bridge needed)
+    direct = await _call(handshake_sse.url, "auto", "interview", {}, "accepting")
+    through = await _call(transport(gw, "dual-sticky"), "legacy", "interview", {}, "accepting")
+    assert through == direct
 
 
 async def test_old_clients_refusal_ends_the_call_with_its_error_as_a_new_clients_does(
@@ -270,3 +265,20 @@ async def test_held_calls_upstream_session_speaks_as_the_client(gw: Gateway) -> 
     who = result.structured_content
     # its own session, opened with the client's clientInfo in the handshake era
     assert (who["client_name"], who["protocol_version"]) == ("bridged-client", "2025-11-25")
+
+
+async def test_new_client_on_sticky_pool_of_a_2026_server_gets_its_input_required(
+    gw: Gateway, replicas: list[procs.UpstreamProcess]
+) -> None:
+    # the server speaks 2026 itself: its input_required reaches the client, state sealed
+    direct = await _call(replicas[0].url, "auto", "interview", {}, "accepting")
+    through = await _call(transport(gw, "new-sticky"), "auto", "interview", {}, "accepting")
+    assert through == direct
+
+
+async def test_new_client_on_shared_pool_of_an_old_server_cannot_be_asked(gw: Gateway) -> None:
+    # a shared pool's upstream sessions serve many clients: they declare no capability, so a
+    # handshake-era server refuses what needs one (a sticky pool is the way to be asked)
+    async with Client(transport(gw, "old-shared"), **CALLBACKS["accepting"]) as client:
+        with pytest.raises(MCPError, match="did not declare the sampling capability"):
+            await client.call_tool("sampled", {"prompt": "hi"})
