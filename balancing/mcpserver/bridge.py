@@ -33,11 +33,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
+import orjson
+
 from balancing.engine import protocol
 from balancing.engine.config import Era, SessionMode
 from balancing.engine.errors import CallRejected, UpstreamError
 from balancing.engine.request_state import InvalidState, StateSealer
-from balancing.engine.runtime import HeadersFor, LivePool
+from balancing.engine.runtime import TOOLS_REFRESH_SECONDS, HeadersFor, LivePool
 from balancing.engine.sticky import ClientSession
 from balancing.engine.upstream import ClientRefused, UpstreamSession
 from balancing.errors_http import INVALID_PARAMS, ApiError, from_upstream
@@ -303,14 +305,71 @@ def holds(host: RuntimeHost, live: LivePool, method: str, params: dict[str, Any]
         return False
     if "requestState" in params:
         return _held_ref(host, live, params) is not None
-    if live.config.session_mode is not SessionMode.STICKY:
-        return False
+    return _askable(live, params) is not None
+
+
+def _askable(live: LivePool, params: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The capabilities a 2026 client declared that a handshake-era server of this sticky pool
+    may use to ask it; None when there are none, or every server is known to speak 2026."""
+    if live.config.session_mode is not SessionMode.STICKY or params is None:
+        return None
     meta = params.get("_meta")
     caps = meta.get(protocol.CLIENT_CAPABILITIES_META_KEY) if isinstance(meta, dict) else None
     if not isinstance(caps, dict) or not any(caps.get(c) is not None for c in _ASKABLE.values()):
-        return False
+        return None
     eras = [live.eras.get(server_id) for server_id in live.endpoints]
-    return not eras or any(era is not Era.MODERN for era in eras)
+    return caps if not eras or any(era is not Era.MODERN for era in eras) else None
+
+
+def lists_as_client(live: LivePool, method: str, params: dict[str, Any] | None) -> bool:
+    """A 2026 client that can be asked lists tools on a sticky pool: a handshake-era server
+    offers it what it offers a client with those capabilities (server-everything registers its
+    sampling, elicitation and roots tools only then)."""
+    return method == "tools/list" and _askable(live, params) is not None
+
+
+# Listings as a client with given capabilities sees them: (pool, server, capabilities, cursor)
+# → (when, result); kept as long as the runtime keeps its own tool lists.
+_listings: dict[tuple[str, int, bytes, str], tuple[float, dict[str, Any]]] = {}
+_LISTINGS_MAX: Final = 256
+
+
+async def tools_as_client(
+    host: RuntimeHost, live: LivePool, params: dict[str, Any], headers_for: HeadersFor | None
+) -> dict[str, Any]:
+    """`tools/list` on a session opened with the client's capabilities (then closed), kept for
+    a minute per pool, server and capability set."""
+    runtime, slug = host.runtime, live.config.slug
+    caps = _askable(live, params) or {}
+    try:
+        live, pick = runtime.pick_binding(slug)
+    except UpstreamError as exc:
+        raise from_upstream(exc) from None
+    cursor = params.get("cursor")
+    key = (slug, pick.endpoint.id, orjson.dumps(caps, option=orjson.OPT_SORT_KEYS), str(cursor))
+    now = runtime.clock()
+    kept = _listings.get(key)
+    if kept is not None and now - kept[0] < TOOLS_REFRESH_SECONDS:
+        runtime.settle_binding(live, pick, None)
+        return kept[1]
+    try:
+        upstream = await runtime.open_upstream(live.config, pick.endpoint.config, capabilities=caps)
+    except UpstreamError as exc:
+        runtime.settle_binding(live, pick, exc)
+        raise from_upstream(exc) from None
+    runtime.settle_binding(live, pick, None)
+    try:
+        result = await runtime.request_bound(
+            slug, pick.endpoint.id, upstream, "tools/list", params, upstream_headers=headers_for
+        )
+    except UpstreamError as exc:
+        raise from_upstream(exc) from None
+    finally:
+        await upstream.close()
+    if len(_listings) >= _LISTINGS_MAX:
+        _listings.clear()
+    _listings[key] = (now, result)
+    return result
 
 
 async def run_for_new_client(

@@ -102,18 +102,8 @@ async def answer(request: Request, receive: Receive) -> None:
 
 
 async def dispatch(request: Request) -> dict[str, Any]:
-    reply = request.reply
-    if reply.modern and bridge.holds(request.host, request.live, request.method, request.params):
-        await _admit(request)
-        assert request.params is not None  # noqa: S101  # `holds` said so
-        return await bridge.run_for_new_client(
-            request.host,
-            request.key,
-            request.live,
-            request.params,
-            reply.emit,
-            upstream_headers(request.host, request.key),
-        )
+    if request.reply.modern and (bridged := await _for_new_client(request)) is not None:
+        return bridged
     result = await _dispatch(request)
     if bridge.asks_old_client(request.reply, result):
         return await bridge.answer_for_old_client(
@@ -125,6 +115,27 @@ async def dispatch(request: Request) -> dict[str, Any]:
             request.live.config.call_timeout,
         )
     return result
+
+
+async def _for_new_client(request: Request) -> dict[str, Any] | None:
+    """The era bridge's part of a 2026 request on a pool of handshake-era servers: a tool call
+    held for the client's answers (or its retry), a listing as a client that can be asked.
+    None: not the bridge's."""
+    host, live, params = request.host, request.live, request.params
+    if params is None:
+        return None
+    if bridge.holds(host, live, request.method, params):
+        await _admit(request)
+        headers_for = upstream_headers(host, request.key)
+        return await bridge.run_for_new_client(
+            host, request.key, live, params, request.reply.emit, headers_for
+        )
+    if bridge.lists_as_client(live, request.method, params):
+        headers_for = upstream_headers(host, request.key)
+        result = await bridge.tools_as_client(host, live, params, headers_for)
+        tools = visible_tools(host, request.key, live.config.slug, result.get("tools") or [])
+        return {**result, "tools": tools}
+    return None
 
 
 async def _again(request: Request, params: dict[str, Any]) -> dict[str, Any]:

@@ -179,11 +179,16 @@ async def test_new_client_on_sticky_pool_answers_a_handshake_servers_requests(
     needs_everything(gateway)
     # given what a handshake-era client gets from server-everything directly, asked mid-call
     async with Client(_direct(everything_http, over), mode="legacy", **_callbacks(True)) as direct:
+        offered = sorted(t.name for t in (await direct.list_tools()).tools)
         expected = await _all_results(direct, ASKING)
-    # when a 2026 client (the SDK's default) runs the same tools through a sticky pool
+    # when a 2026 client (the SDK's default) lists and runs the same tools through a sticky pool
     async with Client(transport(gateway, pool), **_callbacks(True)) as through:
+        listed = sorted(t.name for t in (await through.list_tools()).tools)
         got = await _all_results(through, ASKING)
-    # then the gateway held each call, asked with input_required and resumed it: same results
+    # then it is offered what the server offers a client that can be asked
+    assert set(ASKING) <= set(listed)
+    assert listed == offered
+    # and the gateway held each call, asked with input_required and resumed it: same results
     assert got == expected
     assert await gateway.sessions_idle()
     assert await bridge_quiet()  # each held call's own upstream session closed with it
