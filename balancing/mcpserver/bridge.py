@@ -36,13 +36,14 @@ from typing import Any, Final
 import orjson
 
 from balancing.engine import protocol
+from balancing.engine.affinity import RequestContext
 from balancing.engine.config import Era, SessionMode
 from balancing.engine.errors import CallRejected, UpstreamError
 from balancing.engine.request_state import InvalidState, StateSealer
 from balancing.engine.runtime import TOOLS_REFRESH_SECONDS, HeadersFor, LivePool
 from balancing.engine.sticky import ClientSession
 from balancing.engine.upstream import ClientRefused, UpstreamSession
-from balancing.errors_http import INVALID_PARAMS, ApiError, from_upstream
+from balancing.errors_http import INVALID_PARAMS, ApiError, from_upstream, session_limit
 from balancing.host import RuntimeHost
 from balancing.keys import KeyRecord
 from balancing.mcpserver.replies import Reply
@@ -222,6 +223,8 @@ class HeldCall:
                 await emit(self.backlog.popleft())
             while True:
                 self.asked.clear()
+                if task.cancelled():  # abandoned a moment ago
+                    raise _gone(f"{STATE_MESSAGE}: the call it names has ended", "held_call_ended")
                 if task.done():
                     return task.result()
                 waiting = {k: req for k, (req, fut) in self.asks.items() if not fut.done()}
@@ -379,14 +382,16 @@ async def run_for_new_client(
     params: dict[str, Any],
     emit: Emit,
     headers_for: HeadersFor | None,
+    ctx: RequestContext | None,
 ) -> dict[str, Any]:
-    """Start a held call, or resume the one the retry's state names; run it to its result or
-    to the next `input_required`."""
+    """Start a held call (its server picked as a sticky binding would be, affinity rules
+    matched on `ctx`), or resume the one the retry's state names; run it to its result or to
+    the next `input_required`."""
     sealer = host.runtime.sealer
     assert sealer is not None  # noqa: S101  # `holds` said so
     ref = _held_ref(host, live, params)
     if ref is None:
-        held = await _start(host, key, live, params, headers_for)
+        held = await _start(host, key, live, params, headers_for, ctx)
     else:
         held = _find(ref, key, live.config.slug)
         held.answer(params.get("inputResponses"))
@@ -420,27 +425,50 @@ def _gone(message: str, reason: str) -> ApiError:
     return ApiError("invalid_arguments", message, rpc=INVALID_PARAMS, reason=reason)
 
 
+def _admit_held(host: RuntimeHost, live: LivePool, key: KeyRecord) -> None:
+    """A held call owns an upstream session (a process, over stdio) like a sticky client
+    session: the two count together against the pool's caps."""
+    config = live.config
+    slug = config.slug
+    owners = [s.key_id for s in host.client_sessions if s.pool == slug and s.server_id]
+    owners += [h.key_id for h in _held.values() if h.pool == slug]
+    if len(owners) >= config.max_sticky_sessions:
+        message = f"pool {slug!r} holds its maximum of {config.max_sticky_sessions} sessions"
+    elif owners.count(key.id) >= config.max_sticky_sessions_per_key:
+        message = (
+            f"this API key holds its maximum of {config.max_sticky_sessions_per_key} "
+            f"sessions in pool {slug!r}"
+        )
+    else:
+        return
+    host.runtime.metrics.rate_limited[slug] += 1
+    raise session_limit(message)
+
+
 async def _start(
     host: RuntimeHost,
     key: KeyRecord,
     live: LivePool,
     params: dict[str, Any],
     headers_for: HeadersFor | None,
+    ctx: RequestContext | None,
 ) -> HeldCall:
     """Pick a server as a sticky binding would, open a session of this call's own speaking as
     the client, and start the call on it."""
     runtime, slug = host.runtime, live.config.slug
+    _admit_held(host, live, key)
     meta = params.get("_meta")
     meta = meta if isinstance(meta, dict) else {}
     caps = meta.get(protocol.CLIENT_CAPABILITIES_META_KEY)
     info = meta.get(protocol.CLIENT_INFO_META_KEY)
     try:
-        live, pick = runtime.pick_binding(slug)
+        live, pick = runtime.pick_binding(slug, ctx)
     except UpstreamError as exc:
         raise from_upstream(exc) from None
     timeout = live.config.call_timeout
     level = meta.get(protocol.LOG_LEVEL_META_KEY)
     held = HeldCall(slug, key.id, timeout, logs=isinstance(level, str))
+    _held[held.id] = held  # counted from now: its session is opening
     try:
         upstream = await runtime.open_upstream(
             live.config,
@@ -451,14 +479,23 @@ async def _start(
             client_info=info if isinstance(info, dict) else None,
         )
     except UpstreamError as exc:
+        _held.pop(held.id, None)
         runtime.settle_binding(live, pick, exc)
         raise from_upstream(exc) from None
+    except BaseException:
+        _held.pop(held.id, None)
+        raise
     runtime.settle_binding(live, pick, None)
     held.upstream = upstream
     if isinstance(level, str) and "logging" in upstream.server_capabilities:
         # the request's own log level (2026 `_meta`) is the session's level in the handshake era
-        with contextlib.suppress(UpstreamError):
-            await upstream.request("logging/setLevel", {"level": level}, timeout=timeout)
+        try:
+            with contextlib.suppress(UpstreamError):
+                await upstream.request("logging/setLevel", {"level": level}, timeout=timeout)
+        except BaseException:  # cancelled: the client went away before its call started
+            _held.pop(held.id, None)
+            await upstream.close()
+            raise
     call = runtime.request_bound(
         slug,
         pick.endpoint.id,
@@ -472,5 +509,4 @@ async def _start(
     )
     held.task = asyncio.ensure_future(call)
     held.task.add_done_callback(held.ended)
-    _held[held.id] = held
     return held

@@ -127,8 +127,9 @@ async def _for_new_client(request: Request) -> dict[str, Any] | None:
     if bridge.holds(host, live, request.method, params):
         await _admit(request)
         headers_for = upstream_headers(host, request.key)
+        ctx = _context(request, params.get("name")) if live.config.rules else None
         return await bridge.run_for_new_client(
-            host, request.key, live, params, request.reply.emit, headers_for
+            host, request.key, live, params, request.reply.emit, headers_for, ctx
         )
     if bridge.lists_as_client(live, request.method, params):
         headers_for = upstream_headers(host, request.key)
@@ -228,11 +229,7 @@ async def _forward_shared(request: Request) -> dict[str, Any]:
     cache = host.runtime.results if method in _CACHED else None
     if cache is not None and (hit := cache.get(slug, method, params, request.key.id)):
         return hit
-    ctx = None
-    if live.config.rules:
-        client = header(reply.scope, b"mcp-client-id") or b""
-        ctx = RequestContext(api_key_name=request.key.name, client_id=client.decode("latin-1"),
-                             tool=tool, headers=headers_dict(reply.scope))  # fmt: skip
+    ctx = _context(request, tool) if live.config.rules else None
     try:
         result = await host.runtime.request(
             slug,
@@ -260,6 +257,15 @@ def invalid_state() -> ApiError:
     return ApiError(
         "invalid_arguments", INVALID_MESSAGE, rpc=INVALID_PARAMS, reason="invalid_request_state"
     )
+
+
+def _context(request: Request, tool: Any) -> RequestContext:
+    """What affinity rules match on."""
+    scope = request.reply.scope
+    client = (header(scope, b"mcp-client-id") or b"").decode("latin-1")
+    name = tool if isinstance(tool, str) else None
+    return RequestContext(api_key_name=request.key.name, client_id=client, tool=name,
+                          headers=headers_dict(scope))  # fmt: skip
 
 
 async def _forward_sticky(request: Request) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from balancing.mcpserver.relays import relay_request, sse, sse_headers
 
 # Refusals that stay HTTP statuses even mid-dispatch on the handshake wire. Every other failure is
 # a JSON-RPC error on a 200 there: a 404 would tell a handshake-era client its session is gone.
-_TRANSPORT_REFUSALS: Final = frozenset({"unknown_session", "rate_limited"})
+_TRANSPORT_REFUSALS: Final = frozenset({"unknown_session", "rate_limited", "session_limit"})
 # Results the 2026-07-28 wire requires caching directives on (the SDK's `CacheableResult`).
 CACHEABLE: Final = frozenset(
     {

@@ -35,7 +35,8 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.upstream]
 Mode = Literal["auto", "legacy"]
 
 
-POOLS = ["new-shared", "new-sticky", "dual-sticky", "old-sticky", "old-shared", "old-brief"]
+POOLS = ["new-shared", "new-sticky", "dual-sticky", "old-sticky", "old-shared", "old-brief",
+         "old-capped"]  # fmt: skip
 
 
 def _setup(new_url: str, old_url: str) -> dict[str, str]:
@@ -49,6 +50,8 @@ def _setup(new_url: str, old_url: str) -> dict[str, str]:
     add_pool("dual-sticky", [("r", old_url)], session_mode="sticky")
     add_pool("old-brief", [("r", old_url)], session_mode="sticky", era="handshake",
              call_timeout=1.0)  # fmt: skip
+    add_pool("old-capped", [("r", old_url)], session_mode="sticky", era="handshake",
+             max_sticky_sessions_per_key=1)  # fmt: skip
     return {"app": add_key("app", POOLS), "other": add_key("other", POOLS)}
 
 
@@ -282,3 +285,19 @@ async def test_new_client_on_shared_pool_of_an_old_server_cannot_be_asked(gw: Ga
     async with Client(transport(gw, "old-shared"), **CALLBACKS["accepting"]) as client:
         with pytest.raises(MCPError, match="did not declare the sampling capability"):
             await client.call_tool("sampled", {"prompt": "hi"})
+
+
+async def test_held_calls_count_against_the_pools_session_caps(gw: Gateway) -> None:
+    # given a pool allowing each key one session, and one held call of this key
+    _, first = await _round(gw, "old-capped", {})
+    key, state = _input_required(first)
+    # when the key starts another, then it is refused as over its cap, retry later
+    status, (refused,) = await _round(gw, "old-capped", {}, request_id=8)
+    assert (status, refused["error"]["data"]["code"]) == (429, "session_limit")
+    # and once the held call completes, its place is free again
+    extra = {"inputResponses": _sampled(key, "done"), "requestState": state}
+    _, (done,) = await _round(gw, "old-capped", extra, request_id=9)
+    assert done["result"]["content"][0]["text"] == "h1:done"
+    assert await bridge_quiet()
+    _, again = await _round(gw, "old-capped", {}, request_id=10)
+    _input_required(again)
