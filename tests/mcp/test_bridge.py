@@ -36,7 +36,7 @@ Mode = Literal["auto", "legacy"]
 
 
 POOLS = ["new-shared", "new-sticky", "dual-sticky", "old-sticky", "old-shared", "old-brief",
-         "old-capped"]  # fmt: skip
+         "old-capped", "dual-shared"]  # fmt: skip
 
 
 def _setup(new_url: str, old_url: str) -> dict[str, str]:
@@ -48,6 +48,7 @@ def _setup(new_url: str, old_url: str) -> dict[str, str]:
     add_pool("old-shared", [("r", old_url)], era="handshake")
     # a server of both eras, negotiated: a sticky session speaks the client's (handshake) era
     add_pool("dual-sticky", [("r", old_url)], session_mode="sticky")
+    add_pool("dual-shared", [("r", old_url)])  # pooled sessions speak 2026 to it
     add_pool("old-brief", [("r", old_url)], session_mode="sticky", era="handshake",
              call_timeout=1.0)  # fmt: skip
     add_pool("old-capped", [("r", old_url)], session_mode="sticky", era="handshake",
@@ -301,3 +302,29 @@ async def test_held_calls_count_against_the_pools_session_caps(gw: Gateway) -> N
     assert await bridge_quiet()
     _, again = await _round(gw, "old-capped", {}, request_id=10)
     _input_required(again)
+
+
+@pytest.mark.filterwarnings("ignore:The logging capability is deprecated")
+async def test_old_client_gets_progress_and_logs_of_the_rounds_after_its_answers(
+    gw: Gateway,
+) -> None:
+    progress: list[float] = []
+    logs: list[Any] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append(done)
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        logs.append(params.data)
+
+    # given a handshake-era client that asked for logs, on a shared pool of a server that
+    # streams (SSE) what it says during a call
+    async with Client(transport(gw, "dual-shared"), mode="legacy", sampling_callback=sampled,
+                      logging_callback=on_log) as client:  # fmt: skip
+        await client.set_logging_level("info")
+        # when the 2026 server asks it for sampling, then logs and reports progress
+        result = await client.call_tool("chatty", {"prompt": "hi"}, progress_callback=on_progress)
+    # then what the server said after the answer reached the client with the result
+    assert result.content[0].model_dump()["text"] == "h1:sampled:hi"
+    assert logs == ["the model said sampled:hi"]
+    assert progress == [1]
