@@ -308,11 +308,11 @@ async def test_held_calls_count_against_the_pools_session_caps(gw: Gateway) -> N
 async def test_old_client_gets_progress_and_logs_of_the_rounds_after_its_answers(
     gw: Gateway,
 ) -> None:
-    progress: list[float] = []
+    reported: list[float] = []
     logs: list[Any] = []
 
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
-        progress.append(done)
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        reported.append(progress)
 
     async def on_log(params: types.LoggingMessageNotificationParams) -> None:
         logs.append(params.data)
@@ -327,4 +327,4 @@ async def test_old_client_gets_progress_and_logs_of_the_rounds_after_its_answers
     # then what the server said after the answer reached the client with the result
     assert result.content[0].model_dump()["text"] == "h1:sampled:hi"
     assert logs == ["the model said sampled:hi"]
-    assert progress == [1]
+    assert reported == [1]
