@@ -331,9 +331,10 @@ def lists_as_client(live: LivePool, method: str, params: dict[str, Any] | None) 
     return method == "tools/list" and _askable(live, params) is not None
 
 
-# Listings as a client with given capabilities sees them: (pool, server, capabilities, cursor)
-# → (when, result); kept as long as the runtime keeps its own tool lists.
-_listings: dict[tuple[str, int, bytes, str], tuple[float, dict[str, Any]]] = {}
+# Listings as a client with given capabilities sees them, by (pool, capabilities, cursor): the
+# servers of a pool list the same tools (tool-aware routing flags those that differ); kept as
+# long as the runtime keeps its own tool lists.
+_listings: dict[tuple[str, bytes, str], tuple[float, dict[str, Any]]] = {}
 _LISTINGS_MAX: Final = 256
 
 
@@ -341,20 +342,17 @@ async def tools_as_client(
     host: RuntimeHost, live: LivePool, params: dict[str, Any], headers_for: HeadersFor | None
 ) -> dict[str, Any]:
     """`tools/list` on a session opened with the client's capabilities (then closed), kept for
-    a minute per pool, server and capability set."""
+    a minute per pool and capability set."""
     runtime, slug = host.runtime, live.config.slug
     caps = _askable(live, params) or {}
+    key = (slug, orjson.dumps(caps, option=orjson.OPT_SORT_KEYS), str(params.get("cursor")))
+    kept = _listings.get(key)
+    if kept is not None and runtime.clock() - kept[0] < TOOLS_REFRESH_SECONDS:
+        return kept[1]
     try:
         live, pick = runtime.pick_binding(slug)
     except UpstreamError as exc:
         raise from_upstream(exc) from None
-    cursor = params.get("cursor")
-    key = (slug, pick.endpoint.id, orjson.dumps(caps, option=orjson.OPT_SORT_KEYS), str(cursor))
-    now = runtime.clock()
-    kept = _listings.get(key)
-    if kept is not None and now - kept[0] < TOOLS_REFRESH_SECONDS:
-        runtime.settle_binding(live, pick, None)
-        return kept[1]
     try:
         upstream = await runtime.open_upstream(live.config, pick.endpoint.config, capabilities=caps)
     except UpstreamError as exc:
@@ -371,7 +369,7 @@ async def tools_as_client(
         await upstream.close()
     if len(_listings) >= _LISTINGS_MAX:
         _listings.clear()
-    _listings[key] = (now, result)
+    _listings[key] = (runtime.clock(), result)
     return result
 
 
