@@ -166,6 +166,7 @@ class HeldCall:
         self.emit: Emit | None = None
         self.backlog: deque[dict[str, Any]] = deque(maxlen=BACKLOG)
         self._next_key = 0
+        self._keys: dict[Any, str] = {}  # the server's request id → the key the client sees
         self._abandon: asyncio.TimerHandle | None = None
 
     @property
@@ -176,7 +177,11 @@ class HeldCall:
         """Everything the server sends besides the call's answer, in the call or outside it
         (this session has no other owner): notifications to the client, requests held."""
         if "id" not in message:
-            if message.get("method") == "notifications/message" and not self.logs:
+            method = message.get("method")
+            if method == "notifications/cancelled":
+                self._withdraw(message.get("params"))
+                return None
+            if method == "notifications/message" and not self.logs:
                 return None
             emit = self.emit
             if emit is not None:
@@ -194,11 +199,21 @@ class HeldCall:
             request["params"] = params
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.asks[key] = (request, future)
+        self._keys[message["id"]] = key
         self.asked.set()
         try:
             return await future
         finally:
             self.asks.pop(key, None)
+            self._keys.pop(message["id"], None)
+
+    def _withdraw(self, params: Any) -> None:
+        """The server cancelled a request of its own: it is no longer asked, nor answered."""
+        request_id = params.get("requestId") if isinstance(params, dict) else None
+        key = self._keys.get(request_id) if isinstance(request_id, int | str) else None
+        entry = self.asks.get(key) if key is not None else None
+        if entry is not None:
+            entry[1].cancel()
 
     def answer(self, responses: Any) -> None:
         """The client's `inputResponses`, each to the server request it answers."""
@@ -226,6 +241,7 @@ class HeldCall:
                 if task.cancelled():  # abandoned a moment ago
                     raise _gone(f"{STATE_MESSAGE}: the call it names has ended", "held_call_ended")
                 if task.done():
+                    _held.pop(self.id, None)  # delivered
                     return task.result()
                 waiting = {k: req for k, (req, fut) in self.asks.items() if not fut.done()}
                 if waiting:
@@ -262,7 +278,13 @@ class HeldCall:
         if not task.cancelled():
             task.exception()  # retrieved: a call nobody came back for ends quietly
         self._disarm()
-        _held.pop(self.id, None)
+        if task.cancelled() or self.emit is not None:
+            _held.pop(self.id, None)  # nothing to deliver, or the open request delivers it
+        else:
+            # It ended between rounds (the server stopped waiting): the client's retry gets
+            # the outcome, if it comes within the time a held call waits for it.
+            loop = asyncio.get_running_loop()
+            loop.call_later(self.wait_timeout, _held.pop, self.id, None)
         for _request, future in self.asks.values():
             future.cancel()
         if self.upstream is not None:
@@ -273,6 +295,11 @@ class HeldCall:
 
 _held: dict[str, HeldCall] = {}
 _closing: set[asyncio.Future[None]] = set()
+
+
+def running() -> int:
+    """Held calls still running upstream (the rest wait for their client's retry)."""
+    return sum(1 for held in _held.values() if held.task is None or not held.task.done())
 
 
 def quiet() -> bool:

@@ -8,6 +8,7 @@ npm server-everything (handshake era only).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 from pydantic import FileUrl
 
+from balancing.mcpserver import bridge
 from tests.api.gateway import Gateway, add_key, add_pool, serve_gateway
 from tests.mcp.conftest import (
     bridge_quiet,
@@ -328,3 +330,24 @@ async def test_old_client_gets_progress_and_logs_of_the_rounds_after_its_answers
     assert result.content[0].model_dump()["text"] == "h1:sampled:hi"
     assert logs == ["the model said sampled:hi"]
     assert reported == [1]
+
+
+async def test_held_call_that_ends_between_rounds_gives_the_retry_its_result(gw: Gateway) -> None:
+    # given a held call whose server stops waiting for the answer and finishes on its own
+    body, headers = modern_request("tools/call", {"name": "impatient", "arguments": {},
+                                                  "_meta": CAPS})  # fmt: skip
+    key, state = _input_required(_events(await post_rpc(gw, "old-sticky", body, **gw.auth(),
+                                                        **headers)))  # fmt: skip
+    for _ in range(500):
+        if not bridge.running():
+            break
+        await asyncio.sleep(0.02)
+    assert not bridge.running()
+    # when the client's answer comes after that, then its retry gets the call's outcome
+    params = {"name": "impatient", "arguments": {}, "_meta": CAPS,
+              "inputResponses": _sampled(key, "late"), "requestState": state}  # fmt: skip
+    body, headers = modern_request("tools/call", params, 8)
+    answer = await post_rpc(gw, "old-sticky", body, **gw.auth(), **headers)
+    # (the server's withdrawal of its request means nothing on the 2026 wire: not passed on)
+    (done,) = _events(answer)
+    assert done["result"]["content"][0]["text"] == "h1:gave up waiting"

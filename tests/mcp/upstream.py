@@ -20,6 +20,7 @@ import argparse
 from collections import Counter
 from typing import Annotated, Any
 
+import anyio
 import mcp_types as types
 import uvicorn
 from mcp.server.caching import CacheHint
@@ -120,6 +121,20 @@ async def chatty(
     await ctx.info(f"the model said {text}")
     await ctx.report_progress(1, 1)
     return f"{NAME[0]}:{text}"
+
+
+@mcp.tool()
+async def impatient(ctx: Context) -> str:
+    """Ask the client's model mid-call (handshake era), but give up waiting after 0.2 s."""
+    ask = types.SamplingMessage(role="user", content=types.TextContent(type="text", text="quick"))
+    try:
+        with anyio.fail_after(0.2):
+            await ctx.session.create_message(
+                messages=[ask], max_tokens=8, related_request_id=ctx.request_id
+            )
+    except TimeoutError:
+        return f"{NAME[0]}:gave up waiting"
+    return f"{NAME[0]}:answered in time"
 
 
 def _roots() -> ListRoots:
