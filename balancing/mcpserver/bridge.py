@@ -170,6 +170,11 @@ class HeldCall:
         self._abandon: asyncio.TimerHandle | None = None
 
     @property
+    def owns_session(self) -> bool:
+        """Its upstream session is opening or open (it closes when the call ends)."""
+        return self.task is None or not self.task.done()
+
+    @property
     def ref(self) -> str:
         return f"{PROCESS}.{self.id}"
 
@@ -299,7 +304,7 @@ _closing: set[asyncio.Future[None]] = set()
 
 def running() -> int:
     """Held calls still running upstream (the rest wait for their client's retry)."""
-    return sum(1 for held in _held.values() if held.task is None or not held.task.done())
+    return sum(1 for held in _held.values() if held.owns_session)
 
 
 def quiet() -> bool:
@@ -456,7 +461,7 @@ def _admit_held(host: RuntimeHost, live: LivePool, key: KeyRecord) -> None:
     config = live.config
     slug = config.slug
     owners = [s.key_id for s in host.client_sessions if s.pool == slug and s.server_id]
-    owners += [h.key_id for h in _held.values() if h.pool == slug]
+    owners += [h.key_id for h in _held.values() if h.pool == slug and h.owns_session]
     if len(owners) >= config.max_sticky_sessions:
         message = f"pool {slug!r} holds its maximum of {config.max_sticky_sessions} sessions"
     elif owners.count(key.id) >= config.max_sticky_sessions_per_key:
