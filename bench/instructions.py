@@ -208,7 +208,9 @@ def write_docs(report: dict[str, Any], text: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--ref", action="append", help=f"an earlier commit (default {BASELINE})")
+    parser.add_argument(
+        "--ref", action="append", help=f"an earlier commit (default {BASELINE}; none: no other)"
+    )
     parser.add_argument("--calls", type=int, default=1000, help="calls per path and tree")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--no-docs", action="store_true")
@@ -218,7 +220,8 @@ def main() -> None:
     if args.render:
         write_docs(json.loads(args.render.read_text()), args.note)
         return
-    report = measure(args.ref or [BASELINE], args.calls)
+    refs = [] if args.ref == ["none"] else args.ref or [BASELINE]  # none: this tree alone
+    report = measure(refs, args.calls)
     print()
     print(table(report))
     if args.json:

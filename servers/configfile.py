@@ -587,7 +587,7 @@ def apply(change_plan: Plan) -> int:
     with services.config_change(f"apply {doc.source}: {len(change_plan.changes)} changes"):
         for change in change_plan.changes:
             if change.action == "delete":
-                change.obj.delete()
+                services.remove(change.obj)
                 continue
             _relink(change.obj)
             # Validated again now that every parent and pinned server has an id; a problem here

@@ -122,7 +122,24 @@ def refuse_api_stdio(obj: Model) -> None:
 
 def delete(obj: Model) -> None:
     with config_change(f"delete {type(obj).__name__.lower()} {obj}"):
-        obj.delete()
+        remove(obj)
+
+
+def remove(obj: Model) -> None:
+    """Delete `obj` and what cascades from it, inside a config change. The server rows it takes
+    along are locked first: a web process's runtime report (a row that references its server)
+    inserted between Django's collecting of the cascade and the delete broke the foreign key on
+    PostgreSQL; locked, the insert waits for the delete and then fails, as its writer expects."""
+    servers = (
+        Server.objects.filter(pool=obj)
+        if isinstance(obj, Pool)
+        else Server.objects.filter(pk=obj.pk)
+        if isinstance(obj, Server)
+        else None
+    )
+    if servers is not None:
+        list(servers.select_for_update().values_list("pk", flat=True))
+    obj.delete()
 
 
 def set_server_state(servers: Iterable[Server], state: ServerState) -> int:
@@ -223,7 +240,7 @@ def delete_all(objs: Iterable[Model]) -> int:
     items = list(objs)
     with config_change(f"delete {len(items)} objects"):
         for obj in items:
-            obj.delete()
+            remove(obj)
     return len(items)
 
 
@@ -395,7 +412,7 @@ def update_pool(slug: str, fields: Mapping[str, Any]) -> Pool:
 
 def delete_pool(slug: str) -> None:
     with config_change(f"delete pool {slug}"):
-        get_pool(slug, lock=True).delete()
+        remove(get_pool(slug, lock=True))
 
 
 def drain_pool(slug: str) -> int:
@@ -427,7 +444,7 @@ def update_server(slug: str, name: str, fields: Mapping[str, Any]) -> Server:
 
 def delete_server(slug: str, name: str) -> None:
     with config_change(f"delete server {slug}/{name}"):
-        get_server(slug, name, lock=True).delete()
+        remove(get_server(slug, name, lock=True))
 
 
 def change_server_state(slug: str, name: str, state: str) -> Server:

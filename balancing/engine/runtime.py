@@ -566,7 +566,7 @@ class Runtime:
             return False
         return True
 
-    async def _send(
+    def _send(
         self,
         live: LivePool,
         endpoint: Endpoint,
@@ -578,7 +578,10 @@ class Runtime:
         trial: bool = False,
         headers: Mapping[str, str] | None = None,
         upstream_headers: HeadersFor | None = None,
-    ) -> JsonObject:
+    ) -> Awaitable[JsonObject]:
+        """The call to `endpoint` on a pooled session, accounted: the caller awaits `_accounted`
+        itself (no coroutine of its own here: every level of the await chain is passed through
+        at each of the call's suspensions)."""
         sp = live.sessions[endpoint.id]
         started = self.clock()
         if upstream_headers is not None and (identity := upstream_headers(endpoint.id)):
@@ -609,7 +612,7 @@ class Runtime:
                     self.metrics.reinitialized[(live.config.slug, endpoint.config.name)] += 1
             raise AssertionError("unreachable")  # pragma: no cover
 
-        return await self._accounted(live, endpoint, trial, method, params, on_pooled_session)
+        return self._accounted(live, endpoint, trial, method, params, on_pooled_session)
 
     async def _accounted(
         self,

@@ -37,7 +37,7 @@ CACHEABLE: Final = frozenset(
         "prompts/list",
     }
 )
-_MODERN_ONLY: Final = ("resultType", "ttlMs", "cacheScope")
+_MODERN_ONLY: Final = frozenset({"resultType", "ttlMs", "cacheScope"})
 _MODERN_META_PREFIX: Final = "io.modelcontextprotocol/"
 
 
@@ -81,7 +81,7 @@ def handshake_result(result: dict[str, Any]) -> dict[str, Any]:
     """Drop what only the 2026-07-28 wire has (a modern upstream's hints and `_meta` keys)."""
     meta = result.get("_meta")
     leaks = isinstance(meta, dict) and any(k.startswith(_MODERN_META_PREFIX) for k in meta)
-    if not leaks and not any(k in result for k in _MODERN_ONLY):
+    if not leaks and _MODERN_ONLY.isdisjoint(result):
         return result
     out = {k: v for k, v in result.items() if k not in _MODERN_ONLY}
     if leaks:

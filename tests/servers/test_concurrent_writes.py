@@ -24,6 +24,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def _someone_waits_on_a_lock() -> bool:
     with connection.cursor() as cursor:
+        # fresh figures even inside a transaction (which keeps one snapshot of the stats views)
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
         cursor.execute(
             "SELECT count(*) FROM pg_stat_activity "
             "WHERE wait_event_type = 'Lock' AND datname = current_database()"
@@ -105,3 +107,51 @@ def test_concurrent_server_patches_keep_both_changes(
     )
     server = Server.objects.get(name="a")
     assert (server.weight, server.priority) == (9, 3)
+
+
+def test_deleting_a_pool_while_a_web_process_reports_on_its_server(
+    postgres: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A runtime report written between Django's delete of the reports and of the servers (the
+    order of its cascade) broke the foreign key: CI saw the pool delete fail with an
+    IntegrityError. The delete must win; the report is simply not written."""
+    from django.db.models.sql.subqueries import DeleteQuery
+
+    from balancing.adapter import record_liveness
+    from balancing.engine.liveness import Liveness
+    from servers.models import RuntimeReport
+
+    pool = services.save(Pool(name="Gone", slug="gone"))
+    server = services.save(
+        Server(pool=pool, name="a", transport="streamable_http", url="http://127.0.0.1:9/mcp")
+    )
+    written: list[int] = []
+    original = DeleteQuery.delete_batch
+
+    def report_meanwhile() -> None:
+        try:
+            written.append(record_liveness([Liveness(server_id=server.pk, ok=False)]))
+        finally:
+            connections.close_all()
+
+    def delete_batch(self: DeleteQuery, pk_list: list[Any], using: str) -> int:
+        if self.model is Server:  # the cascade collected no report; the servers are not gone
+            writer = threading.Thread(target=report_meanwhile)
+            writer.start()
+            deadline = time.monotonic() + 10
+            while writer.is_alive() and not _someone_waits_on_a_lock():
+                assert time.monotonic() < deadline, "the report neither finished nor waited"
+                time.sleep(0.01)
+            monkeypatch.setattr(self, "_writer", writer, raising=False)
+        return original(self, pk_list, using)
+
+    monkeypatch.setattr(DeleteQuery, "delete_batch", delete_batch)
+    services.delete(pool)  # raised IntegrityError before server rows were locked first
+    monkeypatch.undo()
+    deadline = time.monotonic() + 10
+    while not written:
+        assert time.monotonic() < deadline, "the report writer never finished"
+        time.sleep(0.01)
+    assert written == [0]  # it found its server gone
+    assert not Pool.objects.filter(slug="gone").exists()
+    assert not RuntimeReport.objects.filter(server_id=server.pk).exists()
