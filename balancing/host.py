@@ -147,6 +147,10 @@ class RuntimeHost:
         ]
         self._tasks = []
         await close_sessions(self.client_sessions.drain())
+        # the MCP endpoint's calls held for 2026 clients (imported here: it imports this module)
+        from balancing.mcpserver import bridge
+
+        await bridge.close_all()
         await self.runtime.close(grace=settings.MCPPOOL_SHUTDOWN_GRACE_SECONDS)
         with contextlib.suppress(Exception):
             await self.limiter.close()

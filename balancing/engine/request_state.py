@@ -39,6 +39,8 @@ class InvalidState(ValueError):
 class Opened(NamedTuple):
     server_id: int
     state: str | None  # the upstream's own requestState (None: it sent none)
+    # the era bridge: a call the gateway holds for the client (`seal_held`), not a server's state
+    held: str | None = None
 
 
 class StateSealer:
@@ -50,10 +52,17 @@ class StateSealer:
         self._aeads = [AESGCM(_derive(k.encode() if isinstance(k, str) else k)) for k in keys]
 
     def seal(self, pool: str, server_id: int, state: str | None) -> str:
+        return self._seal(pool, [server_id, state])
+
+    def _seal(self, pool: str, fields: list[object]) -> str:
         nonce = os.urandom(_NONCE)
-        payload = orjson.dumps([server_id, state])
+        payload = orjson.dumps(fields)
         sealed = self._aeads[0].encrypt(nonce, payload, pool.encode())
         return _PREFIX + base64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
+
+    def seal_held(self, pool: str, held: str) -> str:
+        """A state naming a call the gateway itself holds (the era bridge), not a server's."""
+        return self._seal(pool, [0, None, held])
 
     def open(self, pool: str, token: object) -> Opened:
         if not isinstance(token, str) or not token.startswith(_PREFIX):
@@ -69,8 +78,12 @@ class StateSealer:
                 payload = aead.decrypt(nonce, sealed, pool.encode())
             except (InvalidTag, ValueError):
                 continue
-            server_id, state = orjson.loads(payload)
-            return Opened(int(server_id), state if isinstance(state, str) else None)
+            server_id, state, *held = orjson.loads(payload)
+            return Opened(
+                int(server_id),
+                state if isinstance(state, str) else None,
+                held[0] if held and isinstance(held[0], str) else None,
+            )
         raise InvalidState("authentication failed")
 
 

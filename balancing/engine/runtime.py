@@ -32,6 +32,7 @@ from balancing.engine.balancer import Balancer, Pick
 from balancing.engine.cache import NO_HINTS, Hints, ResultCache, hints_of, strictest
 from balancing.engine.config import (
     AdminState,
+    Era,
     Health,
     PoolConfig,
     ServerConfig,
@@ -50,7 +51,7 @@ from balancing.engine.errors import (
 from balancing.engine.metrics import RuntimeMetrics
 from balancing.engine.outlier import Ejected, Outcome, OutlierDetector, OutlierEvent, Recovered
 from balancing.engine.policy import UpstreamPolicy
-from balancing.engine.request_state import Opened, StateSealer
+from balancing.engine.request_state import InvalidState, Opened, StateSealer
 from balancing.engine.retry import RetryBudget, may_retry
 from balancing.engine.sessions import AcquireTimeout, PoolClosed, Session, SessionPool
 from balancing.engine.stats import ServerStats
@@ -119,8 +120,9 @@ class LivePool:
     tools: dict[str, JsonObject]  # merged tool definitions, first server listing a name wins
     server_tools: dict[int, list[JsonObject]]  # each server's own `tools/list`
     tools_refreshed: dict[int, float]
-    # each server's capabilities as its latest session negotiated them
+    # each server's capabilities and protocol era as its latest session negotiated them
     capabilities: dict[int, JsonObject] = field(default_factory=dict)
+    eras: dict[int, Era] = field(default_factory=dict)
     # the strictest caching hints of the servers' `tools/list` answers (ttlMs, cacheScope)
     tools_hints: Hints = NO_HINTS
     server_hints: dict[int, Hints] = field(default_factory=dict)
@@ -161,6 +163,16 @@ def _label_of(exc: UpstreamError) -> str:
     if isinstance(exc, NoHealthyServer):
         return "no_server"
     return "transport_error"
+
+
+def _restored(params: JsonObject, opened: Opened, server_id: int) -> JsonObject:
+    """The retry's params with the upstream's own `requestState` back in place of ours."""
+    if opened.server_id != server_id or opened.held is not None:
+        raise InvalidState("sealed for another server, or for a call the gateway holds")
+    params = {k: v for k, v in params.items() if k != "requestState"}
+    if opened.state is not None:
+        params["requestState"] = opened.state
+    return params
 
 
 def _claim_trial(endpoint: Endpoint, now: float) -> bool:
@@ -273,6 +285,7 @@ class Runtime:
                 live.server_tools.pop(server_id, None)
                 live.server_hints.pop(server_id, None)
                 live.capabilities.pop(server_id, None)
+                live.eras.pop(server_id, None)
                 sp = live.sessions.pop(server_id, None)
                 if sp is not None:
                     self._retire(sp)
@@ -342,6 +355,7 @@ class Runtime:
                 return await self._open_override(live.config, server)
             session = await self.open_upstream(live.config, server)
             live.capabilities[server_id] = session.server_capabilities
+            live.eras[server_id] = session.era
             return session
 
         return open_session
@@ -512,14 +526,14 @@ class Runtime:
         upstream_headers: HeadersFor | None,
     ) -> JsonObject:
         """Only the replica that issued the state can continue it: no pick, no retry."""
+        if opened.held is not None:
+            raise InvalidState("a call the gateway holds is resumed by the MCP endpoint")
         endpoint = live.endpoints.get(opened.server_id)
         if endpoint is None:
             raise NoHealthyServer(
                 f"pool {live.config.slug!r}: the server that asked for input left the pool"
             )
-        params = {k: v for k, v in params.items() if k != "requestState"}
-        if opened.state is not None:
-            params["requestState"] = opened.state
+        params = _restored(params, opened, endpoint.id)
         timeout = (
             live.config.call_timeout if timeout is None else min(timeout, live.config.call_timeout)
         )
@@ -695,17 +709,23 @@ class Runtime:
         on_message: MessageHandler | None = None,
         headers: Mapping[str, str] | None = None,
         upstream_headers: HeadersFor | None = None,
+        timeout: float | None = None,
     ) -> JsonObject:
         """Forward one request on a session bound to one client (sticky pools): no pick, no
-        retry (the session's state lives on that server), the same accounting as any call."""
+        retry (the session's state lives on that server), the same accounting as any call.
+        A multi-round-trip retry's sealed `requestState` is opened (it must name this server).
+        ``timeout``: the pool's call timeout unless given (a call held for its client's answers
+        waits on the client too)."""
         live = self.pool(slug)
         endpoint = live.endpoints.get(server_id)
         if endpoint is None:
             raise SessionGone("the session's server left the pool")
+        if params is not None and "requestState" in params and self.sealer is not None:
+            params = _restored(params, self.sealer.open(slug, params["requestState"]), server_id)
         if upstream_headers is not None and (identity := upstream_headers(server_id)):
             headers = {**(headers or {}), **identity}
         trial = _claim_trial(endpoint, self.clock())
-        timeout = live.config.call_timeout
+        timeout = live.config.call_timeout if timeout is None else timeout
 
         def send(params: JsonObject | None, observed: Attempt | None) -> Awaitable[JsonObject]:
             if observed is not None:

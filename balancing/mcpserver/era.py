@@ -236,7 +236,11 @@ async def initialize(
             await refuse(send, error, id_json)
             return
         # The client's own session on its server: what that server negotiated with it.
-        result["protocolVersion"] = session.protocol_version = upstream.protocol_version
+        # (A server set to the 2026 era speaks that upstream; the client keeps its own version.)
+        negotiated = upstream.protocol_version
+        if negotiated not in protocol.HANDSHAKE_PROTOCOL_VERSIONS:
+            negotiated = version
+        result["protocolVersion"] = session.protocol_version = negotiated
         result["capabilities"] = upstream.server_capabilities
         if upstream.instructions:
             result["instructions"] = upstream.instructions

@@ -16,6 +16,7 @@ in its cache.
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Any, Final
 
 from balancing.api.access import allowed_tool, charge, upstream_headers, visible_tools
@@ -36,7 +37,7 @@ from balancing.engine.sticky import ClientSession
 from balancing.errors_http import INVALID_PARAMS, METHOD_NOT_FOUND, ApiError, from_upstream
 from balancing.host import RuntimeHost
 from balancing.keys import KeyRecord
-from balancing.mcpserver import clients
+from balancing.mcpserver import bridge, clients
 from balancing.mcpserver.era import FORWARDED, discover
 from balancing.mcpserver.relays import call_key
 from balancing.mcpserver.replies import Reply
@@ -46,6 +47,8 @@ _STICKY_ONLY: Final = frozenset({"resources/subscribe", "resources/unsubscribe"}
 _CACHED: Final = frozenset(
     {"resources/list", "resources/templates/list", "resources/read", "prompts/list"}
 )
+# Requests a 2026 server may answer with `input_required`.
+_MAY_ASK: Final = frozenset({"tools/call", "prompts/get", "resources/read"})
 _TRACE_HEADERS: Final = (b"traceparent", b"tracestate", b"baggage")
 
 
@@ -99,6 +102,49 @@ async def answer(request: Request, receive: Receive) -> None:
 
 
 async def dispatch(request: Request) -> dict[str, Any]:
+    if request.reply.modern and (bridged := await _for_new_client(request)) is not None:
+        return bridged
+    result = await _dispatch(request)
+    if bridge.asks_old_client(request.reply, result):
+        return await bridge.answer_for_old_client(
+            request.session,
+            request.reply,
+            request.params,
+            result,
+            partial(_again, request),
+            request.live.config.call_timeout,
+        )
+    return result
+
+
+async def _for_new_client(request: Request) -> dict[str, Any] | None:
+    """The era bridge's part of a 2026 request on a pool of handshake-era servers: a tool call
+    held for the client's answers (or its retry), a listing as a client that can be asked.
+    None: not the bridge's."""
+    host, live, params = request.host, request.live, request.params
+    if params is None:
+        return None
+    if bridge.holds(host, live, request.method, params):
+        await _admit(request)
+        headers_for = upstream_headers(host, request.key)
+        ctx = _context(request, params.get("name")) if live.config.rules else None
+        return await bridge.run_for_new_client(
+            host, request.key, live, params, request.reply.emit, headers_for, ctx
+        )
+    if bridge.lists_as_client(live, request.method, params):
+        headers_for = upstream_headers(host, request.key)
+        result = await bridge.tools_as_client(host, live, params, headers_for)
+        tools = visible_tools(host, request.key, live.config.slug, result.get("tools") or [])
+        return {**result, "tools": tools}
+    return None
+
+
+async def _again(request: Request, params: dict[str, Any]) -> dict[str, Any]:
+    request.params = params
+    return await _dispatch(request)
+
+
+async def _dispatch(request: Request) -> dict[str, Any]:
     method, live, host = request.method, request.live, request.host
     if method == "ping":
         return {}
@@ -119,10 +165,7 @@ async def dispatch(request: Request) -> dict[str, Any]:
         return {}
     if method not in FORWARDED and not (sticky and (method in _STICKY_ONLY or "/" in method)):
         raise ApiError("not_found", f"Method not found: {method}", rpc=METHOD_NOT_FOUND)
-    if method == "tools/call" and isinstance(tool := (request.params or {}).get("name"), str):
-        await allowed_tool(host, request.key, live, tool)  # the caller's per-tool policy
-    if method in FORWARDED:
-        await charge(host, request.key, live)
+    await _admit(request)
     if not sticky:
         return await _forward_shared(request)
     result = await _forward_sticky(request)
@@ -132,17 +175,33 @@ async def dispatch(request: Request) -> dict[str, Any]:
     return result
 
 
+async def _admit(request: Request) -> None:
+    """The caller's per-tool policy and its rate, for what goes upstream."""
+    host, live, method = request.host, request.live, request.method
+    if method == "tools/call" and isinstance(tool := (request.params or {}).get("name"), str):
+        await allowed_tool(host, request.key, live, tool)
+    if method in FORWARDED:
+        await charge(host, request.key, live)
+
+
 def upstream_params(request: Request) -> dict[str, Any] | None:
-    """The client's params as it sent them; a shared pool's handshake-era client gets the log
-    level it asked for sent along with each call."""
+    """The client's params as it sent them. On a shared pool a handshake-era client gets the
+    log level it asked for sent along with each call, and its capabilities (from `initialize`),
+    so a 2026 upstream may ask it for input (the era bridge); a handshake-era upstream never
+    sees them (the 2026 envelope is left out for it)."""
     params = request.params or None
     session = request.session
-    level = session.log_level if session is not None and not session.sticky else ""
-    if not level:
+    if session is None or session.sticky:
+        return params
+    extra: dict[str, Any] = {}
+    if session.log_level:
+        extra[protocol.LOG_LEVEL_META_KEY] = session.log_level
+    if session.client_capabilities and request.method in _MAY_ASK:
+        extra[protocol.CLIENT_CAPABILITIES_META_KEY] = session.client_capabilities
+    if not extra:
         return params
     meta = params.get("_meta") if params else None
-    meta = {**meta} if isinstance(meta, dict) else {}
-    meta[protocol.LOG_LEVEL_META_KEY] = level
+    meta = {**meta, **extra} if isinstance(meta, dict) else extra
     return {**(params or {}), "_meta": meta}
 
 
@@ -170,11 +229,7 @@ async def _forward_shared(request: Request) -> dict[str, Any]:
     cache = host.runtime.results if method in _CACHED else None
     if cache is not None and (hit := cache.get(slug, method, params, request.key.id)):
         return hit
-    ctx = None
-    if live.config.rules:
-        client = header(reply.scope, b"mcp-client-id") or b""
-        ctx = RequestContext(api_key_name=request.key.name, client_id=client.decode("latin-1"),
-                             tool=tool, headers=headers_dict(reply.scope))  # fmt: skip
+    ctx = _context(request, tool) if live.config.rules else None
     try:
         result = await host.runtime.request(
             slug,
@@ -187,9 +242,7 @@ async def _forward_shared(request: Request) -> dict[str, Any]:
             upstream_headers=upstream_headers(host, request.key),
         )
     except InvalidState:
-        raise ApiError(
-            "invalid_arguments", INVALID_MESSAGE, rpc=INVALID_PARAMS, reason="invalid_request_state"
-        ) from None
+        raise invalid_state() from None
     except CallRejected:
         raise
     except UpstreamError as exc:
@@ -197,6 +250,22 @@ async def _forward_shared(request: Request) -> dict[str, Any]:
     if cache is not None:
         cache.put(slug, method, params, request.key.id, result)
     return result
+
+
+def invalid_state() -> ApiError:
+    """The spec's refusal of a `requestState` this deployment did not seal (or was altered)."""
+    return ApiError(
+        "invalid_arguments", INVALID_MESSAGE, rpc=INVALID_PARAMS, reason="invalid_request_state"
+    )
+
+
+def _context(request: Request, tool: Any) -> RequestContext:
+    """What affinity rules match on."""
+    scope = request.reply.scope
+    client = (header(scope, b"mcp-client-id") or b"").decode("latin-1")
+    name = tool if isinstance(tool, str) else None
+    return RequestContext(api_key_name=request.key.name, client_id=client, tool=name,
+                          headers=headers_dict(scope))  # fmt: skip
 
 
 async def _forward_sticky(request: Request) -> dict[str, Any]:
@@ -219,6 +288,8 @@ async def _forward_sticky(request: Request) -> dict[str, Any]:
             on_message=emit,
             upstream_headers=upstream_headers(host, request.key),
         )
+    except InvalidState:
+        raise invalid_state() from None
     except CallRejected:
         raise
     except UpstreamError as exc:

@@ -25,7 +25,7 @@ from balancing.mcpserver.relays import relay_request, sse, sse_headers
 
 # Refusals that stay HTTP statuses even mid-dispatch on the handshake wire. Every other failure is
 # a JSON-RPC error on a 200 there: a 404 would tell a handshake-era client its session is gone.
-_TRANSPORT_REFUSALS: Final = frozenset({"unknown_session", "rate_limited"})
+_TRANSPORT_REFUSALS: Final = frozenset({"unknown_session", "rate_limited", "session_limit"})
 # Results the 2026-07-28 wire requires caching directives on (the SDK's `CacheableResult`).
 CACHEABLE: Final = frozenset(
     {
@@ -140,6 +140,17 @@ class Reply:
             return None  # shared pools declare no sampling or elicitation upstream
         # No timeout of its own: the call's deadline bounds it.
         return await relay_request(session, message, self._send_event, None)
+
+    @property
+    def can_ask(self) -> bool:
+        """A server→client request can reach this client: it has a session and reads SSE."""
+        return self._sse_ok and self.session is not None
+
+    async def ask(self, message: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+        """Send the client a request of the gateway's own on this call's stream (the era
+        bridge) and return its answer's result; an error answer raises `ClientRefused`."""
+        assert self.session is not None  # noqa: S101  # checked by can_ask
+        return await relay_request(self.session, message, self._send_event, timeout)
 
     async def _send_event(self, message: dict[str, Any]) -> None:
         await self._start()

@@ -92,10 +92,12 @@ def db_state() -> tuple[Any, ...]:
 def add_pool(
     slug: str, servers: list[tuple[str, str]], *, session_mode: str = "shared", **knobs: Any
 ) -> Pool:
-    """A pool with Streamable HTTP servers `(name, url)`."""
+    """A pool with Streamable HTTP servers `(name, url)`, each spoken to in `era` (a knob;
+    default auto)."""
+    era = knobs.pop("era", "auto")
     pool = services.save(Pool(name=slug.title(), slug=slug, session_mode=session_mode, **knobs))
     for name, url in servers:
-        services.save(Server(pool=pool, name=name, transport="streamable_http", url=url))
+        services.save(Server(pool=pool, name=name, transport="streamable_http", url=url, era=era))
     return pool
 
 

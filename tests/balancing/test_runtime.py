@@ -379,6 +379,42 @@ async def test_runtime_input_required_retry_goes_to_the_server_that_asked() -> N
         await runtime.close(grace=1)
 
 
+async def test_runtime_bound_session_retry_gets_its_servers_own_state_back() -> None:
+    async def asks(server: ServerConfig, method: str, params: Any) -> dict[str, Any]:
+        state = (params or {}).get("requestState")
+        if state is None:
+            return {"resultType": "input_required", "requestState": f"inner-{server.name}"}
+        return {"content": [], "state_seen": state}
+
+    runtime, _ = await fake_runtime(asks)
+    try:
+        _, pick = runtime.pick_binding("p")
+        upstream = FakeUpstream(pick.endpoint.config, asks)
+        server_id = pick.endpoint.id
+        first = await runtime.request_bound("p", server_id, upstream, "tools/call", {"name": "t"})  # type: ignore[arg-type]
+        retry = {"name": "t", "requestState": first["requestState"], "inputResponses": {}}
+        done = await runtime.request_bound("p", server_id, upstream, "tools/call", retry)  # type: ignore[arg-type]
+        assert done["state_seen"] == f"inner-{pick.endpoint.config.name}"
+    finally:
+        await runtime.close(grace=1)
+
+
+async def test_runtime_never_sends_a_held_calls_state_to_a_server() -> None:
+    async def answers(server: ServerConfig, method: str, params: Any) -> dict[str, Any]:
+        return {"content": []}
+
+    runtime, opened = await fake_runtime(answers)
+    try:
+        assert runtime.sealer is not None
+        held = runtime.sealer.seal_held("p", "process.call")
+        assert runtime.sealer.open("p", held).held == "process.call"
+        with pytest.raises(InvalidState):
+            await runtime.request("p", "tools/call", {"name": "t", "requestState": held})
+        assert not any(s.sent for s in opened)
+    finally:
+        await runtime.close(grace=1)
+
+
 async def test_runtime_merged_tool_list_carries_the_strictest_hints_of_its_servers() -> None:
     hints = {"s1": (60_000, "public"), "s2": (5_000, "public"), "s3": (90_000, "private")}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager
@@ -15,6 +16,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from mcp.client.streamable_http import streamable_http_client
 
+from balancing.mcpserver import bridge
 from tests.api.conftest import everything_http  # noqa: F401
 from tests.api.gateway import Gateway, add_key, add_pool, add_stdio_server, serve_gateway
 from tests.conftest import missing_prerequisite
@@ -54,8 +56,9 @@ async def gateway(
         yield gw
 
 
-def _command(port: int, *, name: str) -> list[str]:
-    return [sys.executable, "-m", "tests.mcp.upstream", "--port", str(port), "--name", name]
+def fixture_command(port: int, *, name: str, sse: bool = False) -> list[str]:
+    command = [sys.executable, "-m", "tests.mcp.upstream", "--port", str(port), "--name", name]
+    return [*command, "--sse"] if sse else command
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +66,19 @@ def replicas() -> Iterator[list[procs.UpstreamProcess]]:
     started: list[procs.UpstreamProcess] = []
     try:
         for name in ("r1", "r2", "r3"):
-            started.append(procs._start_http(name, partial(_command, name=name)))
+            started.append(procs._start_http(name, partial(fixture_command, name=name)))
         yield started
     finally:
         for upstream in started:
             upstream.stop()
+
+
+@pytest.fixture(scope="module")
+def handshake_sse() -> Iterator[procs.UpstreamProcess]:
+    """`tests.mcp.upstream` answering on SSE streams, so the handshake era can ask mid-call."""
+    upstream = procs._start_http("h1", partial(fixture_command, name="h1", sse=True))
+    yield upstream
+    upstream.stop()
 
 
 def transport(
@@ -76,6 +87,28 @@ def transport(
     """The SDK's Streamable HTTP transport to a pool's endpoint, authenticated."""
     client = httpx2.AsyncClient(headers={**gw.auth(key), **headers}, timeout=30.0)
     return streamable_http_client(f"{gw.url}/mcp/{pool}/", http_client=client)
+
+
+MODERN = "2026-07-28"
+ENVELOPE: dict[str, Any] = {
+    "io.modelcontextprotocol/protocolVersion": MODERN,
+    "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+
+
+def modern_request(
+    method: str, params: dict[str, Any] | None = None, request_id: Any = 7
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """A raw 2026-07-28 request: the body with its `_meta` envelope, and the routing headers."""
+    params = {**(params or {})}
+    params["_meta"] = {**ENVELOPE, **params.get("_meta", {})}
+    body = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+    headers = {"MCP-Protocol-Version": MODERN, "Mcp-Method": method}
+    name = params.get("name", params.get("uri"))
+    if isinstance(name, str):
+        headers["Mcp-Name"] = name
+    return body, headers
 
 
 INIT: dict[str, Any] = {
@@ -104,6 +137,15 @@ async def sampled(context: Any, params: types.CreateMessageRequestParams) -> Any
         role="assistant", content=types.TextContent(type="text", text=f"sampled:{text}"),
         model="test", stop_reason="endTurn",
     )  # fmt: skip
+
+
+async def bridge_quiet(seconds: float = 10.0) -> bool:
+    """No call is held for a 2026 client and every held call's upstream session has closed."""
+    for _ in range(int(seconds / 0.02)):
+        if bridge.quiet():
+            return True
+        await asyncio.sleep(0.02)
+    return bridge.quiet()
 
 
 def needs_everything(gw: Gateway) -> None:

@@ -13,7 +13,7 @@ from mcp import Client, StdioServerParameters
 from pydantic import FileUrl
 
 from tests.api.gateway import Gateway
-from tests.mcp.conftest import needs_everything, transport
+from tests.mcp.conftest import bridge_quiet, needs_everything, transport
 from tests.upstreams import procs
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.upstream]
@@ -165,3 +165,30 @@ async def test_everything_on_sticky_http_pool_relays_session_roots_and_logging(
             # and the server's session-level log of what it got reaches the client too
             while "Roots updated: 1 root" not in str((await logs.get()).data):
                 pass
+
+
+# The tools that ask the client, which server-everything offers to a client that declares the
+# capability: through the era bridge a 2026 client answers them in `inputResponses`.
+ASKING = ["trigger-sampling-request", "trigger-elicitation-request", "get-roots-list"]
+
+
+@pytest.mark.parametrize(("pool", "over"), [("ev-sticky", "http"), ("ev-stdio", "stdio")])
+async def test_new_client_on_sticky_pool_answers_a_handshake_servers_requests(
+    gateway: Gateway, everything_http: procs.UpstreamProcess | None, pool: str, over: str
+) -> None:
+    needs_everything(gateway)
+    # given what a handshake-era client gets from server-everything directly, asked mid-call
+    async with Client(_direct(everything_http, over), mode="legacy", **_callbacks(True)) as direct:
+        offered = sorted(t.name for t in (await direct.list_tools()).tools)
+        expected = await _all_results(direct, ASKING)
+    # when a 2026 client (the SDK's default) lists and runs the same tools through a sticky pool
+    async with Client(transport(gateway, pool), **_callbacks(True)) as through:
+        listed = sorted(t.name for t in (await through.list_tools()).tools)
+        got = await _all_results(through, ASKING)
+    # then it is offered what the server offers a client that can be asked
+    assert set(ASKING) <= set(listed)
+    assert listed == offered
+    # and the gateway held each call, asked with input_required and resumed it: same results
+    assert got == expected
+    assert await gateway.sessions_idle()
+    assert await bridge_quiet()  # each held call's own upstream session closed with it

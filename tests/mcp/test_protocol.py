@@ -22,17 +22,10 @@ from mcp.shared.exceptions import MCPError
 
 from balancing.engine.request_state import StateSealer
 from tests.api.gateway import Gateway, add_key, add_pool, serve_gateway
-from tests.mcp.conftest import post_rpc, sampled, transport
+from tests.mcp.conftest import ENVELOPE, modern_request, post_rpc, sampled, transport
 from tests.upstreams import procs
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.upstream]
-
-MODERN = "2026-07-28"
-ENVELOPE: dict[str, Any] = {
-    "io.modelcontextprotocol/protocolVersion": MODERN,
-    "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
-    "io.modelcontextprotocol/clientCapabilities": {},
-}
 
 
 def _setup(urls: list[str], faulty_a: str, faulty_b: str) -> dict[str, str]:
@@ -56,19 +49,6 @@ async def gw(
     async with serve_gateway() as gateway:
         gateway.keys.update(keys)
         yield gateway
-
-
-def _modern(
-    method: str, params: dict[str, Any] | None = None, request_id: Any = 7
-) -> tuple[dict[str, Any], dict[str, str]]:
-    params = {**(params or {})}
-    params["_meta"] = {**ENVELOPE, **params.get("_meta", {})}
-    body = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
-    headers = {"MCP-Protocol-Version": MODERN, "Mcp-Method": method}
-    name = params.get("name", params.get("uri"))
-    if isinstance(name, str):
-        headers["Mcp-Name"] = name
-    return body, headers
 
 
 async def _counts(gw: Gateway, pool: str = "one") -> dict[str, int]:
@@ -119,7 +99,7 @@ async def test_upstream_resource_not_found_over_rest_keeps_code_and_adds_upstrea
 async def test_upstream_error_status_on_the_modern_wire_follows_the_spec(
     gw: Gateway, code: int, status: int
 ) -> None:
-    body, headers = _modern("tools/call", {"name": "reject", "arguments": {"code": code}})
+    body, headers = modern_request("tools/call", {"name": "reject", "arguments": {"code": code}})
     answer = await post_rpc(gw, "one", body, **gw.auth(), **headers)
     error = answer.json()["error"]
     assert error == {"code": code, "message": f"rejected with {code}", "data": {"asked": code}}
@@ -155,7 +135,7 @@ async def test_modern_wire_rules_refuse_like_a_server(
     gw: Gateway, change: Any, headers: dict[str, str], status: int, code: int
 ) -> None:
     before = await _counts(gw)
-    body, base = _modern("tools/call", {"name": "whoami", "arguments": {}})
+    body, base = modern_request("tools/call", {"name": "whoami", "arguments": {}})
     if change is not None:
         change(body)
     answer = await post_rpc(gw, "one", body, **gw.auth(), **{**base, **headers})
@@ -165,14 +145,14 @@ async def test_modern_wire_rules_refuse_like_a_server(
 
 
 async def test_modern_wire_version_header_must_match_meta(gw: Gateway) -> None:
-    body, headers = _modern("tools/call", {"name": "whoami", "arguments": {}})
+    body, headers = modern_request("tools/call", {"name": "whoami", "arguments": {}})
     body["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"] = "2099-01-01"
     answer = await post_rpc(gw, "one", body, **gw.auth(), **headers)
     assert (answer.status_code, answer.json()["error"]["code"]) == (400, -32020)
 
 
 async def test_modern_wire_accepts_base64_mcp_name(gw: Gateway) -> None:
-    body, headers = _modern("tools/call", {"name": "whoami", "arguments": {}})
+    body, headers = modern_request("tools/call", {"name": "whoami", "arguments": {}})
     headers["Mcp-Name"] = "=?base64?" + base64.b64encode(b"whoami").decode() + "?="
     answer = await post_rpc(gw, "one", body, **gw.auth(), **headers)
     assert answer.status_code == 200
@@ -185,7 +165,7 @@ async def test_modern_wire_accepts_base64_mcp_name(gw: Gateway) -> None:
 async def test_modern_wire_removed_methods_are_404_method_not_found(
     gw: Gateway, method: str
 ) -> None:
-    body, headers = _modern(method, {"level": "info", "uri": "static://hello"})
+    body, headers = modern_request(method, {"level": "info", "uri": "static://hello"})
     if method == "resources/subscribe":
         headers.pop("Mcp-Name", None)
     answer = await post_rpc(gw, "one", body, **gw.auth(), **headers)
@@ -202,7 +182,7 @@ async def test_modern_client_meta_and_trace_context_reach_the_upstream(gw: Gatew
         "example.com/custom": {"x": 1},
         "progressToken": "tok-1",
     }
-    body, headers = _modern("tools/call", {"name": "whoami", "arguments": {}, "_meta": meta})
+    body, headers = modern_request("tools/call", {"name": "whoami", "arguments": {}, "_meta": meta})
     headers["traceparent"] = meta["traceparent"]
     answer = await post_rpc(gw, "proto", body, **gw.auth(), **headers)
     seen = answer.json()["result"]["structuredContent"]
@@ -235,7 +215,9 @@ async def test_tool_with_x_mcp_header_parameter_works_through_the_gateway(gw: Ga
 
 @pytest.mark.parametrize("sent", [True, False])
 async def test_mcp_param_header_reaches_the_upstream_as_sent(gw: Gateway, sent: bool) -> None:
-    body, headers = _modern("tools/call", {"name": "regional", "arguments": {"region": "eu-west"}})
+    body, headers = modern_request(
+        "tools/call", {"name": "regional", "arguments": {"region": "eu-west"}}
+    )
     if sent:
         headers["Mcp-Param-Region"] = "eu-west"
     answer = await post_rpc(gw, "proto", body, **gw.auth(), **headers)
@@ -319,7 +301,7 @@ async def _faulty_capabilities(gw: Gateway) -> dict[str, Any]:
 async def test_non_object_arguments_never_reach_a_replica_nor_eject_one(gw: Gateway) -> None:
     before = await _counts(gw)
     for i in range(100):
-        body, headers = _modern("tools/call", {"name": "whoami", "arguments": ["x", i]})
+        body, headers = modern_request("tools/call", {"name": "whoami", "arguments": ["x", i]})
         answer = await post_rpc(gw, "one", body, **gw.auth(), **headers)
         assert (answer.status_code, answer.json()["error"]["code"]) == (400, -32602)
     after = await _counts(gw)
@@ -332,7 +314,7 @@ async def test_non_object_arguments_never_reach_a_replica_nor_eject_one(gw: Gate
 
 
 async def test_large_integer_id_is_echoed_exactly(gw: Gateway) -> None:
-    body, headers = _modern("tools/list", request_id=10**30)
+    body, headers = modern_request("tools/list", request_id=10**30)
     raw = orjson.dumps({**body, "id": 0}).replace(b'"id":0', b'"id":' + str(10**30).encode())
     async with httpx2.AsyncClient(timeout=30) as http:
         answer = await http.post(
@@ -346,14 +328,14 @@ async def test_large_integer_id_is_echoed_exactly(gw: Gateway) -> None:
 
 @pytest.mark.parametrize("bad_id", [{"a": 1}, [1], 1.5, True, None])
 async def test_ids_json_rpc_forbids_are_refused(gw: Gateway, bad_id: Any) -> None:
-    body, headers = _modern("tools/list", request_id=bad_id)
+    body, headers = modern_request("tools/list", request_id=bad_id)
     answer = await post_rpc(gw, "one", body, **gw.auth(), **headers)
     assert (answer.status_code, answer.json()["error"]["code"]) == (400, -32600)
     assert answer.json()["id"] is None
 
 
 async def test_batch_is_refused_as_invalid_request(gw: Gateway) -> None:
-    body, headers = _modern("tools/list")
+    body, headers = modern_request("tools/list")
     answer = await post_rpc(gw, "one", [body, body], **gw.auth(), **headers)
     assert (answer.status_code, answer.json()["error"]["code"]) == (400, -32600)
 
@@ -377,7 +359,7 @@ async def test_input_required_round_trip_completes_on_any_of_three_replicas(gw: 
 async def _first_round(gw: Gateway) -> dict[str, Any]:
     meta: dict[str, Any] = {"io.modelcontextprotocol/clientCapabilities": {"sampling": {}}}
     params = {"name": "sampled", "arguments": {"prompt": "p"}, "_meta": meta}
-    body, headers = _modern("tools/call", params)
+    body, headers = modern_request("tools/call", params)
     answer: dict[str, Any] = (await post_rpc(gw, "proto", body, **gw.auth(), **headers)).json()
     result: dict[str, Any] = answer["result"]
     return result
@@ -394,7 +376,7 @@ async def test_tampered_request_state_is_refused(gw: Gateway, tamper: str) -> No
         state = StateSealer(["another deployment"]).seal("proto", 1, None)
     else:
         state = "v1.an-upstream-state-not-sealed-by-the-gateway"
-    body, headers = _modern("tools/call", {"name": "sampled", "arguments": {"prompt": "p"},
+    body, headers = modern_request("tools/call", {"name": "sampled", "arguments": {"prompt": "p"},
                             "requestState": state, "inputResponses": {}})  # fmt: skip
     answer = await post_rpc(gw, "proto", body, **gw.auth(), **headers)
     error = answer.json()["error"]

@@ -80,3 +80,36 @@ def test_input_required_retry_through_another_web_process_reaches_its_replica(
             assert text == f"sampled:q{i}"
             answered_by.add(replica)
     assert len(answered_by) > 1
+
+
+def test_retry_of_a_held_call_at_another_web_process_names_the_cause(
+    handshake_sse: UpstreamProcess,
+    webs: list[UpstreamProcess],  # noqa: F811
+    var_dir: Path,  # noqa: F811
+) -> None:
+    # given a sticky pool of a handshake-era server, and two web processes
+    add_pool("held", [("h1", handshake_sse.url)], session_mode="sticky", era="handshake")
+    secret = add_key("two", ["held"])
+    webs.append(start_web(web_env(var_dir), "web-a"))
+    webs.append(start_web(web_env(var_dir), "web-b"))
+    auth = {"Authorization": f"Bearer {secret}"}
+    arguments = {"name": "sampled", "arguments": {"prompt": "q"}}
+    with httpx2.Client(timeout=30) as http:
+        # when web-a holds a 2026 client's call (the server asked for sampling mid-call)
+        body, headers = _call(arguments, 1)
+        first = http.post(f"http://127.0.0.1:{webs[0].port}/mcp/held/", json=body,
+                          headers={**auth, **headers}).json()["result"]  # fmt: skip
+        assert first["resultType"] == "input_required"
+        retry = {**arguments, "inputResponses": _answers(first["inputRequests"]),
+                 "requestState": first["requestState"]}  # fmt: skip
+        body, headers = _call(retry, 2)
+        # then its retry at web-b is refused, saying the call is held by another process
+        elsewhere = http.post(f"http://127.0.0.1:{webs[1].port}/mcp/held/", json=body,
+                              headers={**auth, **headers})  # fmt: skip
+        error = elsewhere.json()["error"]
+        assert (elsewhere.status_code, error["code"]) == (400, -32602)
+        assert error["data"]["reason"] == "held_by_another_process"
+        # and at web-a it completes
+        done = http.post(f"http://127.0.0.1:{webs[0].port}/mcp/held/", json=body,
+                         headers={**auth, **headers}).json()  # fmt: skip
+        assert done["result"]["content"][0]["text"] == "h1:sampled:q"

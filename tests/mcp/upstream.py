@@ -5,11 +5,13 @@
 An mcp SDK 2.3.0 `MCPServer` (both eras) over Streamable HTTP. It shows what reached it
 (`whoami`: the request's `_meta`, the client's name and the headers of interest), asks for input
 the 2026 way (`sampled`: a `Sample` resolver, an `input_required` round trip whose state only this
-process can open), mirrors a parameter into a header (`regional`: `x-mcp-header`), fails with
-MCP's own errors (`gone` and the `missing://` resource: -32002 with `data.uri`; `reject`: any
-code), gives caching hints (`prompts/list` public, `resources/list` private) and counts the
-requests it was sent
-(`counts`, by `Mcp-Method`), so a test can tell a cached answer from a forwarded one.
+process can open; `asked`: an elicitation, its decline or cancel reported; `interview`: two
+rounds, an elicitation then sampling built from its answer; `rooted`: the client's roots; to a
+handshake-era client each is a server→client request mid-call), mirrors a parameter into a
+header (`regional`: `x-mcp-header`), fails with MCP's own errors (`gone` and the `missing://`
+resource: -32002 with `data.uri`; `reject`: any code), gives caching hints (`prompts/list`
+public, `resources/list` private) and counts the requests it was sent (`counts`, by
+`Mcp-Method`), so a test can tell a cached answer from a forwarded one.
 """
 
 from __future__ import annotations
@@ -18,12 +20,22 @@ import argparse
 from collections import Counter
 from typing import Annotated, Any
 
+import anyio
 import mcp_types as types
 import uvicorn
 from mcp.server.caching import CacheHint
-from mcp.server.mcpserver import Context, MCPServer, Resolve, Sample
+from mcp.server.mcpserver import (
+    AcceptedElicitation,
+    Context,
+    Elicit,
+    ElicitationResult,
+    ListRoots,
+    MCPServer,
+    Resolve,
+    Sample,
+)
 from mcp.shared.exceptions import MCPError
-from pydantic import Field
+from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 NAME = ["proto"]
@@ -64,6 +76,75 @@ async def sampled(prompt: str, answer: Annotated[types.CreateMessageResult, Reso
     content = answer.content
     text = content.text if isinstance(content, types.TextContent) else str(content)
     return f"{NAME[0]}:{text}"
+
+
+class Name(BaseModel):
+    name: str
+
+
+def _ask_name() -> Elicit[Name]:
+    return Elicit("Who is asking?", Name)
+
+
+def _outcome(answer: ElicitationResult[Name]) -> str:
+    if isinstance(answer, AcceptedElicitation):
+        return f"accepted {answer.data.name}"
+    return answer.action
+
+
+@mcp.tool()
+async def asked(answer: Annotated[ElicitationResult[Name], Resolve(_ask_name)]) -> str:
+    """Ask the user their name (elicitation): accepted, declined or cancelled."""
+    return f"{NAME[0]}:{_outcome(answer)}"
+
+
+def _ask_after_name(who: Annotated[ElicitationResult[Name], Resolve(_ask_name)]) -> Sample:
+    # depends on the elicitation's outcome: a second round, after the first is answered
+    return _ask(f"greet {_outcome(who)}")
+
+
+@mcp.tool()
+async def interview(answer: Annotated[types.CreateMessageResult, Resolve(_ask_after_name)]) -> str:
+    """Two rounds: an elicitation, then a sampling request built from its answer."""
+    content = answer.content
+    text = content.text if isinstance(content, types.TextContent) else str(content)
+    return f"{NAME[0]}:{text}"
+
+
+@mcp.tool()
+async def chatty(
+    prompt: str, ctx: Context, answer: Annotated[types.CreateMessageResult, Resolve(_ask)]
+) -> str:
+    """Ask the client's model, then log what it said and report progress."""
+    content = answer.content
+    text = content.text if isinstance(content, types.TextContent) else str(content)
+    await ctx.info(f"the model said {text}")
+    await ctx.report_progress(1, 1)
+    return f"{NAME[0]}:{text}"
+
+
+@mcp.tool()
+async def impatient(ctx: Context) -> str:
+    """Ask the client's model mid-call (handshake era), but give up waiting after 0.2 s."""
+    ask = types.SamplingMessage(role="user", content=types.TextContent(type="text", text="quick"))
+    try:
+        with anyio.fail_after(0.2):
+            await ctx.session.create_message(
+                messages=[ask], max_tokens=8, related_request_id=ctx.request_id
+            )
+    except TimeoutError:
+        return f"{NAME[0]}:gave up waiting"
+    return f"{NAME[0]}:answered in time"
+
+
+def _roots() -> ListRoots:
+    return ListRoots()
+
+
+@mcp.tool()
+async def rooted(roots: Annotated[types.ListRootsResult, Resolve(_roots)]) -> list[str]:
+    """The client's roots (roots/list)."""
+    return [str(root.uri) for root in roots.roots]
 
 
 @mcp.tool()
@@ -123,9 +204,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--name", default="proto")
+    # answer on SSE streams: a handshake-era client can then be sent requests mid-call
+    parser.add_argument("--sse", action="store_true")
     args = parser.parse_args()
     NAME[0] = args.name
-    app = CountRequests(mcp.streamable_http_app(json_response=True))
+    app = CountRequests(mcp.streamable_http_app(json_response=not args.sse))
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 
