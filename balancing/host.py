@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -32,6 +33,7 @@ from balancing.engine.config import Health, ServerConfig
 from balancing.engine.outlier import Ejected, OutlierEvent
 from balancing.engine.request_state import StateSealer
 from balancing.engine.runtime import Runtime
+from balancing.engine.session_token import SessionSealer
 from balancing.engine.sticky import SessionTable, close_sessions
 from balancing.identity import AccessBook
 from balancing.keys import KeyCache, KeyRecord
@@ -50,11 +52,16 @@ class BackgroundTaskDied(RuntimeError):
 
 class RuntimeHost:
     def __init__(self) -> None:
+        secrets_keys = settings.MCPPOOL_SECRETS_KEYS or [settings.SECRET_KEY]
         self.runtime = Runtime(
             on_outlier=self._on_outlier,
             policy=settings.MCPPOOL_UPSTREAM_POLICY,
-            sealer=StateSealer(settings.MCPPOOL_SECRETS_KEYS or [settings.SECRET_KEY]),
+            sealer=StateSealer(secrets_keys),
         )
+        # Client session ids any web process can open (`engine/session_token.py`), naming this
+        # process as the owner of the sessions it creates.
+        self.session_sealer = SessionSealer(secrets_keys)
+        self.process_id = uuid.uuid4().hex
         self._tasks: list[asyncio.Task[None]] = []
         self._reload_lock = asyncio.Lock()
         self._started = False

@@ -157,8 +157,17 @@ class HttpTransport:
     def cancels_by_disconnect(self) -> bool:
         return self._modern
 
+    @property
+    def session_id(self) -> str | None:
+        return self._session_id
+
     async def start(self) -> None:
         """Nothing to do: connections come from the shared pool on first use."""
+
+    def adopt(self, session_id: str, version: str) -> None:
+        """Speak on a handshake-era session negotiated elsewhere (another web process)."""
+        self._session_id = session_id
+        self.use(Era.HANDSHAKE, version)
 
     def use(self, era: Era, version: str | None) -> None:
         self._modern = era is Era.MODERN

@@ -230,6 +230,55 @@ class UpstreamSession:
             raise
         return session
 
+    @classmethod
+    async def resume(
+        cls,
+        server: ServerConfig,
+        *,
+        http: aiohttp.ClientSession | None,
+        session_id: str,
+        protocol_version: str,
+        server_capabilities: JsonObject,
+        client_info: JsonObject,
+        capabilities: JsonObject,
+        on_event: MessageHandler | None = None,
+        clock: Clock = time.monotonic,
+    ) -> UpstreamSession:
+        """Speak on an HTTP server's handshake-era session another process opened (its own
+        ``session_id``, negotiated at ``protocol_version``): no ``initialize``, no round trip.
+        The GET stream opens on demand (`listen`), when this process serves the client's."""
+        if server.transport is Transport.STDIO or http is None:
+            raise ValueError(f"{server.name}: only an HTTP session can be resumed, on a runtime")
+        from balancing.engine.transport_http import HttpTransport
+
+        session = cls(
+            server,
+            client_info=client_info,
+            capabilities=capabilities,
+            on_event=on_event,
+            clock=clock,
+        )
+        transport = HttpTransport(server, http, session._deliver)
+        transport.adopt(session_id, protocol_version)
+        session._transport = transport
+        session._listener = transport.listen
+        session.era = Era.HANDSHAKE
+        session.handshake_version = session.protocol_version = protocol_version
+        session.server_capabilities = server_capabilities
+        return session
+
+    @property
+    def upstream_session_id(self) -> str | None:
+        """The server's own `Mcp-Session-Id` (HTTP, handshake era), None otherwise."""
+        return getattr(self._transport, "session_id", None)
+
+    async def listen(self) -> None:
+        """Hold the server's GET stream open from now on (a resumed session, once this process
+        serves the client's GET stream); nothing when it already does or cannot."""
+        listener, self._listener = self._listener, None
+        if listener is not None and self.alive:
+            await self._open_listener(listener)
+
     async def _negotiate(self, era: Era, timeout: float) -> None:
         """Modern era first (``server/discover``), the handshake when the server does not know it.
 
@@ -308,8 +357,9 @@ class UpstreamSession:
         self.server_capabilities = _dict(result.get("capabilities"))
         self.server_info = _dict(result.get("serverInfo"))
         self.instructions = str(result.get("instructions") or "")
-        if self._listener is not None:
-            await self._open_listener(self._listener)
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await self._open_listener(listener)
         await self.notify("notifications/initialized", None)
 
     async def _open_listener(self, listener: Callable[[asyncio.Event], Awaitable[None]]) -> None:
@@ -433,6 +483,15 @@ class UpstreamSession:
             await self._transport.close()
         except UpstreamError as exc:
             logger.debug("%s: close: %s", self.server.name, exc)
+
+    async def detach(self) -> None:
+        """Let go of a session another process also speaks on: stop its background work (the GET
+        stream) without ending it upstream."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
 
     # ---------------------------------------------------------------- receive path
 

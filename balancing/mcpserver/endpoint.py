@@ -113,7 +113,7 @@ async def _route(
     session = None
     modern = False
     if session_header is not None:
-        session = clients.find(host, key, live.config.slug, session_header)
+        session = await clients.find(host, key, live.config.slug, session_header)
     elif isinstance(method, str) and era.is_modern(scope, message):
         if not is_request:
             await send_bytes(send, 202, b"", [])  # the 2026 wire has no client notifications
@@ -150,9 +150,7 @@ async def _delete(scope: Scope, send: Send, host: RuntimeHost, key: KeyRecord, s
     raw = header(scope, b"mcp-session-id")
     if raw is None:
         raise ApiError("invalid_request", "DELETE needs an Mcp-Session-Id")
-    session = host.client_sessions.get(raw.decode("latin-1"))
-    if session is None or session.key_id != key.id or session.pool != slug:
-        raise ApiError("unknown_session", "Session not found")
+    session = await clients.find(host, key, slug, raw)
     host.client_sessions.remove(session.id)
-    await close_sessions([session])
+    await close_sessions([session], end_upstream=True)  # on whichever process it lands
     await send_bytes(send, 200, b"", [])

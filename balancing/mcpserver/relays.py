@@ -128,10 +128,12 @@ async def stream(
     raw = header(scope, b"mcp-session-id")
     if raw is None:
         raise ApiError("method_not_allowed", "no stream without a session")
-    session = clients.find(host, key, slug, raw)
+    session = await clients.find(host, key, slug, raw)
     events = session.events
     if events is None:
         raise ApiError("method_not_allowed", "a shared pool has no session stream")
+    if not session.owned:
+        await session.upstream.listen()  # continued here: the server's GET stream follows
     await send({"type": "http.response.start", "status": 200, "headers": sse_headers(session)})
     watcher = asyncio.ensure_future(disconnected(receive))
     try:
