@@ -42,6 +42,9 @@ from balancing.ratelimit import RateLimiter, build_rate_limiter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# Messages between web processes about one client session (`mcpserver.crossing`).
+SESSION_ANSWER = "session.answer"
+SESSION_STREAM = "session.stream"
 # How far back each poll of health flips reaches before the previous one began.
 HEALTH_OVERLAP = timedelta(seconds=5)
 
@@ -89,6 +92,9 @@ class RuntimeHost:
         self.client_sessions = SessionTable(clock=self.runtime.clock)
         # Set once the control-event listener has joined its group (tests wait on it).
         self.events_joined = asyncio.Event()
+        # This process's own channel on the layer (Redis only; "" until joined): where other web
+        # processes send what belongs to a client session served here (`mcpserver.crossing`).
+        self.channel = ""
 
     async def _find_key(self, prefix: str) -> KeyRecord | None:
         return await self._db(adapter.find_api_key, prefix)
@@ -286,6 +292,7 @@ class RuntimeHost:
                     # every real layer takes a prefix; the stubs' abstract base does not say so
                     channel = await layer.new_channel("mcppool-runtime.")  # type: ignore[call-arg]
                     await layer.group_add(adapter.CONTROL_GROUP, channel)
+                    self.channel = channel
                     if self.events_joined.is_set():
                         # Rejoined after the broker was away: what was published meanwhile
                         # never reaches us, so catch up with the database now.
@@ -297,15 +304,62 @@ class RuntimeHost:
                     self._on_health_event(message)
                 elif message.get("type") == "config.changed":
                     await self.reload(if_newer_than=self.runtime.version)
+                elif message.get("type") == SESSION_ANSWER:
+                    self._on_session_answer(message)
+                elif message.get("type") == SESSION_STREAM:
+                    self._on_session_stream(message)
             except asyncio.CancelledError:
+                self.channel = ""
                 if channel:
                     with contextlib.suppress(Exception):
                         await layer.group_discard(adapter.CONTROL_GROUP, channel)
                 raise
             except Exception as exc:  # Redis restarting: retry; the poll covers the gap
                 log.warning("control events unavailable (%s); retrying", exc)
-                channel = ""
+                channel = self.channel = ""
                 await asyncio.sleep(1.0)
+
+    # ---- a client session's traffic that landed on another web process -------------------
+
+    async def send_to(self, channel: str, message: dict[str, Any]) -> bool:
+        """Send to another web process's channel; False when the layer cannot (Redis away)."""
+        layer = get_channel_layer() if self.channel else None
+        if layer is None:
+            return False
+        try:
+            await layer.send(channel, message)
+        except Exception as exc:
+            log.warning("cannot reach web process %s: %s", channel, exc)
+            return False
+        return True
+
+    async def tell_all(self, message: dict[str, Any]) -> bool:
+        """Tell every web process (the control group); False when the layer cannot."""
+        layer = get_channel_layer() if self.channel else None
+        if layer is None:
+            return False
+        try:
+            await layer.group_send(adapter.CONTROL_GROUP, message)
+        except Exception as exc:
+            log.warning("cannot reach the other web processes: %s", exc)
+            return False
+        return True
+
+    def _on_session_answer(self, message: dict[str, Any]) -> None:
+        """A client's answer to a request this process relayed, posted to another process."""
+        session = self.client_sessions.peek(str(message.get("session")))
+        future = session.pending.pop(str(message.get("relay")), None) if session else None
+        answer = message.get("message")
+        if future is not None and not future.done() and isinstance(answer, dict):
+            future.set_result(answer)
+
+    def _on_session_stream(self, message: dict[str, Any]) -> None:
+        """Another process now serves this session's GET stream: let go of the server's."""
+        if message.get("channel") == self.channel:
+            return
+        session = self.client_sessions.peek(str(message.get("session")))
+        if session is not None and session.upstream is not None:
+            session.upstream.stop_listening()
 
     def _on_outlier(self, slug: str, server: ServerConfig, event: OutlierEvent) -> None:
         ejected = isinstance(event, Ejected)

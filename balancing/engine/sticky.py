@@ -101,6 +101,10 @@ class SessionTable:
             session.last_used = self._clock()
         return session
 
+    def peek(self, session_id: str) -> ClientSession | None:
+        """The session, without counting this as its use (another process's news about it)."""
+        return self._sessions.get(session_id)
+
     def remove(self, session_id: str) -> ClientSession | None:
         return self._sessions.pop(session_id, None)
 

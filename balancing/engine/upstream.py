@@ -155,8 +155,11 @@ class UpstreamSession:
         self._closed = False
         self._envelope: JsonObject | None = None  # modern era: the `_meta` every request carries
         self._transport: UpstreamTransport
-        # HTTP with `listen`: holds the GET stream open (handshake era only; see `_initialize`)
+        # HTTP, handshake era: holds the GET stream open (opened with `listen`, or on demand by
+        # `listen()`: the stream follows the client's, which may be on another web process)
         self._listener: Callable[[asyncio.Event], Awaitable[None]] | None = None
+        self._listening: asyncio.Task[None] | None = None
+        self._listen_at_start = False
         self.era = Era.AUTO
         self.protocol_version = ""
         self.server_info: JsonObject = {}
@@ -214,8 +217,8 @@ class UpstreamSession:
 
             transport = HttpTransport(server, http, session._deliver)
             session._transport = transport
-            if listen:
-                session._listener = transport.listen
+            session._listener = transport.listen
+            session._listen_at_start = listen
         try:
             async with asyncio.timeout(timeout):
                 await session._transport.start()
@@ -273,11 +276,19 @@ class UpstreamSession:
         return getattr(self._transport, "session_id", None)
 
     async def listen(self) -> None:
-        """Hold the server's GET stream open from now on (a resumed session, once this process
-        serves the client's GET stream); nothing when it already does or cannot."""
-        listener, self._listener = self._listener, None
-        if listener is not None and self.alive:
-            await self._open_listener(listener)
+        """Hold the server's GET stream open from now on (this process serves the client's GET
+        stream); nothing when it already does, or over stdio (everything arrives anyway)."""
+        if self._listener is None or not self.alive or self.era is not Era.HANDSHAKE:
+            return
+        if self._listening is not None and not self._listening.done():
+            return
+        await self._open_listener(self._listener)
+
+    def stop_listening(self) -> None:
+        """Let go of the server's GET stream (another web process now serves the client's)."""
+        if self._listening is not None:
+            self._listening.cancel()
+            self._listening = None
 
     async def _negotiate(self, era: Era, timeout: float) -> None:
         """Modern era first (``server/discover``), the handshake when the server does not know it.
@@ -357,15 +368,14 @@ class UpstreamSession:
         self.server_capabilities = _dict(result.get("capabilities"))
         self.server_info = _dict(result.get("serverInfo"))
         self.instructions = str(result.get("instructions") or "")
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            await self._open_listener(listener)
+        if self._listener is not None and self._listen_at_start:
+            await self._open_listener(self._listener)
         await self.notify("notifications/initialized", None)
 
     async def _open_listener(self, listener: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         """Start the GET stream and wait (briefly) for its answer; close() stops it."""
         opened = asyncio.Event()
-        self._spawn(listener, opened)
+        self._listening = self._spawn(listener, opened)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(LISTEN_OPEN_WAIT):
                 await opened.wait()
@@ -580,7 +590,7 @@ class UpstreamSession:
         except UpstreamError as exc:
             logger.warning("%s: could not answer %s: %s", self.server.name, method, exc)
 
-    def _spawn(self, work: Callable[..., Awaitable[None]], *args: Any) -> None:
+    def _spawn(self, work: Callable[..., Awaitable[None]], *args: Any) -> asyncio.Task[None]:
         """Run ``work(*args)`` in the background; close() cancels it. The coroutine is created
         inside the task so a task cancelled before it starts leaves nothing un-awaited."""
 
@@ -593,6 +603,7 @@ class UpstreamSession:
         task = asyncio.get_running_loop().create_task(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
 
 def _dict(value: Any) -> JsonObject:

@@ -7,15 +7,26 @@ lives in the process that spawned its child, and elsewhere is the spec's 404.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import orjson
 import pytest
+from asgiref.sync import sync_to_async
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from tests.api.gateway import add_key, add_pool, add_stdio_server
+from tests.conftest import missing_prerequisite
+from tests.helpers.wait import until
+from tests.mcp.conftest import sampled
 from tests.reliability.conftest import (  # noqa: F401
     channel_prefix,
     postgres,
@@ -27,11 +38,12 @@ from tests.reliability.conftest import (  # noqa: F401
 from tests.upstreams import procs
 from tests.upstreams.procs import UpstreamProcess
 
+OnMessage = Callable[[Any], Awaitable[None]]
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.upstream]
 
 INIT = {
     "jsonrpc": "2.0", "id": 0, "method": "initialize",
-    "params": {"protocolVersion": "2025-06-18", "capabilities": {"sampling": {}},
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {"sampling": {}, "roots": {}},
                "clientInfo": {"name": "scale-out", "version": "1"}},
 }  # fmt: skip
 
@@ -47,7 +59,7 @@ def sse_upstream() -> Iterator[UpstreamProcess]:
 class Raw:
     """A handshake-era client speaking raw HTTP, choosing the web process of each request."""
 
-    def __init__(self, http: httpx2.Client, secret: str, pool: str) -> None:
+    def __init__(self, http: httpx2.AsyncClient, secret: str, pool: str) -> None:
         self.http = http
         self.pool = pool
         self.headers = {"Authorization": f"Bearer {secret}",
@@ -57,30 +69,63 @@ class Raw:
     def url(self, web: UpstreamProcess) -> str:
         return f"http://127.0.0.1:{web.port}/mcp/{self.pool}/"
 
-    def post(self, web: UpstreamProcess, body: dict[str, Any]) -> tuple[int, list[Any]]:
-        """One POST; its status and the JSON-RPC messages of its answer (JSON or SSE)."""
-        headers = {**self.headers, "Mcp-Session-Id": self.session} if self.session else self.headers
-        answer = self.http.post(self.url(web), content=orjson.dumps(body), headers=headers)
-        if "mcp-session-id" in answer.headers:
-            self.session = answer.headers["mcp-session-id"]
-        if answer.headers.get("content-type", "").startswith("text/event-stream"):
-            lines = answer.text.splitlines()
-            return answer.status_code, [
-                orjson.loads(x[6:]) for x in lines if x.startswith("data: ")
-            ]
-        return answer.status_code, [answer.json()] if answer.content else []
+    def _headers(self) -> dict[str, str]:
+        return {**self.headers, "Mcp-Session-Id": self.session} if self.session else self.headers
 
-    def initialize(self, web: UpstreamProcess) -> dict[str, Any]:
-        status, (answer,) = self.post(web, INIT)
+    async def post(
+        self, web: UpstreamProcess, body: dict[str, Any], on_message: OnMessage | None = None
+    ) -> tuple[int, list[Any]]:
+        """One POST; its status and the JSON-RPC messages of its answer (JSON or SSE), each
+        also given to `on_message` as it arrives."""
+        content = orjson.dumps(body)
+        async with self.http.stream("POST", self.url(web), content=content,
+                                    headers=self._headers()) as answer:  # fmt: skip
+            if "mcp-session-id" in answer.headers:
+                self.session = answer.headers["mcp-session-id"]
+            if not answer.headers.get("content-type", "").startswith("text/event-stream"):
+                raw = await answer.aread()
+                return answer.status_code, [orjson.loads(raw)] if raw else []
+            messages = []
+            async for message in sse_messages(answer):
+                messages.append(message)
+                if on_message is not None:
+                    await on_message(message)
+            return answer.status_code, messages
+
+    async def initialize(self, web: UpstreamProcess) -> dict[str, Any]:
+        status, (answer,) = await self.post(web, INIT)
         assert status == 200, answer
-        self.post(web, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+        await self.post(web, {"jsonrpc": "2.0", "method": "notifications/initialized"})
         return dict(answer["result"])
 
-    def call(self, web: UpstreamProcess, request_id: int, tool: str, **args: Any) -> Any:
+    async def call(
+        self, web: UpstreamProcess, request_id: int, tool: str, on_message: OnMessage | None = None,
+        **args: Any,
+    ) -> tuple[int, Any]:  # fmt: skip
         body = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
                 "params": {"name": tool, "arguments": args}}  # fmt: skip
-        status, messages = self.post(web, body)
+        status, messages = await self.post(web, body, on_message)
         return status, messages[-1] if messages else None
+
+
+async def sse_messages(answer: httpx2.Response) -> AsyncIterator[Any]:
+    async for line in answer.aiter_lines():
+        if line.startswith("data: "):
+            yield orjson.loads(line[6:])
+
+
+@sync_to_async
+def sticky_pools(url: str, *slugs: str) -> str:
+    """Sticky pools with the one HTTP server at `url`, and a key `app` for them; its secret."""
+    for slug in slugs:
+        add_pool(slug, [("s1", url)], session_mode="sticky")
+    return add_key("app", list(slugs))
+
+
+def _stdio_pool() -> str:
+    pool = add_pool("local", [], session_mode="sticky")
+    add_stdio_server(pool, "child", procs.faulty_stdio_config())
+    return add_key("app", ["local"])
 
 
 @pytest.fixture
@@ -101,47 +146,115 @@ def start_webs(
     return start
 
 
-def test_sticky_http_session_continues_on_every_web_process(
+async def test_sticky_http_session_continues_on_every_web_process(
     sse_upstream: UpstreamProcess,
     start_webs: Callable[[int], list[UpstreamProcess]],
 ) -> None:
     # given a sticky pool on an HTTP server and three web processes sharing no session store
-    add_pool("sticky", [("s1", sse_upstream.url)], session_mode="sticky")
-    secret = add_key("app", ["sticky"])
+    secret = await sticky_pools(sse_upstream.url, "sticky")
     gateways = start_webs(3)
-    with httpx2.Client(timeout=30) as http:
+    async with httpx2.AsyncClient(timeout=30) as http:
         client = Raw(http, secret, "sticky")
         # when the session starts on one process
-        client.initialize(gateways[0])
+        await client.initialize(gateways[0])
         # then each of the others continues it: the same upstream session (one whoami pid and
         # the progress of one call stream), no new initialize
         for i, web in enumerate(gateways * 2):
-            status, answer = client.call(web, i + 1, "echo", text=f"via {web.name}")
+            status, answer = await client.call(web, i + 1, "echo", text=f"via {web.name}")
             assert status == 200, answer
             assert answer["result"]["content"][0]["text"] == f"via {web.name}"
-        status, answer = client.call(gateways[2], 50, "progress", steps=2)
+        status, answer = await client.call(gateways[2], 50, "progress", steps=2)
         assert answer["result"]["content"][0]["text"] == "done 2"
         # and the client's DELETE through any process ends it on every process
-        assert http.delete(client.url(gateways[1]), headers={**client.headers,
-                           "Mcp-Session-Id": client.session}).status_code == 200  # fmt: skip
+        deleted = await http.delete(client.url(gateways[1]), headers=client._headers())
+        assert deleted.status_code == 200
         for web in gateways:
-            status, answer = client.call(web, 99, "echo", text="after")
+            status, answer = await client.call(web, 99, "echo", text="after")
             assert status == 404, answer
 
 
+async def test_relayed_requests_and_the_session_stream_cross_web_processes(
+    sse_upstream: UpstreamProcess,
+    start_webs: Callable[[int], list[UpstreamProcess]],
+) -> None:
+    # given a sticky session created on web process a, and three processes
+    secret = await sticky_pools(sse_upstream.url, "sticky")
+    a, b, c = start_webs(3)
+    async with httpx2.AsyncClient(timeout=30) as http:
+        client = Raw(http, secret, "sticky")
+        await client.initialize(a)
+
+        # when a call on b asks the client to sample, and the client answers through c
+        async def sample_through_c(message: Any) -> None:
+            if message.get("method") == "sampling/createMessage":
+                prompt = message["params"]["messages"][0]["content"]["text"]
+                result = {"role": "assistant", "model": "t", "stopReason": "endTurn",
+                          "content": {"type": "text", "text": f"sampled:{prompt}"}}  # fmt: skip
+                status, _ = await client.post(c, {"jsonrpc": "2.0", "id": message["id"],
+                                                  "result": result})  # fmt: skip
+                assert status == 202
+
+        _, answer = await client.call(b, 1, "sample", sample_through_c, prompt="hi")
+        # then the answer reached the process that relayed the request, and the server
+        assert answer["result"]["content"][0]["text"] == "sampled:hi", answer
+
+        # when the client's GET stream is on c
+        events: asyncio.Queue[Any] = asyncio.Queue()
+        opened = asyncio.Event()
+
+        async def listen() -> None:
+            async with http.stream("GET", client.url(c), headers=client._headers()) as stream:
+                assert stream.status_code == 200
+                opened.set()
+                async for message in sse_messages(stream):
+                    await events.put(message)
+
+        listening = asyncio.create_task(listen())
+        try:
+            await asyncio.wait_for(opened.wait(), 30)
+            # then the server's session-level messages reach it there (the server's GET stream
+            # moved to c: a let go of it)
+            assert await _announced(client, a, events)
+
+            # and a server→client request outside any call, on that stream, is answered
+            # through b while a third process runs the call that waits for it
+            async def roots_through_b() -> int:
+                while (message := await events.get()).get("method") != "roots/list":
+                    pass
+                roots = {"roots": [{"uri": "file:///srv/data", "name": "data"}]}
+                reply = {"jsonrpc": "2.0", "id": message["id"], "result": roots}
+                return (await client.post(b, reply))[0]
+
+            answering = asyncio.create_task(roots_through_b())
+            _, answer = await client.call(a, 100, "announce", ask_roots=True)
+            assert answer["result"]["content"][0]["text"] == "file:///srv/data", answer
+            assert await answering == 202
+        finally:
+            listening.cancel()
+
+
+async def _announced(client: Raw, web: UpstreamProcess, events: asyncio.Queue[Any]) -> bool:
+    """Call `announce` until its session-level notification arrives on the stream (the server's
+    GET stream moves with a short reconnect); whether it did."""
+    for request_id in range(1000, 1030):
+        await client.call(web, request_id, "announce")
+        with contextlib.suppress(TimeoutError):
+            message = await asyncio.wait_for(events.get(), 1.0)
+            return bool(message.get("method") == "notifications/tools/list_changed")
+    return False
+
+
 @pytest.mark.parametrize("how", ["altered", "another pool"])
-def test_session_id_altered_or_of_another_pool_is_404_on_every_process(
+async def test_session_id_altered_or_of_another_pool_is_404_on_every_process(
     sse_upstream: UpstreamProcess,
     start_webs: Callable[[int], list[UpstreamProcess]],
     how: str,
 ) -> None:
-    add_pool("sticky", [("s1", sse_upstream.url)], session_mode="sticky")
-    add_pool("other", [("s1", sse_upstream.url)], session_mode="sticky")
-    secret = add_key("app", ["sticky", "other"])
+    secret = await sticky_pools(sse_upstream.url, "sticky", "other")
     gateways = start_webs(2)
-    with httpx2.Client(timeout=30) as http:
+    async with httpx2.AsyncClient(timeout=30) as http:
         client = Raw(http, secret, "sticky")
-        client.initialize(gateways[0])
+        await client.initialize(gateways[0])
         if how == "altered":
             middle = len(client.session) // 2
             flipped = "A" if client.session[middle] != "A" else "B"
@@ -149,27 +262,162 @@ def test_session_id_altered_or_of_another_pool_is_404_on_every_process(
         else:
             client.pool = "other"
         for web in gateways:
-            status, answer = client.call(web, 1, "echo", text="x")
+            status, answer = await client.call(web, 1, "echo", text="x")
             assert status == 404, answer
             assert answer["error"]["data"]["code"] == "unknown_session"
 
 
-def test_stdio_session_is_served_by_its_owner_and_404_elsewhere(
+async def test_stdio_session_is_served_by_its_owner_and_404_elsewhere(
     start_webs: Callable[[int], list[UpstreamProcess]],
 ) -> None:
     # given a sticky pool whose server is a stdio child of the web process that opens it
-    pool = add_pool("local", [], session_mode="sticky")
-    add_stdio_server(pool, "child", procs.faulty_stdio_config())
-    secret = add_key("app", ["local"])
+    secret = await sync_to_async(_stdio_pool)()
     gateways = start_webs(2)
-    with httpx2.Client(timeout=60) as http:
+    async with httpx2.AsyncClient(timeout=60) as http:
         client = Raw(http, secret, "local")
-        client.initialize(gateways[0])
+        await client.initialize(gateways[0])
         # the owner serves it
-        assert client.call(gateways[0], 1, "echo", text="here")[0] == 200
+        assert (await client.call(gateways[0], 1, "echo", text="here"))[0] == 200
         # another process cannot reach its child: 404, so the client initializes again (there)
-        status, answer = client.call(gateways[1], 2, "echo", text="there")
+        status, answer = await client.call(gateways[1], 2, "echo", text="there")
         assert status == 404, answer
         client.session = ""
-        client.initialize(gateways[1])
-        assert client.call(gateways[1], 3, "echo", text="again")[0] == 200
+        await client.initialize(gateways[1])
+        assert (await client.call(gateways[1], 3, "echo", text="again"))[0] == 200
+
+
+# ---- behind a real load balancer ------------------------------------------------------------
+
+
+Balanced = Callable[[], tuple[str, list[UpstreamProcess]]]
+
+
+@pytest.fixture
+def balanced(
+    start_webs: Callable[[int], list[UpstreamProcess]],
+    var_dir: Path,  # noqa: F811
+) -> Iterator[Balanced]:
+    """Starts three web processes behind Debian's HAProxy (round robin, no affinity) once the
+    test's config is written; gives HAProxy's URL of `/mcp/` and the processes."""
+    if shutil.which("haproxy") is None:
+        missing_prerequisite("haproxy is not installed (apt-get install haproxy)")
+    started: list[UpstreamProcess] = []
+
+    def start() -> tuple[str, list[UpstreamProcess]]:
+        gateways = start_webs(3)
+        started.append(procs.start_haproxy(gateways, var_dir))
+        return f"http://127.0.0.1:{started[0].port}/mcp/", gateways
+
+    yield start
+    for haproxy in started:
+        haproxy.stop()
+
+
+def sdk_client(url: str, secret: str, served_by: list[str], **options: Any) -> Client:
+    """The mcp SDK client in legacy (handshake) mode; `served_by` collects which web process
+    answered each HTTP request (HAProxy's header)."""
+
+    async def record(response: httpx2.Response) -> None:
+        served_by.append(response.headers.get("x-mcppool-web", ""))
+
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {secret}"}, timeout=30,
+                              event_hooks={"response": [record]})  # fmt: skip
+    return Client(streamable_http_client(url, http_client=http), mode="legacy", **options)
+
+
+async def test_sdk_client_through_haproxy_is_served_by_every_web_process(
+    sse_upstream: UpstreamProcess,
+    balanced: Balanced,
+) -> None:
+    # given a sticky pool on an HTTP server, behind HAProxy in front of three web processes
+    secret = await sticky_pools(sse_upstream.url, "sticky")
+    base, gateways = balanced()
+    served_by: list[str] = []
+    reported: list[float] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        reported.append(progress)
+
+    # when the SDK client runs a session through it: calls, sampling and progress mid-call
+    async with sdk_client(f"{base}sticky/", secret, served_by, sampling_callback=sampled) as client:
+        for i in range(9):
+            result = await asyncio.wait_for(client.call_tool("echo", {"text": f"t{i}"}), 30)
+            assert result.content[0].text == f"t{i}"  # type: ignore[union-attr]
+        sampled_result = await asyncio.wait_for(client.call_tool("sample", {"prompt": "p"}), 30)
+        assert sampled_result.content[0].text == "sampled:p"  # type: ignore[union-attr]
+        await asyncio.wait_for(
+            client.call_tool("progress", {"steps": 3}, progress_callback=on_progress), 30
+        )
+    # then one session was served by every web process, and behaved as directly
+    assert {name for name in served_by if name} == {web.name for web in gateways}
+    assert reported == [1, 2, 3]
+
+
+async def test_web_process_killed_under_load_sessions_continue_on_the_others(
+    sse_upstream: UpstreamProcess,
+    balanced: Balanced,
+) -> None:
+    # given four SDK clients calling in a loop through HAProxy, each on its own sticky session
+    secret = await sticky_pools(sse_upstream.url, "sticky")
+    base, gateways = balanced()
+    url = f"{base}sticky/"
+    killed = asyncio.Event()
+    outcomes: list[dict[str, int]] = [{"before": 0, "after": 0, "failed": 0} for _ in range(4)]
+
+    async def run(counts: dict[str, int]) -> None:
+        async with sdk_client(url, secret, []) as client:
+            while counts["after"] < 15:
+                try:
+                    # no call hangs: each ends (answered or failed) within its bound
+                    async with asyncio.timeout(30):
+                        await client.call_tool("echo", {"text": "x"})
+                    counts["after" if killed.is_set() else "before"] += 1
+                except TimeoutError:
+                    raise
+                except Exception:
+                    counts["failed"] += 1
+
+    clients = [asyncio.create_task(run(counts)) for counts in outcomes]
+    try:
+        assert await until(lambda: all(c["before"] >= 5 for c in outcomes), 60)
+        # when one web process is killed outright (SIGKILL: no goodbye to anyone)
+        os.killpg(gateways[1].pid, signal.SIGKILL)
+        killed.set()
+        await asyncio.wait_for(asyncio.gather(*clients), 120)
+    finally:
+        for task in clients:
+            task.cancel()
+    # then every session went on on the other processes: 15 calls each after the kill, and
+    # nothing failed beyond the one call each client may have had in flight on the killed one
+    assert all(c["after"] >= 15 for c in outcomes)
+    assert all(c["failed"] <= 1 for c in outcomes), outcomes
+
+
+async def test_session_of_a_revoked_key_is_refused_on_every_process(
+    sse_upstream: UpstreamProcess,
+    start_webs: Callable[[int], list[UpstreamProcess]],
+) -> None:
+    # given a session used through two web processes
+    secret = await sticky_pools(sse_upstream.url, "sticky")
+    gateways = start_webs(2)
+    async with httpx2.AsyncClient(timeout=30) as http:
+        client = Raw(http, secret, "sticky")
+        await client.initialize(gateways[0])
+        for i, web in enumerate(gateways):
+            assert (await client.call(web, i, "echo", text="ok"))[0] == 200
+        # when its key is revoked
+        await sync_to_async(_revoke)("app")
+
+        # then every process refuses the session within seconds
+        async def all_refuse() -> bool:
+            statuses = [(await client.call(web, 9, "echo", text="no"))[0] for web in gateways]
+            return all(status == 401 for status in statuses)
+
+        assert await until(all_refuse, 30, every=0.2)
+
+
+def _revoke(name: str) -> None:
+    from servers import services
+    from servers.models import ApiKey
+
+    services.revoke_api_key(ApiKey.objects.get(name=name))

@@ -1,0 +1,54 @@
+"""A client session's traffic that lands on another web process than the one it is for.
+
+Behind a load balancer without affinity, each of a client's requests may reach any web process;
+two kinds of message must still reach one particular process, and travel over the channel layer
+(Redis) to it:
+
+* **The answer to a relayed request.** A server→client request (sampling, elicitation, roots)
+  waits for the client's answer in the process that relayed it; its gateway id names that
+  process's channel (`mcppool-<n>@<channel>`), so the process the answer is POSTed to passes it
+  on (one Redis message).
+* **Who holds the server's GET stream.** An HTTP server allows one GET stream per session, and
+  its messages must reach the process holding the client's GET stream. The process the client's
+  GET lands on tells the others (one group message per stream opened) and opens the server's
+  stream itself; whoever held it lets go.
+
+Without a channel layer (the embedded default) or with Redis away, relayed answers reach only
+the process that asked, and the server's GET stream stays where it was: calls are unaffected.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from balancing.engine.sticky import ClientSession
+from balancing.host import SESSION_ANSWER, SESSION_STREAM, get_host
+
+_CHANNEL_PREFIX: Final = "mcppool-runtime."
+
+
+def relay_id(session: ClientSession) -> str:
+    """A gateway id for a request relayed to the client, naming where its answer is awaited."""
+    local = session.relay_id()
+    channel = get_host().channel
+    return f"{local}@{channel}" if channel else local
+
+
+async def pass_answer(session: ClientSession, message: dict[str, Any]) -> bool:
+    """Send the client's answer to the process that relayed the request; False: none waits."""
+    relay = str(message.get("id"))
+    _, _, channel = relay.partition("@")
+    host = get_host()
+    if not channel.startswith(_CHANNEL_PREFIX) or channel == host.channel:
+        return False
+    payload = {"type": SESSION_ANSWER, "session": session.id, "relay": relay, "message": message}
+    return await host.send_to(channel, payload)
+
+
+async def claim_stream(session: ClientSession) -> None:
+    """This process now serves the client's GET stream: the server's GET stream moves here."""
+    if session.upstream is None:
+        return
+    host = get_host()
+    await host.tell_all({"type": SESSION_STREAM, "session": session.id, "channel": host.channel})
+    await session.upstream.listen()
