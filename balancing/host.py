@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -43,8 +43,13 @@ from balancing.ratelimit import RateLimiter, build_rate_limiter
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 # Messages between web processes about one client session (`mcpserver.crossing`).
+CHANNEL_PREFIX = "mcppool-runtime."  # each web process's own channel on the layer
 SESSION_ANSWER = "session.answer"
 SESSION_STREAM = "session.stream"
+EXCHANGE = "session.exchange"  # a request for a session served by the process it is sent to
+EXCHANGE_REPLY = "session.exchange.reply"  # its answer (ASGI messages), a heartbeat, or "gone"
+# What serves an EXCHANGE (`mcpserver.remote` sets it; the host does not import the endpoint).
+exchange_handler: Callable[[dict[str, Any]], Awaitable[None]] | None = None
 # How far back each poll of health flips reaches before the previous one began.
 HEALTH_OVERLAP = timedelta(seconds=5)
 
@@ -93,8 +98,10 @@ class RuntimeHost:
         # Set once the control-event listener has joined its group (tests wait on it).
         self.events_joined = asyncio.Event()
         # This process's own channel on the layer (Redis only; "" until joined): where other web
-        # processes send what belongs to a client session served here (`mcpserver.crossing`).
+        # processes send what belongs to a client session served here (`mcpserver.crossing`,
+        # `mcpserver.remote`), and the exchanges with them waiting for a reply (id → handler).
         self.channel = ""
+        self.exchanges: dict[str, Callable[[dict[str, Any]], None]] = {}
 
     async def _find_key(self, prefix: str) -> KeyRecord | None:
         return await self._db(adapter.find_api_key, prefix)
@@ -285,13 +292,18 @@ class RuntimeHost:
         layer = get_channel_layer()
         if layer is None:
             return
+        # One channel name for the process's life: client session ids name it (the owner of a
+        # stdio session), so after Redis comes back the same name is joined again.
         channel = ""
+        joined = False
         while True:
             try:
-                if not channel:
-                    # every real layer takes a prefix; the stubs' abstract base does not say so
-                    channel = await layer.new_channel("mcppool-runtime.")  # type: ignore[call-arg]
+                if not joined:
+                    if not channel:
+                        # every real layer takes a prefix; the stubs' base does not say so
+                        channel = await layer.new_channel(CHANNEL_PREFIX)  # type: ignore[call-arg]
                     await layer.group_add(adapter.CONTROL_GROUP, channel)
+                    joined = True
                     self.channel = channel
                     if self.events_joined.is_set():
                         # Rejoined after the broker was away: what was published meanwhile
@@ -300,14 +312,9 @@ class RuntimeHost:
                         await self.poll_health()
                     self.events_joined.set()
                 message = await layer.receive(channel)
-                if message.get("type") == "health.changed":
-                    self._on_health_event(message)
-                elif message.get("type") == "config.changed":
+                self._on_message(message)
+                if message.get("type") == "config.changed":
                     await self.reload(if_newer_than=self.runtime.version)
-                elif message.get("type") == SESSION_ANSWER:
-                    self._on_session_answer(message)
-                elif message.get("type") == SESSION_STREAM:
-                    self._on_session_stream(message)
             except asyncio.CancelledError:
                 self.channel = ""
                 if channel:
@@ -316,8 +323,30 @@ class RuntimeHost:
                 raise
             except Exception as exc:  # Redis restarting: retry; the poll covers the gap
                 log.warning("control events unavailable (%s); retrying", exc)
-                channel = self.channel = ""
+                joined = False
+                self.channel = ""
                 await asyncio.sleep(1.0)
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "health.changed":
+            self._on_health_event(message)
+        elif kind == SESSION_ANSWER:
+            self._on_session_answer(message)
+        elif kind == SESSION_STREAM:
+            self._on_session_stream(message)
+        elif kind == EXCHANGE_REPLY:
+            deliver = self.exchanges.get(str(message.get("id")))
+            if deliver is not None:
+                deliver(message)
+        elif kind == EXCHANGE and exchange_handler is not None:
+            task = asyncio.ensure_future(exchange_handler(message))
+            self._pending_reports.add(task)
+            task.add_done_callback(self._pending_reports.discard)
+
+    def owns(self, owner: str) -> bool:
+        """Whether a session id's owner names this process."""
+        return owner in (self.process_id, self.channel) and bool(owner)
 
     # ---- a client session's traffic that landed on another web process -------------------
 

@@ -19,6 +19,7 @@ from balancing.engine.sticky import ClientSession, close_sessions
 from balancing.errors_http import ApiError
 from balancing.host import RuntimeHost
 from balancing.keys import KeyRecord
+from balancing.mcpserver import remote
 
 
 def seal(host: RuntimeHost, session: ClientSession) -> str:
@@ -27,7 +28,7 @@ def seal(host: RuntimeHost, session: ClientSession) -> str:
     token = SessionToken(
         pool=session.pool,
         key_id=session.key_id,
-        owner=host.process_id,
+        owner=host.channel or host.process_id,  # the channel: where to reach the owner
         protocol_version=session.protocol_version,
         server_id=session.server_id,
         upstream_session_id=upstream.upstream_session_id if upstream is not None else None,
@@ -71,7 +72,7 @@ async def _continue(host: RuntimeHost, key: KeyRecord, slug: str, session_id: st
         raise _unknown("") from None  # forged, altered, another pool, or a retired key
     if token.key_id != key.id:
         raise _unknown("")
-    if token.owner == host.process_id:
+    if host.owns(token.owner):
         raise _unknown(" (it ended or expired)")
     pending = _continuing.get(session_id)
     if pending is not None:
@@ -116,6 +117,8 @@ async def _rebuild(host: RuntimeHost, session_id: str, token: SessionToken) -> C
         raise ApiError("unknown_session", "the session's server went away: initialize again")
     server = endpoint.config
     if server.transport is Transport.STDIO or token.upstream_session_id is None:
+        if remote.reachable(token.owner):
+            raise remote.OwnedElsewhere(token.owner)  # served there, through this process
         raise _unknown(" (its stdio server runs in the web process that created it)")
     session.server_id = server.id
     session.upstream = await host.runtime.resume_upstream(

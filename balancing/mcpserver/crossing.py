@@ -19,12 +19,10 @@ the process that asked, and the server's GET stream stays where it was: calls ar
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any
 
 from balancing.engine.sticky import ClientSession
-from balancing.host import SESSION_ANSWER, SESSION_STREAM, get_host
-
-_CHANNEL_PREFIX: Final = "mcppool-runtime."
+from balancing.host import CHANNEL_PREFIX, SESSION_ANSWER, SESSION_STREAM, get_host
 
 
 def relay_id(session: ClientSession) -> str:
@@ -39,7 +37,7 @@ async def pass_answer(session: ClientSession, message: dict[str, Any]) -> bool:
     relay = str(message.get("id"))
     _, _, channel = relay.partition("@")
     host = get_host()
-    if not channel.startswith(_CHANNEL_PREFIX) or channel == host.channel:
+    if not channel.startswith(CHANNEL_PREFIX) or channel == host.channel:
         return False
     payload = {"type": SESSION_ANSWER, "session": session.id, "relay": relay, "message": message}
     return await host.send_to(channel, payload)

@@ -102,8 +102,10 @@ class Raw:
         self, web: UpstreamProcess, request_id: int, tool: str, on_message: OnMessage | None = None,
         **args: Any,
     ) -> tuple[int, Any]:  # fmt: skip
-        body = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
-                "params": {"name": tool, "arguments": args}}  # fmt: skip
+        params: dict[str, Any] = {"name": tool, "arguments": args}
+        if on_message is not None:  # it wants the call's progress too
+            params["_meta"] = {"progressToken": f"call-{request_id}"}
+        body = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}
         status, messages = await self.post(web, body, on_message)
         return status, messages[-1] if messages else None
 
@@ -267,23 +269,49 @@ async def test_session_id_altered_or_of_another_pool_is_404_on_every_process(
             assert answer["error"]["data"]["code"] == "unknown_session"
 
 
-async def test_stdio_session_is_served_by_its_owner_and_404_elsewhere(
+async def test_stdio_session_is_served_through_any_process_by_its_owner(
     start_webs: Callable[[int], list[UpstreamProcess]],
 ) -> None:
     # given a sticky pool whose server is a stdio child of the web process that opens it
     secret = await sync_to_async(_stdio_pool)()
-    gateways = start_webs(2)
+    a, b, c = start_webs(3)
     async with httpx2.AsyncClient(timeout=60) as http:
         client = Raw(http, secret, "local")
-        await client.initialize(gateways[0])
-        # the owner serves it
-        assert (await client.call(gateways[0], 1, "echo", text="here"))[0] == 200
-        # another process cannot reach its child: 404, so the client initializes again (there)
-        status, answer = await client.call(gateways[1], 2, "echo", text="there")
+        await client.initialize(a)
+        # when requests land on the other processes, then the owner serves them through them:
+        # calls, progress, and a sampling request whose answer is posted to a third process
+        for i, web in enumerate((b, c, a)):
+            status, answer = await client.call(web, i, "echo", text=web.name)
+            assert status == 200, answer
+            assert answer["result"]["content"][0]["text"] == web.name
+        progress: list[Any] = []
+
+        async def note(message: Any) -> None:
+            if message.get("method") == "notifications/progress":
+                progress.append(message["params"]["progress"])
+
+        _, answer = await client.call(c, 10, "progress", note, steps=2)
+        assert answer["result"]["content"][0]["text"] == "done 2"
+        assert progress == [1, 2]
+
+        async def sample_through_c(message: Any) -> None:
+            if message.get("method") == "sampling/createMessage":
+                result = {"role": "assistant", "model": "t", "stopReason": "endTurn",
+                          "content": {"type": "text", "text": "sampled elsewhere"}}  # fmt: skip
+                reply = {"jsonrpc": "2.0", "id": message["id"], "result": result}
+                assert (await client.post(c, reply))[0] == 202
+
+        _, answer = await client.call(b, 11, "sample", sample_through_c, prompt="hi")
+        assert answer["result"]["content"][0]["text"] == "sampled elsewhere", answer
+
+        # when the owner dies, then the session is gone everywhere: 404, and the client
+        # initializes again on a live process
+        os.killpg(a.pid, signal.SIGKILL)
+        status, answer = await client.call(b, 20, "echo", text="orphan")
         assert status == 404, answer
         client.session = ""
-        await client.initialize(gateways[1])
-        assert (await client.call(gateways[1], 3, "echo", text="again"))[0] == 200
+        await client.initialize(b)
+        assert (await client.call(c, 21, "echo", text="again"))[0] == 200
 
 
 # ---- behind a real load balancer ------------------------------------------------------------
