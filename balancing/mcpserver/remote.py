@@ -9,8 +9,8 @@ requests), which this process writes to the client as they come. The client's an
 requests find the owner by their gateway id (`crossing`). A client that goes away is told to the
 owner, which cancels the call as for a local client.
 
-The owner acknowledges at once and then beats every `BEAT` seconds while it works, so a silence
-of `SILENCE` seconds means it is gone: before the answer began, the client gets the spec's 404
+The owner beats every `BEAT` seconds while it works, so a silence of `SILENCE` seconds means it
+is gone: before the answer began, the client gets the spec's 404
 and initializes again; during it, the answer ends there (the call fails, nothing hangs). Without
 Redis the id names no channel and other processes answer 404 at once.
 """
@@ -76,12 +76,14 @@ async def forward(channel: str, scope: Scope, body: bytes, receive: Receive, sen
                 # The owner went away mid-answer: end it here (the call fails; nothing hangs).
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
-            asgi = getter.result().get("asgi")
-            if not isinstance(asgi, dict):
+            messages = getter.result().get("asgi")
+            if not isinstance(messages, list):
                 continue  # the owner's heartbeat
             started = True
-            await send(asgi)
-            if asgi.get("type") == "http.response.body" and not asgi.get("more_body"):
+            for asgi in messages:
+                await send(asgi)
+            last = messages[-1] if messages else {}
+            if last.get("type") == "http.response.body" and not last.get("more_body"):
                 return
     finally:
         watcher.cancel()
@@ -116,13 +118,20 @@ async def serve(message: dict[str, Any]) -> None:
         await client_gone.wait()
         return {"type": "http.disconnect"}
 
+    held: list[dict[str, Any]] = []
+
     async def send(asgi: MutableMapping[str, Any]) -> None:
-        await host.send_to(reply, {"type": EXCHANGE_REPLY, "id": exchange, "asgi": dict(asgi)})
+        # The answer's start travels with its first body part: one Redis message for a JSON
+        # answer, not two.
+        held.append(dict(asgi))
+        if asgi["type"] != "http.response.start":
+            await host.send_to(reply, {"type": EXCHANGE_REPLY, "id": exchange, "asgi": held[:]})
+            held.clear()
 
     async def beat() -> None:
         while True:
-            await host.send_to(reply, {"type": EXCHANGE_REPLY, "id": exchange})
             await asyncio.sleep(BEAT)
+            await host.send_to(reply, {"type": EXCHANGE_REPLY, "id": exchange})
 
     beating = asyncio.ensure_future(beat())
     try:
