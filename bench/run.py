@@ -61,6 +61,9 @@ EXTRA_SCRIPTS: tuple[tuple[str, list[str], float, bool], ...] = (
     ("metrics_cost", [], 120, True),
     ("tracing_cost", ["--duration", "1", "--json", "{json}", "--no-docs"], 300, True),
     ("auth_cost", ["--json", "{json}"], 120, True),
+    # a stdio session's call forwarded to its owner process over Redis (needs REDIS_URL)
+    ("scale_out", ["--calls", "300"], 240, True),
+    ("session_token", [], 60, True),
 )
 
 
