@@ -46,6 +46,7 @@ T = TypeVar("T")
 CHANNEL_PREFIX = "mcppool-runtime."  # each web process's own channel on the layer
 SESSION_ANSWER = "session.answer"
 SESSION_STREAM = "session.stream"
+SESSION_EVENTS = "session.events"
 EXCHANGE = "session.exchange"  # a request for a session served by the process it is sent to
 EXCHANGE_REPLY = "session.exchange.reply"  # its answer (ASGI messages), a heartbeat, or "gone"
 # What serves an EXCHANGE (`mcpserver.remote` sets it; the host does not import the endpoint).
@@ -335,6 +336,8 @@ class RuntimeHost:
             self._on_session_answer(message)
         elif kind == SESSION_STREAM:
             self._on_session_stream(message)
+        elif kind == SESSION_EVENTS:
+            self._on_session_events(message)
         elif kind == EXCHANGE_REPLY:
             deliver = self.exchanges.get(str(message.get("id")))
             if deliver is not None:
@@ -383,12 +386,34 @@ class RuntimeHost:
             future.set_result(answer)
 
     def _on_session_stream(self, message: dict[str, Any]) -> None:
-        """Another process now serves this session's GET stream: let go of the server's."""
-        if message.get("channel") == self.channel:
-            return
+        """Another process now serves this session's GET stream: what the server sends for it
+        goes there from now on, and what waited here for it goes there now."""
+        channel = str(message.get("channel"))
         session = self.client_sessions.peek(str(message.get("session")))
-        if session is not None and session.upstream is not None:
-            session.upstream.stop_listening()
+        if channel == self.channel or session is None or not channel:
+            return
+        session.stream_at = channel
+        waiting = []
+        while session.events is not None and not session.events.empty():
+            waiting.append(session.events.get_nowait())
+        if waiting:
+            self.pass_events(session.id, channel, waiting)
+
+    def pass_events(self, session_id: str, channel: str, messages: list[dict[str, Any]]) -> None:
+        """Send messages for a client's GET stream to the process serving it (background)."""
+        event = {"type": SESSION_EVENTS, "session": session_id, "messages": messages}
+        task = asyncio.ensure_future(self.send_to(channel, event))
+        self._pending_reports.add(task)
+        task.add_done_callback(self._pending_reports.discard)
+
+    def _on_session_events(self, message: dict[str, Any]) -> None:
+        """Messages for a client's GET stream served here, handed over by another process."""
+        session = self.client_sessions.peek(str(message.get("session")))
+        messages = message.get("messages")
+        if session is not None and session.events is not None and isinstance(messages, list):
+            for event in messages:
+                with contextlib.suppress(asyncio.QueueFull):
+                    session.events.put_nowait(event)
 
     def _on_outlier(self, slug: str, server: ServerConfig, event: OutlierEvent) -> None:
         ejected = isinstance(event, Ejected)

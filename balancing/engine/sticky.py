@@ -44,6 +44,7 @@ class ClientSession:
     client_capabilities: dict[str, Any] = field(default_factory=dict)
     client_info: dict[str, Any] = field(default_factory=dict)
     owned: bool = True  # False: continued here from its sealed id, created by another process
+    stream_at: str = ""  # the channel of the web process serving the client's GET stream ("": here)
     # server→client requests relayed to the client, waiting for its answer (gateway id → future)
     pending: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
     next_relay_id: int = 0

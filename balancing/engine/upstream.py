@@ -284,12 +284,6 @@ class UpstreamSession:
             return
         await self._open_listener(self._listener)
 
-    def stop_listening(self) -> None:
-        """Let go of the server's GET stream (another web process now serves the client's)."""
-        if self._listening is not None:
-            self._listening.cancel()
-            self._listening = None
-
     async def _negotiate(self, era: Era, timeout: float) -> None:
         """Modern era first (``server/discover``), the handshake when the server does not know it.
 

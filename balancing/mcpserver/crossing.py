@@ -8,13 +8,16 @@ two kinds of message must still reach one particular process, and travel over th
   waits for the client's answer in the process that relayed it; its gateway id names that
   process's channel (`mcppool-<n>@<channel>`), so the process the answer is POSTed to passes it
   on (one Redis message).
-* **Who holds the server's GET stream.** An HTTP server allows one GET stream per session, and
-  its messages must reach the process holding the client's GET stream. The process the client's
-  GET lands on tells the others (one group message per stream opened) and opens the server's
-  stream itself; whoever held it lets go.
+* **Where the client's GET stream is.** An HTTP server allows one GET stream per session, and
+  its messages must reach the process serving the client's GET stream. The process the client's
+  GET lands on tells the others (one group message per stream opened); whichever process holds
+  the server's GET stream passes what arrives on it there (one Redis message each), so the
+  server's stream never moves while both live — no gap in which the server would drop a message.
+  The new process also asks for the server's stream, and gets it once its holder is gone.
 
 Without a channel layer (the embedded default) or with Redis away, relayed answers reach only
-the process that asked, and the server's GET stream stays where it was: calls are unaffected.
+the process that asked, and messages outside calls only the process holding the server's GET
+stream: calls are unaffected.
 """
 
 from __future__ import annotations
@@ -44,9 +47,20 @@ async def pass_answer(session: ClientSession, message: dict[str, Any]) -> bool:
 
 
 async def claim_stream(session: ClientSession) -> None:
-    """This process now serves the client's GET stream: the server's GET stream moves here."""
+    """This process now serves the client's GET stream: whichever process holds the server's
+    GET stream sends what arrives on it here; if none does (it died), this one takes it."""
     if session.upstream is None:
         return
     host = get_host()
+    session.stream_at = ""
     await host.tell_all({"type": SESSION_STREAM, "session": session.id, "channel": host.channel})
     await session.upstream.listen()
+
+
+def to_stream(session: ClientSession, message: dict[str, Any]) -> None:
+    """A message for the client's GET stream: queued here, or sent to the process serving it.
+    Raises QueueFull when the local queue is full."""
+    if session.stream_at:
+        get_host().pass_events(session.id, session.stream_at, [message])
+    elif session.events is not None:
+        session.events.put_nowait(message)

@@ -40,7 +40,7 @@ def session_events(session: ClientSession, relay_timeout: float | None) -> Emit:
     session.events = events
 
     async def enqueue(message: dict[str, Any]) -> None:
-        events.put_nowait(message)  # QueueFull: the upstream is told the handler failed
+        crossing.to_stream(session, message)  # QueueFull: the upstream is told the handler failed
 
     async def on_event(event: dict[str, Any]) -> dict[str, Any] | None:
         emit: Emit | None = session.active_emit
@@ -49,7 +49,7 @@ def session_events(session: ClientSession, relay_timeout: float | None) -> Emit:
         if "id" in event:
             return await relay_request(session, event, enqueue, relay_timeout)
         with contextlib.suppress(asyncio.QueueFull):
-            events.put_nowait(event)
+            crossing.to_stream(session, event)
         return None
 
     return on_event

@@ -26,6 +26,7 @@ from mcp.client.streamable_http import streamable_http_client
 from tests.api.gateway import add_key, add_pool, add_stdio_server
 from tests.conftest import missing_prerequisite
 from tests.helpers.wait import until
+from tests.mcp import test_everything as everything
 from tests.mcp.conftest import sampled
 from tests.reliability.conftest import (  # noqa: F401
     channel_prefix,
@@ -214,12 +215,12 @@ async def test_relayed_requests_and_the_session_stream_cross_web_processes(
         listening = asyncio.create_task(listen())
         try:
             await asyncio.wait_for(opened.wait(), 30)
-            # then the server's session-level messages reach it there (the server's GET stream
-            # moved to c: a let go of it)
-            assert await _announced(client, a, events)
+            # then the server's session-level messages reach it there (a holds the server's GET
+            # stream and passes them on), also when the call that causes them runs on b
+            assert await _announced(client, b, events)
 
             # and a server→client request outside any call, on that stream, is answered
-            # through b while a third process runs the call that waits for it
+            # through b, which runs the call that waits for it (a holds the request)
             async def roots_through_b() -> int:
                 while (message := await events.get()).get("method") != "roots/list":
                     pass
@@ -228,7 +229,7 @@ async def test_relayed_requests_and_the_session_stream_cross_web_processes(
                 return (await client.post(b, reply))[0]
 
             answering = asyncio.create_task(roots_through_b())
-            _, answer = await client.call(a, 100, "announce", ask_roots=True)
+            _, answer = await client.call(b, 100, "announce", ask_roots=True)
             assert answer["result"]["content"][0]["text"] == "file:///srv/data", answer
             assert await answering == 202
         finally:
@@ -449,3 +450,42 @@ def _revoke(name: str) -> None:
     from servers.models import ApiKey
 
     services.revoke_api_key(ApiKey.objects.get(name=name))
+
+
+def _everything_pools(url: str) -> str:
+    """Sticky pools on npm server-everything, over HTTP and over stdio; a key for both."""
+    add_pool("ev-http", [("ev", url)], session_mode="sticky")
+    stdio = add_pool("ev-stdio", [], session_mode="sticky")
+    add_stdio_server(stdio, "ev", procs.everything_stdio_config())
+    return add_key("app", ["ev-http", "ev-stdio"])
+
+
+@pytest.mark.parametrize(("pool", "over"), [("ev-http", "http"), ("ev-stdio", "stdio")])
+async def test_everything_through_haproxy_answers_as_directly(
+    everything_http: UpstreamProcess | None,
+    balanced: Balanced,
+    pool: str,
+    over: str,
+) -> None:
+    # given server-everything (npm, not ours) on a sticky pool behind HAProxy and three processes
+    if everything_http is None:
+        missing_prerequisite("server-everything is not installed (make node)")
+    secret = await sync_to_async(_everything_pools)(everything_http.url)
+    base, gateways = balanced()
+    async with Client(everything._direct(everything_http, over), mode="legacy",
+                      **everything._callbacks(True)) as direct:  # fmt: skip
+        tools = sorted(t.name for t in (await direct.list_tools()).tools)
+        expected = await everything._all_results(direct, tools)
+    # when the SDK client calls every tool through it (sampling, elicitation, progress, logging
+    # and roots relayed wherever each request and each answer lands)
+    served_by: list[str] = []
+    async with sdk_client(f"{base}{pool}/", secret, served_by,
+                          **everything._callbacks(True)) as through:  # fmt: skip
+        assert sorted(t.name for t in (await through.list_tools()).tools) == tools
+        got = await everything._all_results(through, tools)
+    # then every answer is the one given directly, and every process served the session
+    for name in tools:
+        if name == "get-env":  # the two server processes differ in environment, by design
+            continue
+        assert got[name] == expected[name], name
+    assert {name for name in served_by if name} == {web.name for web in gateways}
