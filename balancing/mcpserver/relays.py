@@ -135,7 +135,7 @@ async def stream(
     events = session.events
     if events is None:
         raise ApiError("method_not_allowed", "a shared pool has no session stream")
-    await crossing.claim_stream(session)  # the server's GET stream follows the client's
+    await crossing.claim_stream(session)  # the session-level messages come here now
     await send({"type": "http.response.start", "status": 200, "headers": sse_headers(session)})
     watcher = asyncio.ensure_future(disconnected(receive))
     try:
