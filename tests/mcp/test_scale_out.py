@@ -36,6 +36,7 @@ from tests.reliability.conftest import (  # noqa: F401
     web_env,
     webs,
 )
+from tests.reliability.test_redis_restart import RedisServer, redis_server  # noqa: F401
 from tests.upstreams import procs
 from tests.upstreams.procs import UpstreamProcess
 
@@ -489,3 +490,45 @@ async def test_everything_through_haproxy_answers_as_directly(
             continue
         assert got[name] == expected[name], name
     assert {name for name in served_by if name} == {web.name for web in gateways}
+
+
+def _both_pools(url: str) -> str:
+    add_pool("sticky", [("s1", url)], session_mode="sticky")
+    pool = add_pool("local", [], session_mode="sticky")
+    add_stdio_server(pool, "child", procs.faulty_stdio_config())
+    return add_key("app", ["sticky", "local"])
+
+
+async def test_redis_down_http_sessions_go_on_and_stdio_ones_stay_with_their_owner(
+    sse_upstream: UpstreamProcess,
+    webs: list[UpstreamProcess],  # noqa: F811
+    var_dir: Path,  # noqa: F811
+    channel_prefix: str,  # noqa: F811
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    # given two web processes on a Redis of the test's own, and a session on an HTTP server and
+    # one on a stdio server, both created on a
+    secret = await sync_to_async(_both_pools)(sse_upstream.url)
+    env = web_env(var_dir, redis_url=redis_server.url, MCPPOOL_CHANNEL_PREFIX=channel_prefix)
+    a, b = start_web(env, "web-a"), start_web(env, "web-b")
+    webs += [a, b]
+    async with httpx2.AsyncClient(timeout=60) as http:
+        remote, local = Raw(http, secret, "sticky"), Raw(http, secret, "local")
+        await remote.initialize(a)
+        await local.initialize(a)
+        assert (await local.call(b, 1, "echo", text="via b"))[0] == 200  # forwarded to a
+        # when Redis dies
+        redis_server.kill()
+        # then the HTTP session goes on through both processes (b continues it from its id)
+        for i, web in enumerate((b, a, b)):
+            assert (await remote.call(web, 10 + i, "echo", text="on"))[0] == 200
+        # and the stdio session is served by its owner, while elsewhere it is 404 at once
+        assert (await local.call(a, 20, "echo", text="owner"))[0] == 200
+        assert (await local.call(b, 21, "echo", text="elsewhere"))[0] == 404
+        # when Redis is back, then b reaches the owner again
+        redis_server.start()
+
+        async def forwarded() -> bool:
+            return (await local.call(b, 30, "echo", text="back"))[0] == 200
+
+        assert await until(forwarded, 30, every=0.5)
