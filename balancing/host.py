@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+import uuid
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -32,6 +33,7 @@ from balancing.engine.config import Health, ServerConfig
 from balancing.engine.outlier import Ejected, OutlierEvent
 from balancing.engine.request_state import StateSealer
 from balancing.engine.runtime import Runtime
+from balancing.engine.session_token import SessionSealer
 from balancing.engine.sticky import SessionTable, close_sessions
 from balancing.identity import AccessBook
 from balancing.keys import KeyCache, KeyRecord
@@ -40,6 +42,15 @@ from balancing.ratelimit import RateLimiter, build_rate_limiter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# Messages between web processes about one client session (`mcpserver.crossing`).
+CHANNEL_PREFIX = "mcppool-runtime."  # each web process's own channel on the layer
+SESSION_ANSWER = "session.answer"
+SESSION_STREAM = "session.stream"
+SESSION_EVENTS = "session.events"
+EXCHANGE = "session.exchange"  # a request for a session served by the process it is sent to
+EXCHANGE_REPLY = "session.exchange.reply"  # its answer (ASGI messages), a heartbeat, or "gone"
+# What serves an EXCHANGE (`mcpserver.remote` sets it; the host does not import the endpoint).
+exchange_handler: Callable[[dict[str, Any]], Awaitable[None]] | None = None
 # How far back each poll of health flips reaches before the previous one began.
 HEALTH_OVERLAP = timedelta(seconds=5)
 
@@ -50,11 +61,16 @@ class BackgroundTaskDied(RuntimeError):
 
 class RuntimeHost:
     def __init__(self) -> None:
+        secrets_keys = settings.MCPPOOL_SECRETS_KEYS or [settings.SECRET_KEY]
         self.runtime = Runtime(
             on_outlier=self._on_outlier,
             policy=settings.MCPPOOL_UPSTREAM_POLICY,
-            sealer=StateSealer(settings.MCPPOOL_SECRETS_KEYS or [settings.SECRET_KEY]),
+            sealer=StateSealer(secrets_keys),
         )
+        # Client session ids any web process can open (`engine/session_token.py`), naming this
+        # process as the owner of the sessions it creates.
+        self.session_sealer = SessionSealer(secrets_keys)
+        self.process_id = uuid.uuid4().hex
         self._tasks: list[asyncio.Task[None]] = []
         self._reload_lock = asyncio.Lock()
         self._started = False
@@ -82,6 +98,11 @@ class RuntimeHost:
         self.client_sessions = SessionTable(clock=self.runtime.clock)
         # Set once the control-event listener has joined its group (tests wait on it).
         self.events_joined = asyncio.Event()
+        # This process's own channel on the layer (Redis only; "" until joined): where other web
+        # processes send what belongs to a client session served here (`mcpserver.crossing`,
+        # `mcpserver.remote`), and the exchanges with them waiting for a reply (id → handler).
+        self.channel = ""
+        self.exchanges: dict[str, Callable[[dict[str, Any]], None]] = {}
 
     async def _find_key(self, prefix: str) -> KeyRecord | None:
         return await self._db(adapter.find_api_key, prefix)
@@ -276,13 +297,19 @@ class RuntimeHost:
         layer = get_channel_layer()
         if layer is None:
             return
+        # One channel name for the process's life: client session ids name it (the owner of a
+        # stdio session), so after Redis comes back the same name is joined again.
         channel = ""
+        joined = False
         while True:
             try:
-                if not channel:
-                    # every real layer takes a prefix; the stubs' abstract base does not say so
-                    channel = await layer.new_channel("mcppool-runtime.")  # type: ignore[call-arg]
+                if not joined:
+                    if not channel:
+                        # every real layer takes a prefix; the stubs' base does not say so
+                        channel = await layer.new_channel(CHANNEL_PREFIX)  # type: ignore[call-arg]
                     await layer.group_add(adapter.CONTROL_GROUP, channel)
+                    joined = True
+                    self.channel = channel
                     if self.events_joined.is_set():
                         # Rejoined after the broker was away: what was published meanwhile
                         # never reaches us, so catch up with the database now.
@@ -290,19 +317,107 @@ class RuntimeHost:
                         await self.poll_health()
                     self.events_joined.set()
                 message = await layer.receive(channel)
-                if message.get("type") == "health.changed":
-                    self._on_health_event(message)
-                elif message.get("type") == "config.changed":
+                self._on_message(message)
+                if message.get("type") == "config.changed":
                     await self.reload(if_newer_than=self.runtime.version)
             except asyncio.CancelledError:
+                self.channel = ""
                 if channel:
                     with contextlib.suppress(Exception):
                         await layer.group_discard(adapter.CONTROL_GROUP, channel)
                 raise
             except Exception as exc:  # Redis restarting: retry; the poll covers the gap
                 log.warning("control events unavailable (%s); retrying", exc)
-                channel = ""
+                joined = False
+                self.channel = ""
                 await asyncio.sleep(1.0)
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "health.changed":
+            self._on_health_event(message)
+        elif kind == SESSION_ANSWER:
+            self._on_session_answer(message)
+        elif kind == SESSION_STREAM:
+            self._on_session_stream(message)
+        elif kind == SESSION_EVENTS:
+            self._on_session_events(message)
+        elif kind == EXCHANGE_REPLY:
+            deliver = self.exchanges.get(str(message.get("id")))
+            if deliver is not None:
+                deliver(message)
+        elif kind == EXCHANGE and exchange_handler is not None:
+            task = asyncio.ensure_future(exchange_handler(message))
+            self._pending_reports.add(task)
+            task.add_done_callback(self._pending_reports.discard)
+
+    def owns(self, owner: str) -> bool:
+        """Whether a session id's owner names this process."""
+        return owner in (self.process_id, self.channel) and bool(owner)
+
+    # ---- a client session's traffic that landed on another web process -------------------
+
+    async def send_to(self, channel: str, message: dict[str, Any]) -> bool:
+        """Send to another web process's channel; False when the layer cannot (Redis away)."""
+        layer = get_channel_layer() if self.channel else None
+        if layer is None:
+            return False
+        try:
+            await layer.send(channel, message)
+        except Exception as exc:
+            log.warning("cannot reach web process %s: %s", channel, exc)
+            return False
+        return True
+
+    async def tell_all(self, message: dict[str, Any]) -> bool:
+        """Tell every web process (the control group); False when the layer cannot."""
+        layer = get_channel_layer() if self.channel else None
+        if layer is None:
+            return False
+        try:
+            await layer.group_send(adapter.CONTROL_GROUP, message)
+        except Exception as exc:
+            log.warning("cannot reach the other web processes: %s", exc)
+            return False
+        return True
+
+    def _on_session_answer(self, message: dict[str, Any]) -> None:
+        """A client's answer to a request this process relayed, posted to another process."""
+        session = self.client_sessions.peek(str(message.get("session")))
+        future = session.pending.pop(str(message.get("relay")), None) if session else None
+        answer = message.get("message")
+        if future is not None and not future.done() and isinstance(answer, dict):
+            future.set_result(answer)
+
+    def _on_session_stream(self, message: dict[str, Any]) -> None:
+        """Another process now serves this session's GET stream: what the server sends for it
+        goes there from now on, and what waited here for it goes there now."""
+        channel = str(message.get("channel"))
+        session = self.client_sessions.peek(str(message.get("session")))
+        if channel == self.channel or session is None or not channel:
+            return
+        session.stream_at = channel
+        waiting = []
+        while session.events is not None and not session.events.empty():
+            waiting.append(session.events.get_nowait())
+        if waiting:
+            self.pass_events(session.id, channel, waiting)
+
+    def pass_events(self, session_id: str, channel: str, messages: list[dict[str, Any]]) -> None:
+        """Send messages for a client's GET stream to the process serving it (background)."""
+        event = {"type": SESSION_EVENTS, "session": session_id, "messages": messages}
+        task = asyncio.ensure_future(self.send_to(channel, event))
+        self._pending_reports.add(task)
+        task.add_done_callback(self._pending_reports.discard)
+
+    def _on_session_events(self, message: dict[str, Any]) -> None:
+        """Messages for a client's GET stream served here, handed over by another process."""
+        session = self.client_sessions.peek(str(message.get("session")))
+        messages = message.get("messages")
+        if session is not None and session.events is not None and isinstance(messages, list):
+            for event in messages:
+                with contextlib.suppress(asyncio.QueueFull):
+                    session.events.put_nowait(event)
 
     def _on_outlier(self, slug: str, server: ServerConfig, event: OutlierEvent) -> None:
         ejected = isinstance(event, Ejected)

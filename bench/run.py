@@ -64,6 +64,9 @@ EXTRA_SCRIPTS: tuple[tuple[str, list[str], float, bool], ...] = (
     ("auth_cost", ["--json", "{json}"], 120, True),
     # the gateway's instructions per call against main before issues 12 and 20 (valgrind)
     ("instructions", ["--json", "{json}", "--no-docs"], 1500, True),
+    # a stdio session's call forwarded to its owner process over Redis (needs REDIS_URL)
+    ("scale_out", ["--calls", "300"], 240, True),
+    ("session_token", [], 60, True),
 )
 
 

@@ -205,3 +205,23 @@ def test_grafana_provisioning_points_at_mounted_folders(services: dict[str, Any]
     assert str(url.port) in _container_ports(services[url.hostname])
     dashboards = yaml.safe_load((provisioning / "dashboards" / "mcppool.yml").read_text())
     assert dashboards["providers"][0]["options"]["path"] == mounts["./deploy/grafana/dashboards"]
+
+
+def test_compose_web_processes_sit_behind_a_round_robin_balancer_without_affinity(
+    services: dict[str, Any],
+) -> None:
+    # three web processes, reached only through the load balancer, which publishes the port
+    assert services["web"]["deploy"]["replicas"] == 3
+    assert "ports" not in services["web"]
+    lb = services["lb"]
+    port = _option(_argv(services["web"]["command"]), "--port")
+    assert any(str(p).endswith(f":{port}") for p in lb["ports"])
+    mounts = dict(volume.split(":")[:2] for volume in lb["volumes"])
+    assert mounts["./deploy/haproxy.cfg"] == "/usr/local/etc/haproxy/haproxy.cfg"
+    config = (ROOT / "deploy" / "haproxy.cfg").read_text()
+    lines = [line.split("#")[0].split() for line in config.splitlines()]
+    directives = [line for line in lines if line]
+    # round robin over the `web` service's port, and nothing that pins a client to a process
+    assert ["balance", "roundrobin"] in directives
+    assert any(d[0] == "server-template" and f"web:{port}" in d for d in directives)
+    assert not any(d[0] in ("stick", "stick-table", "cookie", "hash-type") for d in directives)

@@ -389,6 +389,30 @@ class Runtime:
             handshake_version=handshake_version,
         )
 
+    async def resume_upstream(
+        self,
+        server: ServerConfig,
+        *,
+        session_id: str,
+        protocol_version: str,
+        server_capabilities: JsonObject,
+        client_info: JsonObject,
+        capabilities: JsonObject,
+        on_event: MessageHandler | None = None,
+    ) -> UpstreamSession:
+        """Speak on a sticky client's HTTP upstream session that another web process opened."""
+        return await UpstreamSession.resume(
+            server,
+            http=self._http,
+            session_id=session_id,
+            protocol_version=protocol_version,
+            server_capabilities=server_capabilities,
+            client_info=client_info,
+            capabilities=capabilities,
+            on_event=on_event,
+            clock=self.clock,
+        )
+
     # ---- calls -------------------------------------------------------------------------
     def pool(self, slug: str) -> LivePool:
         live = self.pools.get(slug)

@@ -6,25 +6,19 @@ calls ride the pool's multiplexed upstream sessions. In a `sticky` pool the sess
 one server and owns one upstream session of its own, so whatever is stateful upstream (log level,
 subscriptions, sampling and elicitation mid-call) belongs to exactly one client.
 
-Ids are `<random>.<server>.<mac>`: 192 random bits (unguessable; never the upstream's id), the
-bound server's id, and an HMAC over both with the deployment's secret. Another web process can
-thus tell one of ours from a forged one and name the server it was bound to, though the session
-itself lives in the process that created it: a load balancer in front of several processes must
-route by `Mcp-Session-Id`, and a client whose process is gone re-initializes on the 404.
+Ids are sealed tokens (`engine/session_token.py`) that any web process can open: a process that
+does not hold a session continues it from its id (over HTTP, on the upstream's own session) as a
+*copy* (`owned` False). A copy ending (idle, process stopping) only forgets the session here;
+the owner's session, or the client's DELETE, ends it upstream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
-import secrets
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-
-MAC_BYTES = 12
 
 
 class UpstreamLike(Protocol):
@@ -32,6 +26,8 @@ class UpstreamLike(Protocol):
     def alive(self) -> bool: ...
 
     async def close(self) -> None: ...
+
+    async def detach(self) -> None: ...
 
 
 @dataclass(slots=True, eq=False)
@@ -46,6 +42,9 @@ class ClientSession:
     upstream: Any = None  # sticky: the session's own `UpstreamSession`
     log_level: str = ""  # set by logging/setLevel; forwarded with each call in shared pools
     client_capabilities: dict[str, Any] = field(default_factory=dict)
+    client_info: dict[str, Any] = field(default_factory=dict)
+    owned: bool = True  # False: continued here from its sealed id, created by another process
+    stream_at: str = ""  # the channel of the web process serving the client's GET stream ("": here)
     # server→client requests relayed to the client, waiting for its answer (gateway id → future)
     pending: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
     next_relay_id: int = 0
@@ -63,31 +62,6 @@ class ClientSession:
     def relay_id(self) -> str:
         self.next_relay_id += 1
         return f"mcppool-{self.next_relay_id}"
-
-
-class SessionIds:
-    """Mints and verifies session ids with an HMAC under the deployment's secret."""
-
-    def __init__(self, secret: str | bytes) -> None:
-        self._secret = secret.encode() if isinstance(secret, str) else secret
-
-    def _mac(self, nonce: str, server_id: int) -> str:
-        digest = hmac.new(self._secret, f"{nonce}.{server_id}".encode(), hashlib.sha256)
-        return digest.hexdigest()[: MAC_BYTES * 2]
-
-    def mint(self, server_id: int = 0) -> str:
-        nonce = secrets.token_urlsafe(24)
-        return f"{nonce}.{server_id}.{self._mac(nonce, server_id)}"
-
-    def verify(self, session_id: str) -> int | None:
-        """The bound server id of a genuine id (0 = none), None for anything forged."""
-        parts = session_id.split(".")
-        if len(parts) != 3 or not parts[1].isdigit():
-            return None
-        nonce, server, mac = parts
-        if not hmac.compare_digest(mac, self._mac(nonce, int(server))):
-            return None
-        return int(server)
 
 
 class SessionTable:
@@ -128,6 +102,10 @@ class SessionTable:
             session.last_used = self._clock()
         return session
 
+    def peek(self, session_id: str) -> ClientSession | None:
+        """The session, without counting this as its use (another process's news about it)."""
+        return self._sessions.get(session_id)
+
     def remove(self, session_id: str) -> ClientSession | None:
         return self._sessions.pop(session_id, None)
 
@@ -155,7 +133,7 @@ class SessionTable:
         or raise SessionLimit. Taken before the upstream session opens (a spawn takes a second),
         so concurrent `initialize`s cannot all pass the count; a session that registers counts
         on its own once the slot is released."""
-        held = [s for s in self._sessions.values() if s.pool == pool and s.server_id]
+        held = [s for s in self._sessions.values() if s.pool == pool and s.server_id and s.owned]
         pending = self._opening.get(pool, [])
         mine = sum(1 for s in held if s.key_id == key_id) + pending.count(key_id)
         if len(held) + len(pending) >= total:
@@ -190,13 +168,20 @@ class SessionLimit(Exception):
     """A pool's sticky-session cap (total or per key) is reached."""
 
 
-async def close_sessions(sessions: list[ClientSession]) -> None:
-    """Close the upstream sessions of sticky client sessions; fail their waiting relays."""
+async def close_sessions(sessions: list[ClientSession], *, end_upstream: bool = False) -> None:
+    """Close the upstream sessions of sticky client sessions (a copy only lets go of it: the
+    session goes on upstream for the other processes, unless `end_upstream`: the client's
+    DELETE); fail their waiting relays."""
     for session in sessions:
         for future in session.pending.values():
             if not future.done():
                 future.cancel()
         session.pending.clear()
     await asyncio.gather(
-        *(s.upstream.close() for s in sessions if s.upstream is not None), return_exceptions=True
+        *(
+            s.upstream.close() if s.owned or end_upstream else s.upstream.detach()
+            for s in sessions
+            if s.upstream is not None
+        ),
+        return_exceptions=True,
     )

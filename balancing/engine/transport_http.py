@@ -57,6 +57,7 @@ _SHORT_TIMEOUT: Final = aiohttp.ClientTimeout(total=2.0)
 # client's 1 s default but quicker to come back after a blip (a lost stream loses messages).
 LISTEN_BACKOFF_FIRST: Final = 0.25
 LISTEN_BACKOFF_MAX: Final = 8.0
+LISTEN_TAKEN_MAX: Final = 1.0
 LAST_EVENT_ID_HEADER: Final = "last-event-id"
 
 _JSON: Final = "application/json"
@@ -157,8 +158,17 @@ class HttpTransport:
     def cancels_by_disconnect(self) -> bool:
         return self._modern
 
+    @property
+    def session_id(self) -> str | None:
+        return self._session_id
+
     async def start(self) -> None:
         """Nothing to do: connections come from the shared pool on first use."""
+
+    def adopt(self, session_id: str, version: str) -> None:
+        """Speak on a handshake-era session negotiated elsewhere (another web process)."""
+        self._session_id = session_id
+        self.use(Era.HANDSHAKE, version)
 
     def use(self, era: Era, version: str | None) -> None:
         self._modern = era is Era.MODERN
@@ -353,15 +363,19 @@ class HttpTransport:
                 if outcome == "progress":
                     delay = LISTEN_BACKOFF_FIRST
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, LISTEN_BACKOFF_MAX)
+                # "taken": another web process holds the stream and is letting go of it (or,
+                # with Redis away, keeps it): ask again soon, but not at full speed forever.
+                delay = min(
+                    delay * 2, LISTEN_TAKEN_MAX if outcome == "taken" else LISTEN_BACKOFF_MAX
+                )
         finally:
             opened.set()
 
     async def _listen_once(
         self, parser: SseParser, last_id: str, opened: asyncio.Event
-    ) -> Literal["stop", "progress", "idle"]:
+    ) -> Literal["stop", "progress", "taken", "idle"]:
         """One GET stream until it ends: ``stop`` listening for good, or reconnect (``progress``:
-        the stream carried something, so reconnect soon)."""
+        the stream carried something, ``taken``: another holder is letting go — so soon)."""
         headers = {k: v for k, v in self._headers.items() if k != "content-type"}
         headers["accept"] = _SSE
         if last_id:
@@ -382,7 +396,9 @@ class HttpTransport:
                     self._gone = True
                     return "stop"
                 logger.debug("%s: GET stream refused with HTTP %d", self._name, status)
-                return "idle"  # 409 (a stream still open upstream), 5xx: try again later
+                if status == 409:
+                    return "taken"  # a stream still open upstream (another process's, going)
+                return "idle"  # 5xx: try again later
             if response.content_type != _SSE:
                 logger.debug("%s: GET answered %r, not a stream", self._name, response.content_type)
                 return "stop"

@@ -156,8 +156,11 @@ class UpstreamSession:
         self._closed = False
         self._envelope: JsonObject | None = None  # modern era: the `_meta` every request carries
         self._transport: UpstreamTransport
-        # HTTP with `listen`: holds the GET stream open (handshake era only; see `_initialize`)
+        # HTTP, handshake era: holds the GET stream open (opened with `listen`, or on demand by
+        # `listen()`: the stream follows the client's, which may be on another web process)
         self._listener: Callable[[asyncio.Event], Awaitable[None]] | None = None
+        self._listening: asyncio.Task[None] | None = None
+        self._listen_at_start = False
         self.era = Era.AUTO
         self.protocol_version = ""
         self.server_info: JsonObject = {}
@@ -215,8 +218,8 @@ class UpstreamSession:
 
             transport = HttpTransport(server, http, session._deliver)
             session._transport = transport
-            if listen:
-                session._listener = transport.listen
+            session._listener = transport.listen
+            session._listen_at_start = listen
         try:
             async with asyncio.timeout(timeout):
                 await session._transport.start()
@@ -230,6 +233,57 @@ class UpstreamSession:
             await session.close()
             raise
         return session
+
+    @classmethod
+    async def resume(
+        cls,
+        server: ServerConfig,
+        *,
+        http: aiohttp.ClientSession | None,
+        session_id: str,
+        protocol_version: str,
+        server_capabilities: JsonObject,
+        client_info: JsonObject,
+        capabilities: JsonObject,
+        on_event: MessageHandler | None = None,
+        clock: Clock = time.monotonic,
+    ) -> UpstreamSession:
+        """Speak on an HTTP server's handshake-era session another process opened (its own
+        ``session_id``, negotiated at ``protocol_version``): no ``initialize``, no round trip.
+        The GET stream opens on demand (`listen`), when this process serves the client's."""
+        if server.transport is Transport.STDIO or http is None:
+            raise ValueError(f"{server.name}: only an HTTP session can be resumed, on a runtime")
+        from balancing.engine.transport_http import HttpTransport
+
+        session = cls(
+            server,
+            client_info=client_info,
+            capabilities=capabilities,
+            on_event=on_event,
+            clock=clock,
+        )
+        transport = HttpTransport(server, http, session._deliver)
+        transport.adopt(session_id, protocol_version)
+        session._transport = transport
+        session._listener = transport.listen
+        session.era = Era.HANDSHAKE
+        session.handshake_version = session.protocol_version = protocol_version
+        session.server_capabilities = server_capabilities
+        return session
+
+    @property
+    def upstream_session_id(self) -> str | None:
+        """The server's own `Mcp-Session-Id` (HTTP, handshake era), None otherwise."""
+        return getattr(self._transport, "session_id", None)
+
+    async def listen(self) -> None:
+        """Hold the server's GET stream open from now on (this process serves the client's GET
+        stream); nothing when it already does, or over stdio (everything arrives anyway)."""
+        if self._listener is None or not self.alive or self.era is not Era.HANDSHAKE:
+            return
+        if self._listening is not None and not self._listening.done():
+            return
+        await self._open_listener(self._listener)
 
     async def _negotiate(self, era: Era, timeout: float) -> None:
         """Modern era first (``server/discover``), the handshake when the server does not know it.
@@ -309,14 +363,14 @@ class UpstreamSession:
         self.server_capabilities = _dict(result.get("capabilities"))
         self.server_info = _dict(result.get("serverInfo"))
         self.instructions = str(result.get("instructions") or "")
-        if self._listener is not None:
+        if self._listener is not None and self._listen_at_start:
             await self._open_listener(self._listener)
         await self.notify("notifications/initialized", None)
 
     async def _open_listener(self, listener: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         """Start the GET stream and wait (briefly) for its answer; close() stops it."""
         opened = asyncio.Event()
-        self._spawn(listener, opened)
+        self._listening = self._spawn(listener, opened)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(LISTEN_OPEN_WAIT):
                 await opened.wait()
@@ -435,6 +489,15 @@ class UpstreamSession:
         except UpstreamError as exc:
             logger.debug("%s: close: %s", self.server.name, exc)
 
+    async def detach(self) -> None:
+        """Let go of a session another process also speaks on: stop its background work (the GET
+        stream) without ending it upstream."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+
     # ---------------------------------------------------------------- receive path
 
     def _abandon(self, call: Call, reason: str) -> None:
@@ -522,7 +585,7 @@ class UpstreamSession:
         except UpstreamError as exc:
             logger.warning("%s: could not answer %s: %s", self.server.name, method, exc)
 
-    def _spawn(self, work: Callable[..., Awaitable[None]], *args: Any) -> None:
+    def _spawn(self, work: Callable[..., Awaitable[None]], *args: Any) -> asyncio.Task[None]:
         """Run ``work(*args)`` in the background; close() cancels it. The coroutine is created
         inside the task so a task cancelled before it starts leaves nothing un-awaited."""
 
@@ -535,6 +598,7 @@ class UpstreamSession:
         task = asyncio.get_running_loop().create_task(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
 
 def _dict(value: Any) -> JsonObject:

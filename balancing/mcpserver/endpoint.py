@@ -27,7 +27,7 @@ from balancing.engine.sticky import close_sessions
 from balancing.errors_http import ApiError
 from balancing.host import RuntimeHost
 from balancing.keys import KeyRecord
-from balancing.mcpserver import clients, era, forward, relays, validate
+from balancing.mcpserver import clients, era, forward, relays, remote, validate
 from balancing.mcpserver.replies import Reply, refuse
 
 PREFIX: Final = "/mcp/"
@@ -51,10 +51,22 @@ async def handle(scope: Scope, receive: Receive, send: Send) -> None:
             await relays.stream(scope, receive, send, host, key, slug)
         else:
             raise ApiError("method_not_allowed", f"{method} is not part of Streamable HTTP")
+    except remote.OwnedElsewhere as owner:  # GET, DELETE: no body
+        await _forward(owner, scope, b"", receive, send)
     except ApiError as error:
         await refuse(send, error)
     except ClientGone:
         return
+
+
+async def _forward(
+    owner: remote.OwnedElsewhere, scope: Scope, body: bytes, receive: Receive, send: Send
+) -> None:
+    """The session's stdio server runs in another web process: that process serves it."""
+    try:
+        await remote.forward(owner.channel, scope, body, receive, send)
+    except ApiError as error:
+        await refuse(send, error)
 
 
 # ---- DNS rebinding protection -----------------------------------------------------------
@@ -87,12 +99,15 @@ def _host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
 async def _post(
     scope: Scope, receive: Receive, send: Send, host: RuntimeHost, key: KeyRecord, live: LivePool
 ) -> None:
-    message = validate.parse(await read_body(scope, receive, settings.MCPPOOL_MAX_BODY_BYTES))
+    body = await read_body(scope, receive, settings.MCPPOOL_MAX_BODY_BYTES)
+    message = validate.parse(body)
     method = message.get("method")
     is_request = "id" in message
     id_json = validate.id_json(message) if is_request and isinstance(method, str) else b"null"
     try:
         await _route(scope, receive, send, host, key, live, message, id_json)
+    except remote.OwnedElsewhere as owner:
+        await _forward(owner, scope, body, receive, send)
     except ApiError as error:
         await refuse(send, error, id_json)
 
@@ -113,7 +128,7 @@ async def _route(
     session = None
     modern = False
     if session_header is not None:
-        session = clients.find(host, key, live.config.slug, session_header)
+        session = await clients.find(host, key, live.config.slug, session_header)
     elif isinstance(method, str) and era.is_modern(scope, message):
         if not is_request:
             await send_bytes(send, 202, b"", [])  # the 2026 wire has no client notifications
@@ -150,9 +165,7 @@ async def _delete(scope: Scope, send: Send, host: RuntimeHost, key: KeyRecord, s
     raw = header(scope, b"mcp-session-id")
     if raw is None:
         raise ApiError("invalid_request", "DELETE needs an Mcp-Session-Id")
-    session = host.client_sessions.get(raw.decode("latin-1"))
-    if session is None or session.key_id != key.id or session.pool != slug:
-        raise ApiError("unknown_session", "Session not found")
+    session = await clients.find(host, key, slug, raw)
     host.client_sessions.remove(session.id)
-    await close_sessions([session])
+    await close_sessions([session], end_upstream=True)  # on whichever process it lands
     await send_bytes(send, 200, b"", [])

@@ -218,6 +218,7 @@ async def initialize(
     )
     capabilities = params.get("capabilities")
     capabilities = capabilities if isinstance(capabilities, dict) else {}
+    client_info = params.get("clientInfo")
     now = host.runtime.clock()
     session = ClientSession(
         id="",
@@ -227,6 +228,7 @@ async def initialize(
         created_at=now,
         last_used=now,
         client_capabilities=capabilities,
+        client_info=client_info if isinstance(client_info, dict) else {},
     )
     result: dict[str, Any] = {"protocolVersion": version, "serverInfo": _server_info(live)}
     if live.config.session_mode is SessionMode.STICKY:
@@ -249,7 +251,7 @@ async def initialize(
             result["capabilities"] = await pool_capabilities(host, live)
         except UpstreamError:
             result["capabilities"] = FORWARDABLE
-        session.id = clients.session_ids().mint(0)
+    session.id = clients.seal(host, session)  # any web process can continue it from its id
     for expired in host.client_sessions.add(session):
         clients.end(host, expired)
     await send_bytes(
@@ -287,7 +289,6 @@ async def _bind(
         # elicitation mid-call), which only the handshake era has.
         server = replace(server, era=Era.HANDSHAKE)
     session.server_id = server.id
-    session.id = clients.session_ids().mint(server.id)
     on_event = session_events(session, live.config.call_timeout)
     try:
         # `listen`: over HTTP, the upstream's GET stream carries exactly these messages.

@@ -24,7 +24,7 @@ from balancing.engine.upstream import ClientRefused
 from balancing.errors_http import ApiError
 from balancing.host import RuntimeHost
 from balancing.keys import KeyRecord
-from balancing.mcpserver import clients
+from balancing.mcpserver import clients, crossing
 
 EVENTS_QUEUE: Final = 1000
 
@@ -40,7 +40,7 @@ def session_events(session: ClientSession, relay_timeout: float | None) -> Emit:
     session.events = events
 
     async def enqueue(message: dict[str, Any]) -> None:
-        events.put_nowait(message)  # QueueFull: the upstream is told the handler failed
+        crossing.to_stream(session, message)  # QueueFull: the upstream is told the handler failed
 
     async def on_event(event: dict[str, Any]) -> dict[str, Any] | None:
         emit: Emit | None = session.active_emit
@@ -49,7 +49,7 @@ def session_events(session: ClientSession, relay_timeout: float | None) -> Emit:
         if "id" in event:
             return await relay_request(session, event, enqueue, relay_timeout)
         with contextlib.suppress(asyncio.QueueFull):
-            events.put_nowait(event)
+            crossing.to_stream(session, event)
         return None
 
     return on_event
@@ -75,7 +75,7 @@ async def _relay(
     send_out: SendOut,
     timeout: float | None,
 ) -> dict[str, Any]:
-    relay_id = session.relay_id()
+    relay_id = crossing.relay_id(session)
     future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
     session.pending[relay_id] = future
     try:
@@ -115,6 +115,9 @@ async def client_response(
     """The client's answer to a relayed server→client request (sampling, elicitation, roots)."""
     future = session.pending.pop(str(message.get("id")), None) if session is not None else None
     if future is None:
+        if session is not None and await crossing.pass_answer(session, message):
+            await send_bytes(send, 202, b"", [])  # awaited by the web process that relayed it
+            return
         raise ApiError("invalid_request", "no relayed request waits for this response")
     if not future.done():
         future.set_result(message)
@@ -128,10 +131,11 @@ async def stream(
     raw = header(scope, b"mcp-session-id")
     if raw is None:
         raise ApiError("method_not_allowed", "no stream without a session")
-    session = clients.find(host, key, slug, raw)
+    session = await clients.find(host, key, slug, raw)
     events = session.events
     if events is None:
         raise ApiError("method_not_allowed", "a shared pool has no session stream")
+    await crossing.claim_stream(session)  # the session-level messages come here now
     await send({"type": "http.response.start", "status": 200, "headers": sse_headers(session)})
     watcher = asyncio.ensure_future(disconnected(receive))
     try:

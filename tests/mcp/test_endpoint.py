@@ -53,7 +53,9 @@ async def test_legacy_mode_client_gets_gateway_session_id(gateway: Gateway) -> N
         assert _text(await client.call_tool("echo", {"text": "x"})) == "x"
         (session,) = list(gateway.host.client_sessions)
         assert len(session.id) > 40
-        assert session.id.count(".") == 2
+        # sealed: this process (or any other) opens it, naming the pool and the key
+        token = gateway.host.session_sealer.open("echo", session.id)
+        assert token.key_id == session.key_id
 
 
 async def test_progress_notifications_reach_the_client_on_shared_pool(gateway: Gateway) -> None:
@@ -157,6 +159,15 @@ async def test_session_of_another_key_is_404(gateway: Gateway) -> None:
     other = await post_rpc(
         gateway, "echo", ping, **gateway.auth("limited"), **{"Mcp-Session-Id": sid}
     )
+    assert other.status_code == 404
+
+
+async def test_session_id_of_another_pool_is_404(gateway: Gateway) -> None:
+    # given a session of pool echo (its id is sealed with the pool bound in)
+    sid = (await post_rpc(gateway, "echo", INIT, **gateway.auth())).headers["mcp-session-id"]
+    ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+    # when the same key presents it to another of its pools, then it is unknown there
+    other = await post_rpc(gateway, "stream", ping, **gateway.auth(), **{"Mcp-Session-Id": sid})
     assert other.status_code == 404
 
 

@@ -185,6 +185,51 @@ def start_everything_http() -> UpstreamProcess:
     )
 
 
+# ---------------------------------------------------------------- a load balancer
+
+HAPROXY_CONFIG = """\
+global
+    maxconn 4000
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 120s
+    timeout server 120s
+    # A connection refused (a web process gone) is retried on another: the request never left.
+    retries 3
+    option redispatch 1
+    # One request per client connection: when a web process dies under a request that was not
+    # the first of its client connection, HAProxy closes that connection without an answer
+    # (leaving the retry to the client), which the mcp SDK client takes as the end of its whole
+    # session; on a connection's first request it answers 502, which fails only that call.
+    option httpclose
+frontend mcp
+    bind 127.0.0.1:{port}
+    default_backend webs
+backend webs
+    balance roundrobin
+    # Which web process answered, for tests to see the spread (not in docker-compose).
+    http-response set-header X-Mcppool-Web %[srv_name]
+{servers}
+"""
+
+
+def start_haproxy(backends: Sequence[UpstreamProcess], directory: Path) -> UpstreamProcess:
+    """Debian's `haproxy` in front of `backends`: round robin per request, no affinity, each
+    backend checked every 500 ms. Its config is written to `directory`."""
+
+    def command(port: int) -> list[str]:
+        servers = "\n".join(
+            f"    server {web.name} 127.0.0.1:{web.port} check inter 500ms fall 1 rise 2"
+            for web in backends
+        )
+        config = directory / f"haproxy-{port}.cfg"
+        config.write_text(HAPROXY_CONFIG.format(port=port, servers=servers))
+        return ["haproxy", "-db", "-f", str(config)]
+
+    return _start_http("haproxy", command)
+
+
 # ---------------------------------------------------------------- plumbing
 
 
