@@ -7,7 +7,8 @@
 CPU time per call moves ±20 % between two processes of the same code on a shared 2-core machine
 (`bench.versus` with `--ref HEAD` shows it), too much to check a 2 % or 5 % budget. Instructions
 do not: valgrind's callgrind counts every instruction the gateway process executes, the same
-count for the same work however loaded the machine is (two runs of one tree differed by ~1 %).
+count for the same work whatever else the machine does (runs of one tree agreed within 3 %: how
+many events one turn of the event loop handles still depends on timing).
 
 Each tree (this one, and each `--ref`, default `bench.versus.BASELINE`, unpacked by `git archive`)
 serves one JSON upstream under uvicorn inside `valgrind --tool=callgrind`. After a warm-up (200
@@ -213,7 +214,8 @@ def write_docs(report: dict[str, Any], text: str) -> None:
         f"Instructions the gateway process executed per call under callgrind, {report['calls']} "
         f"calls per path at concurrency {report['concurrency']} after a warm-up, one JSON "
         f"upstream; this tree (tracing and audit off) against earlier commits, on "
-        f"{machine['cpu']}. The count does not depend on the machine's load."
+        f"{machine['cpu']}. The count moves far less with the machine's load than CPU time does "
+        "(runs of one tree agreed within 3 %, where CPU time moved ±20 %)."
     )
     parts = [SECTION, "", textwrap.fill(intro, 100), "", table(report), ""]
     if text:
