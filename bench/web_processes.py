@@ -112,12 +112,15 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def table(report: dict[str, Any]) -> str:
-    lines = ["| path · behind HAProxy | calls/s (median) | each round | p50 ms | p99 ms | errors |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| path · behind HAProxy | calls/s (median) | each round | p50 ms | p99 ms | errors "
+             "| CPU ms/call web-0 · web-1 · HAProxy |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in report["rows"]:
         each = ", ".join(f"{value:.0f}" for value in r["rounds_calls_per_s"])
+        cpu = " · ".join(f"{r['cpu_ms_per_call'].get(name, 0.0):.3f}"
+                         for name in ("web-0", "web-1", "haproxy"))  # fmt: skip
         lines.append(f"| {r['target']} | {r['calls_per_s']:.0f} | {each} | {r['p50_ms']:.2f} | "
-                     f"{r['p99_ms']:.2f} | {r['errors']} |")  # fmt: skip
+                     f"{r['p99_ms']:.2f} | {r['errors']} | {cpu} |")  # fmt: skip
     lines += ["", "| path | calls/s, two web processes / one |", "|---|---|"]
     lines += [f"| {path} | {ratio:.2f} |" for path, ratio in report["ratio"].items()]
     return "\n".join(lines)
@@ -131,7 +134,8 @@ def write_docs(report: dict[str, Any], note: str) -> None:
         f"{report['rounds']} interleaved rounds of {report['duration_s']:g} s per row, on "
         f"{machine['cpu']} ({machine['cores']} cores, shared by the load generator, HAProxy, "
         f"the upstream and the web processes; load average {machine['load_average_1m']} at the "
-        "end). MCP calls run on kept handshake-era sessions whose calls land on either process."
+        "end). MCP calls run on kept handshake-era sessions whose calls land on either process; "
+        "the CPU columns show where calls were served (web-1 idles behind the one-process HAProxy)."
     )
     parts = [SECTION, "", textwrap.fill(intro, 100), "", table(report), ""]
     if note:
