@@ -67,6 +67,8 @@ EXTRA_SCRIPTS: tuple[tuple[str, list[str], float, bool], ...] = (
     # a stdio session's call forwarded to its owner process over Redis (needs REDIS_URL)
     ("scale_out", ["--calls", "300"], 240, True),
     ("session_token", [], 60, True),
+    # calls/s through HAProxy with one and with two web processes (needs haproxy and REDIS_URL)
+    ("web_processes", ["--duration", "2", "--json", "{json}", "--no-docs"], 240, True),
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from enum import Enum
 from typing import Any
 
@@ -62,6 +63,18 @@ def classify(message: JsonObject) -> Kind:
     if "id" in message and ("result" in message or "error" in message):
         return Kind.RESPONSE
     return Kind.INVALID
+
+
+# Below 2**53, so every JSON implementation reads the id back exactly.
+_ID_SPACE = 2**52
+
+
+def random_start() -> int:
+    """Where a copy of an upstream session starts numbering its requests. Several web processes
+    can each hold a copy of one upstream session (any process continues a session from its id):
+    numbered from one random start each, their requests in flight at once do not share an id on
+    that session (numbered from 1 each, the upstream would answer one of two and lose the other)."""
+    return secrets.randbelow(_ID_SPACE) + 1
 
 
 class IdAllocator:

@@ -141,7 +141,7 @@ class UpstreamSession:
         self._capabilities = capabilities
         self._on_event = on_event
         self._clock = clock
-        self._ids = jsonrpc.IdAllocator()
+        self._ids = jsonrpc.IdAllocator(jsonrpc.random_start())
         # Over HTTP each call's progress comes on its own response stream, so the caller's token
         # goes upstream as the caller wrote it. Over stdio nothing ties a notification to its
         # call: progress is routed by token (`_by_token`, wire token -> call), and a session

@@ -8,7 +8,14 @@ import os
 import pytest
 
 from tests.conformance import suite
-from tests.reliability.conftest import postgres, var_dir, webs  # noqa: F401
+from tests.reliability.conftest import (  # noqa: F401
+    balanced,
+    channel_prefix,
+    postgres,
+    start_webs,
+    var_dir,
+    webs,
+)
 
 
 @pytest.fixture

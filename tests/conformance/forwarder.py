@@ -36,8 +36,11 @@ def _end_to_end(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
 
 
 @contextlib.asynccontextmanager
-async def forwarder(target: str, key: str) -> AsyncIterator[str]:
-    """Serve a forwarder to `target` (scheme://host:port) on a free port; yields its base URL."""
+async def forwarder(
+    target: str, key: str, served_by: list[str] | None = None
+) -> AsyncIterator[str]:
+    """Serve a forwarder to `target` (scheme://host:port) on a free port; yields its base URL.
+    `served_by` collects each answer's `X-Mcppool-Web` (the web process HAProxy chose)."""
     client = aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=None),
         auto_decompress=False,
@@ -53,6 +56,8 @@ async def forwarder(target: str, key: str) -> AsyncIterator[str]:
             request.method, target + request.rel_url.raw_path_qs, headers=headers,
             data=body if body else None, allow_redirects=False,
         ) as upstream:  # fmt: skip
+            if served_by is not None:
+                served_by.append(upstream.headers.get("X-Mcppool-Web", ""))
             response = web.StreamResponse(
                 status=upstream.status,
                 reason=upstream.reason,

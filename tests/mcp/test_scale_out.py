@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -29,9 +28,12 @@ from tests.helpers.wait import until
 from tests.mcp import test_everything as everything
 from tests.mcp.conftest import sampled
 from tests.reliability.conftest import (  # noqa: F401
+    Balanced,
+    balanced,
     channel_prefix,
     postgres,
     start_web,
+    start_webs,
     var_dir,
     web_env,
     webs,
@@ -132,27 +134,9 @@ def _stdio_pool() -> str:
     return add_key("app", ["local"])
 
 
-@pytest.fixture
-def start_webs(
-    webs: list[UpstreamProcess],  # noqa: F811
-    var_dir: Path,  # noqa: F811
-    redis_url: str,
-    channel_prefix: str,  # noqa: F811
-) -> Callable[[int], list[UpstreamProcess]]:
-    """Start `count` web processes on the test database and a Redis prefix of the test's own."""
-
-    def start(count: int) -> list[UpstreamProcess]:
-        env = web_env(var_dir, redis_url=redis_url, MCPPOOL_CHANNEL_PREFIX=channel_prefix)
-        for i in range(count):
-            webs.append(start_web(env, f"web-{i}"))
-        return webs
-
-    return start
-
-
 async def test_sticky_http_session_continues_on_every_web_process(
     sse_upstream: UpstreamProcess,
-    start_webs: Callable[[int], list[UpstreamProcess]],
+    start_webs: Callable[[int], list[UpstreamProcess]],  # noqa: F811
 ) -> None:
     # given a sticky pool on an HTTP server and three web processes sharing no session store
     secret = await sticky_pools(sse_upstream.url, "sticky")
@@ -179,7 +163,7 @@ async def test_sticky_http_session_continues_on_every_web_process(
 
 async def test_relayed_requests_and_the_session_stream_cross_web_processes(
     sse_upstream: UpstreamProcess,
-    start_webs: Callable[[int], list[UpstreamProcess]],
+    start_webs: Callable[[int], list[UpstreamProcess]],  # noqa: F811
 ) -> None:
     # given a sticky session created on web process a, and three processes
     secret = await sticky_pools(sse_upstream.url, "sticky")
@@ -251,7 +235,7 @@ async def _announced(client: Raw, web: UpstreamProcess, events: asyncio.Queue[An
 @pytest.mark.parametrize("how", ["altered", "another pool"])
 async def test_session_id_altered_or_of_another_pool_is_404_on_every_process(
     sse_upstream: UpstreamProcess,
-    start_webs: Callable[[int], list[UpstreamProcess]],
+    start_webs: Callable[[int], list[UpstreamProcess]],  # noqa: F811
     how: str,
 ) -> None:
     secret = await sticky_pools(sse_upstream.url, "sticky", "other")
@@ -272,7 +256,7 @@ async def test_session_id_altered_or_of_another_pool_is_404_on_every_process(
 
 
 async def test_stdio_session_is_served_through_any_process_by_its_owner(
-    start_webs: Callable[[int], list[UpstreamProcess]],
+    start_webs: Callable[[int], list[UpstreamProcess]],  # noqa: F811
 ) -> None:
     # given a sticky pool whose server is a stdio child of the web process that opens it
     secret = await sync_to_async(_stdio_pool)()
@@ -319,30 +303,6 @@ async def test_stdio_session_is_served_through_any_process_by_its_owner(
 # ---- behind a real load balancer ------------------------------------------------------------
 
 
-Balanced = Callable[[], tuple[str, list[UpstreamProcess]]]
-
-
-@pytest.fixture
-def balanced(
-    start_webs: Callable[[int], list[UpstreamProcess]],
-    var_dir: Path,  # noqa: F811
-) -> Iterator[Balanced]:
-    """Starts three web processes behind Debian's HAProxy (round robin, no affinity) once the
-    test's config is written; gives HAProxy's URL of `/mcp/` and the processes."""
-    if shutil.which("haproxy") is None:
-        missing_prerequisite("haproxy is not installed (apt-get install haproxy)")
-    started: list[UpstreamProcess] = []
-
-    def start() -> tuple[str, list[UpstreamProcess]]:
-        gateways = start_webs(3)
-        started.append(procs.start_haproxy(gateways, var_dir))
-        return f"http://127.0.0.1:{started[0].port}/mcp/", gateways
-
-    yield start
-    for haproxy in started:
-        haproxy.stop()
-
-
 def sdk_client(url: str, secret: str, served_by: list[str], **options: Any) -> Client:
     """The mcp SDK client in legacy (handshake) mode; `served_by` collects which web process
     answered each HTTP request (HAProxy's header)."""
@@ -357,7 +317,7 @@ def sdk_client(url: str, secret: str, served_by: list[str], **options: Any) -> C
 
 async def test_sdk_client_through_haproxy_is_served_by_every_web_process(
     sse_upstream: UpstreamProcess,
-    balanced: Balanced,
+    balanced: Balanced,  # noqa: F811
 ) -> None:
     # given a sticky pool on an HTTP server, behind HAProxy in front of three web processes
     secret = await sticky_pools(sse_upstream.url, "sticky")
@@ -385,7 +345,7 @@ async def test_sdk_client_through_haproxy_is_served_by_every_web_process(
 
 async def test_web_process_killed_under_load_sessions_continue_on_the_others(
     sse_upstream: UpstreamProcess,
-    balanced: Balanced,
+    balanced: Balanced,  # noqa: F811
 ) -> None:
     # given four SDK clients calling in a loop through HAProxy, each on its own sticky session
     secret = await sticky_pools(sse_upstream.url, "sticky")
@@ -425,7 +385,7 @@ async def test_web_process_killed_under_load_sessions_continue_on_the_others(
 
 async def test_session_of_a_revoked_key_is_refused_on_every_process(
     sse_upstream: UpstreamProcess,
-    start_webs: Callable[[int], list[UpstreamProcess]],
+    start_webs: Callable[[int], list[UpstreamProcess]],  # noqa: F811
 ) -> None:
     # given a session used through two web processes
     secret = await sticky_pools(sse_upstream.url, "sticky")
@@ -464,7 +424,7 @@ def _everything_pools(url: str) -> str:
 @pytest.mark.parametrize(("pool", "over"), [("ev-http", "http"), ("ev-stdio", "stdio")])
 async def test_everything_through_haproxy_answers_as_directly(
     everything_http: UpstreamProcess | None,
-    balanced: Balanced,
+    balanced: Balanced,  # noqa: F811
     pool: str,
     over: str,
 ) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,14 +20,14 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import pytest
 
 from bench.gateway import command
-from tests.conftest import require_postgres
+from tests.conftest import missing_prerequisite, require_postgres
 from tests.helpers.wait import until_sync
 from tests.monitoring.test_worker import database_url
 from tests.upstreams import procs
@@ -195,3 +196,45 @@ def echo_pool_with_key(url: str, *, all_pools: bool = False) -> str:
     pools = [] if all_pools else [pool]
     _, secret = services.create_api_key("app", pools=pools, all_pools=all_pools)
     return secret
+
+
+@pytest.fixture
+def start_webs(
+    webs: list[UpstreamProcess],
+    var_dir: Path,
+    redis_url: str,
+    channel_prefix: str,
+) -> Callable[[int], list[UpstreamProcess]]:
+    """Start `count` web processes on the test database and a Redis prefix of the test's own."""
+
+    def start(count: int) -> list[UpstreamProcess]:
+        env = web_env(var_dir, redis_url=redis_url, MCPPOOL_CHANNEL_PREFIX=channel_prefix)
+        for i in range(count):
+            webs.append(start_web(env, f"web-{i}"))
+        return webs
+
+    return start
+
+
+Balanced = Callable[[], tuple[str, list[UpstreamProcess]]]
+
+
+@pytest.fixture
+def balanced(
+    start_webs: Callable[[int], list[UpstreamProcess]],
+    var_dir: Path,
+) -> Iterator[Balanced]:
+    """Starts three web processes behind Debian's HAProxy (round robin, no affinity) once the
+    test's config is written; gives HAProxy's URL of `/mcp/` and the processes."""
+    if shutil.which("haproxy") is None:
+        missing_prerequisite("haproxy is not installed (apt-get install haproxy)")
+    started: list[UpstreamProcess] = []
+
+    def start() -> tuple[str, list[UpstreamProcess]]:
+        gateways = start_webs(3)
+        started.append(procs.start_haproxy(gateways, var_dir))
+        return f"http://127.0.0.1:{started[0].port}/mcp/", gateways
+
+    yield start
+    for haproxy in started:
+        haproxy.stop()

@@ -214,9 +214,13 @@ backend webs
 """
 
 
-def start_haproxy(backends: Sequence[UpstreamProcess], directory: Path) -> UpstreamProcess:
+def start_haproxy(
+    backends: Sequence[UpstreamProcess], directory: Path, *, keep_alive: bool = False
+) -> UpstreamProcess:
     """Debian's `haproxy` in front of `backends`: round robin per request, no affinity, each
-    backend checked every 500 ms. Its config is written to `directory`."""
+    backend checked every 500 ms. Its config is written to `directory`. `keep_alive`: client
+    and server connections are kept (HAProxy's default; a benchmark's), not closed after each
+    request (the tests', see `HAPROXY_CONFIG`)."""
 
     def command(port: int) -> list[str]:
         servers = "\n".join(
@@ -224,7 +228,10 @@ def start_haproxy(backends: Sequence[UpstreamProcess], directory: Path) -> Upstr
             for web in backends
         )
         config = directory / f"haproxy-{port}.cfg"
-        config.write_text(HAPROXY_CONFIG.format(port=port, servers=servers))
+        text = HAPROXY_CONFIG.format(port=port, servers=servers)
+        if keep_alive:
+            text = text.replace("    option httpclose\n", "")
+        config.write_text(text)
         return ["haproxy", "-db", "-f", str(config)]
 
     return _start_http("haproxy", command)
