@@ -43,7 +43,7 @@ from typing import Any
 from bench import gateway as gw
 from bench import procfs
 from bench.loadgen import McpTarget, RestTarget, Target, run, run_on_new_loop
-from bench.report import replace_section
+from bench.report import publish, replace_section
 from bench.versus import BASELINE, checkouts
 from tests.upstreams import procs
 
@@ -239,12 +239,8 @@ def main() -> None:
         return
     refs = [] if args.ref == ["none"] else args.ref or [BASELINE]  # none: this tree alone
     report = measure(refs, args.calls)
-    print()
-    print(table(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    if not args.no_docs:
-        write_docs(report, args.note)
+    docs = None if args.no_docs else lambda: write_docs(report, args.note)
+    publish(report, table(report), args.json, docs)
 
 
 if __name__ == "__main__":

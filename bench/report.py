@@ -6,10 +6,11 @@ outside them (hand-written analysis, sections other engineers add) is kept as it
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +225,22 @@ def _area(frames: Sequence[str]) -> str:
 
 
 # ---------------------------------------------------------------- Markdown
+
+
+def publish(
+    report: dict[str, Any],
+    table: str,
+    json_path: Path | None,
+    write_docs: Callable[[], None] | None,
+) -> None:
+    """The end of a side script's run: its table printed, its report saved as JSON when asked,
+    its docs section written unless `--no-docs` (None)."""
+    print()
+    print(table)
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
+    if write_docs is not None:
+        write_docs()
 
 
 def replace_section(path: Path, heading: str, section: str) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import shutil
 import subprocess
 import tarfile
@@ -35,7 +34,7 @@ from typing import Any
 from bench import gateway as gw
 from bench import procfs
 from bench.loadgen import McpTarget, RestTarget, RunResult, Target, run, run_on_new_loop
-from bench.report import replace_section
+from bench.report import publish, replace_section
 from tests.upstreams import procs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,12 +179,8 @@ def main() -> None:
     parser.add_argument("--note", default="", help="a sentence under the table in the docs")
     args = parser.parse_args()
     report = run_on_new_loop(measure(args.ref or [BASELINE], args.duration, args.rounds))
-    print()
-    print(table(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    if not args.no_docs:
-        write_docs(report, args.note)
+    docs = None if args.no_docs else lambda: write_docs(report, args.note)
+    publish(report, table(report), args.json, docs)
 
 
 if __name__ == "__main__":

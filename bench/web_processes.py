@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import textwrap
@@ -30,7 +29,7 @@ from typing import Any
 from bench import gateway as gw
 from bench import procfs
 from bench.loadgen import McpTarget, RestTarget, RunResult, Target, run, run_on_new_loop
-from bench.report import replace_section
+from bench.report import publish, replace_section
 from tests.upstreams import procs
 from tests.upstreams.procs import UpstreamProcess
 
@@ -153,13 +152,9 @@ def main() -> None:
     parser.add_argument("--note", default="", help="a sentence under the table in the docs")
     args = parser.parse_args()
     report = run_on_new_loop(measure(args.duration, args.rounds, args.redis))
-    print()
-    print(table(report))
-    print(f"\nload average (1 min) at the end: {report['machine']['load_average_1m']}")
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    if not args.no_docs:
-        write_docs(report, args.note)
+    docs = None if args.no_docs else lambda: write_docs(report, args.note)
+    load = f"\n\nload average (1 min) at the end: {report['machine']['load_average_1m']}"
+    publish(report, table(report) + load, args.json, docs)
 
 
 if __name__ == "__main__":
