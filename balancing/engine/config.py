@@ -118,6 +118,15 @@ class ServerConfig:
         """Stable identity for hashing: the same on every web process."""
         return f"{self.id}:{self.name}"
 
+    @property
+    def place(self) -> tuple[object, ...]:
+        """Where the server lives and how it is spoken to: when this changes, every session to
+        it (and every feed of its events) is one to the old server."""
+        return (
+            self.transport, self.url, self.command, self.args,
+            self.headers, self.env, self.cwd, self.era,
+        )  # fmt: skip
+
 
 @dataclass(frozen=True, slots=True)
 class AffinityRuleConfig:

@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -48,6 +49,7 @@ from balancing.engine.errors import (
     UpstreamRefused,
     UpstreamTimeout,
 )
+from balancing.engine.feeds import LIST_CHANGED, Feed, FeedClosed, Interest, Listener
 from balancing.engine.metrics import RuntimeMetrics
 from balancing.engine.outlier import Ejected, Outcome, OutlierDetector, OutlierEvent, Recovered
 from balancing.engine.policy import UpstreamPolicy
@@ -74,6 +76,8 @@ CLIENT_INFO: JsonObject = {"name": "mcppool", "version": "0.1.0"}
 # sampling or elicitation there: a server must not send a request that no single client owns.
 SHARED_CAPABILITIES: JsonObject = {}
 TOOLS_REFRESH_SECONDS = 60.0
+# A server whose feed could not be joined (listen streams) is tried again after this long.
+FEED_RETRY_SECONDS = 5.0
 MAINTAIN_SECONDS = 1.0
 
 
@@ -126,6 +130,8 @@ class LivePool:
     # the strictest caching hints of the servers' `tools/list` answers (ttlMs, cacheScope)
     tools_hints: Hints = NO_HINTS
     server_hints: dict[int, Hints] = field(default_factory=dict)
+    # 2026 `subscriptions/listen` streams on this pool (`engine/feeds.py`)
+    listeners: set[Listener] = field(default_factory=set)
 
     def endpoint_list(self) -> list[Endpoint]:
         return list(self.endpoints.values())
@@ -212,6 +218,10 @@ class Runtime:
         self._http: aiohttp.ClientSession | None = None
         self._maintainer: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[Any]] = set()
+        # Each server's change notifications for listen streams (server id → feed), and when a
+        # server that could not be joined is tried again.
+        self.feeds: dict[int, Feed] = {}
+        self._join_again_at: dict[int, float] = {}
         self._started = False
         # Traces and the audit trail (`engine/tracing.py`); None when both are off.
         self.observer: Observer | None = None
@@ -230,8 +240,16 @@ class Runtime:
         if self._maintainer:
             self._maintainer.cancel()
             await asyncio.gather(self._maintainer, return_exceptions=True)
+        for live in self.pools.values():
+            for listener in list(live.listeners):
+                listener.end("graceful")
+        feeds, self.feeds = list(self.feeds.values()), {}
         pools = [sp for live in self.pools.values() for sp in live.sessions.values()]
-        await asyncio.gather(*(sp.close(grace) for sp in pools), return_exceptions=True)
+        await asyncio.gather(
+            *(sp.close(grace) for sp in pools),
+            *(feed.close() for feed in feeds),
+            return_exceptions=True,
+        )
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
         self.pools.clear()
@@ -250,6 +268,10 @@ class Runtime:
                 live = self.pools.pop(slug)
                 for sp in live.sessions.values():
                     self._retire(sp)
+                for server_id in live.endpoints:
+                    self._end_feed(server_id)
+                for listener in list(live.listeners):
+                    listener.end("graceful")  # the pool is gone: nothing to listen to
         for slug, config in wanted.items():
             existing = self.pools.get(slug)
             if existing is not None:
@@ -278,7 +300,12 @@ class Runtime:
         live.config = config
         live.outliers.sync(config.servers)
         keep = {s.id: s for s in config.servers if s.state is not AdminState.DISABLED}
+        serving = set(live.endpoints)
+        moved = False
         for server_id in list(live.endpoints):
+            old = live.endpoints[server_id].config
+            if server_id not in keep or keep[server_id].place != old.place:
+                moved = self._end_feed(server_id) or moved
             if server_id not in keep:
                 live.endpoints.pop(server_id)
                 live.tools_refreshed.pop(server_id, None)
@@ -307,6 +334,8 @@ class Runtime:
             self._health_moved(live, endpoint, server, now)
             endpoint.config = server
             live.sessions[server.id].reconfigure(config, server)
+        if live.listeners and (moved or set(live.endpoints) != serving):
+            self._pool_changed(live)
 
     def _health_moved(
         self, live: LivePool, endpoint: Endpoint, server: ServerConfig, now: float
@@ -820,10 +849,108 @@ class Runtime:
         live.tools_refreshed[endpoint.id] = self.clock()
 
     # ---- upkeep ------------------------------------------------------------------------
+    # ---- listen streams (2026 `subscriptions/listen`, `engine/feeds.py`) -----------------
+    async def listen(self, slug: str, interest: Interest) -> Listener:
+        """A listen stream on pool `slug`, joined to the feed of every available server: events
+        flow once this returns. Servers that cannot be joined now are tried again by the upkeep;
+        with none joined, `NoHealthyServer`."""
+        live = self.pool(slug)
+        listener = Listener(slug, interest)
+        live.listeners.add(listener)
+        await self._join(live, listener, force=True)
+        if not listener.feeds:
+            live.listeners.discard(listener)
+            listener.end("lost")
+            raise NoHealthyServer(f"no server of pool {slug!r} can be listened to")
+        return listener
+
+    def unlisten(self, listener: Listener) -> None:
+        """The client's stream ended: its share of the feeds is let go."""
+        live = self.pools.get(listener.pool)
+        if live is not None:
+            live.listeners.discard(listener)
+        listener.end("lost")
+
+    async def _join(self, live: LivePool, listener: Listener, *, force: bool = False) -> None:
+        now = self.clock()
+        targets = [
+            endpoint.config
+            for endpoint in live.endpoints.values()
+            if endpoint.available(now)
+            and endpoint.id not in listener.feeds
+            and endpoint.id not in listener.joining
+            and (force or self._join_again_at.get(endpoint.id, 0.0) <= now)
+        ]
+        if targets:
+            await asyncio.gather(*(self._join_one(live, listener, s) for s in targets))
+
+    async def _join_one(self, live: LivePool, listener: Listener, server: ServerConfig) -> None:
+        listener.joining.add(server.id)
+        try:
+            for attempt in (1, 2):  # a feed that closed as this one came: the next one
+                feed = self.feeds.get(server.id)
+                if feed is None or feed.closed:
+                    feed = self.feeds[server.id] = Feed(
+                        server,
+                        partial(self._open_feed_session, live.config, server),
+                        start_timeout(live.config, server),
+                    )
+                try:
+                    await feed.add(listener)
+                    break
+                except FeedClosed:
+                    if attempt == 2:
+                        raise
+            self._join_again_at.pop(server.id, None)
+        except UpstreamError as exc:
+            log.info("listen on %s: %s is not joined now: %s", live.config.slug, server.name, exc)
+            self._join_again_at[server.id] = self.clock() + FEED_RETRY_SECONDS
+        finally:
+            listener.joining.discard(server.id)
+
+    async def _open_feed_session(
+        self, pool: PoolConfig, server: ServerConfig, on_event: MessageHandler
+    ) -> UpstreamSession:
+        # A session of the feed's own, as the gateway (no capabilities), receiving the server's
+        # session-level messages: its GET stream over HTTP, everything over stdio.
+        return await self.open_upstream(pool, server, on_event=on_event, listen=True)
+
+    def _end_feed(self, server_id: int) -> bool:
+        """The config ended a server's feed (removed, disabled, moved). True if there was one."""
+        self._join_again_at.pop(server_id, None)
+        feed = self.feeds.pop(server_id, None)
+        if feed is None:
+            return False
+        task = asyncio.ensure_future(feed.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        return True
+
+    def _pool_changed(self, live: LivePool) -> None:
+        """The pool's servers changed, and with them what it lists: every listener that asked
+        hears so (and the upkeep joins it to the feeds of servers it does not have yet)."""
+        for method in LIST_CHANGED:
+            for listener in list(live.listeners):
+                listener.offer({"method": method})
+
+    def _tend_listeners(self, live: LivePool) -> None:
+        for feed in [self.feeds.get(server_id) for server_id in live.endpoints]:
+            if feed is not None:
+                feed.check()
+        for listener in list(live.listeners):
+            if listener.ended is not None:
+                live.listeners.discard(listener)
+                continue
+            task = asyncio.ensure_future(self._join(live, listener))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
     async def maintain(self) -> None:
-        """One round of upkeep for every pool (sessions, tool lists)."""
+        """One round of upkeep for every pool (sessions, tool lists, listen streams)."""
         now = self.clock()
         for live in list(self.pools.values()):
+            if live.listeners:
+                self._tend_listeners(live)
             await asyncio.gather(
                 *(sp.maintain() for sp in live.sessions.values()), return_exceptions=True
             )

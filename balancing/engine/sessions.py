@@ -165,17 +165,7 @@ class SessionPool:
     # ---- config -------------------------------------------------------------------------
     def reconfigure(self, pool: PoolConfig, server: ServerConfig) -> None:
         """Apply a changed limit to the next borrow; sessions already open stay."""
-        transport_changed = (server.transport, server.url, server.command, server.args) != (
-            self.server.transport,
-            self.server.url,
-            self.server.command,
-            self.server.args,
-        ) or (server.headers, server.env, server.cwd, server.era) != (
-            self.server.headers,
-            self.server.env,
-            self.server.cwd,
-            self.server.era,
-        )
+        transport_changed = server.place != self.server.place
         self.pool, self.server = pool, server
         if transport_changed:
             # Where the server lives changed: every session retires, replacements open first.

@@ -27,7 +27,7 @@ from balancing.engine.sticky import close_sessions
 from balancing.errors_http import ApiError
 from balancing.host import RuntimeHost
 from balancing.keys import KeyRecord
-from balancing.mcpserver import clients, era, forward, relays, remote, validate
+from balancing.mcpserver import clients, era, forward, listen, relays, remote, validate
 from balancing.mcpserver.replies import Reply, refuse
 
 PREFIX: Final = "/mcp/"
@@ -153,6 +153,9 @@ async def _route(
     if method == "initialize":
         raise ApiError("invalid_request", "this session is already initialized")
     params = validate.check_params(method, message.get("params"))
+    if modern and method == listen.METHOD:
+        await listen.serve(scope, receive, send, host, key, live, params, id_json)
+        return
     reply = Reply(scope, send, session, id_json, modern)
     request = forward.Request(host, key, live, session, message, params, reply)
     await forward.answer(request, receive)

@@ -50,14 +50,23 @@ from balancing.mcpserver.relays import session_events
 from balancing.mcpserver.replies import frame, json_headers, refuse
 
 SERVER_VERSION: Final = "0.1.0"
-# What the gateway forwards of a server's capabilities: its own answers (the merged tool list) and
-# shared upstream sessions relay no list-changed notifications or subscriptions.
+# What the gateway forwards of a server's capabilities to a handshake-era client of a shared pool:
+# its own answers (the merged tool list), and shared upstream sessions relay no list-changed
+# notifications or subscriptions.
 FORWARDABLE: Final[dict[str, Any]] = {
     "tools": {"listChanged": False},
     "resources": {},
     "prompts": {},
     "logging": {},
     "completions": {},
+}
+# To a 2026 client (`server/discover`): change notifications too, through `subscriptions/listen`
+# (served from every server's own, `engine/feeds.py`), where every server offers them.
+FORWARDABLE_MODERN: Final[dict[str, Any]] = {
+    **FORWARDABLE,
+    "tools": {"listChanged": True},
+    "resources": {"subscribe": True, "listChanged": True},
+    "prompts": {"listChanged": True},
 }
 # Methods forwarded upstream as they are on a shared pool.
 FORWARDED: Final = frozenset(
@@ -71,8 +80,9 @@ FORWARDED: Final = frozenset(
         "completion/complete",
     }
 )
-# Methods the 2026-07-28 wire has that the gateway forwards (or answers: discover, tools/list).
-MODERN_METHODS: Final = FORWARDED | {"server/discover", "tools/list"}
+# Methods the 2026-07-28 wire has that the gateway forwards (or answers: discover, tools/list;
+# serves from its servers' change notifications: subscriptions/listen, `mcpserver/listen.py`).
+MODERN_METHODS: Final = FORWARDED | {"server/discover", "tools/list", "subscriptions/listen"}
 _RUNG_CODES: Final = {
     INVALID_PARAMS: "invalid_arguments",
     HEADER_MISMATCH: "invalid_request",
@@ -164,7 +174,9 @@ def meet(ours: Any, theirs: Any) -> Any:
     return ours
 
 
-async def pool_capabilities(host: RuntimeHost, live: LivePool) -> dict[str, Any]:
+async def pool_capabilities(
+    host: RuntimeHost, live: LivePool, forwardable: dict[str, Any] = FORWARDABLE
+) -> dict[str, Any]:
     """The capabilities every available server of the pool offers, as the gateway forwards them."""
     if not live.capabilities:
         await host.runtime.list_tools(live.config.slug)  # opens the servers' first sessions
@@ -174,7 +186,7 @@ async def pool_capabilities(host: RuntimeHost, live: LivePool) -> dict[str, Any]
         for server_id, caps in live.capabilities.items()
         if (endpoint := live.endpoints.get(server_id)) is not None and endpoint.available(now)
     ]
-    capabilities: Any = FORWARDABLE
+    capabilities: Any = forwardable
     for caps in offered:
         capabilities = meet(capabilities, caps)
     return dict(capabilities)
@@ -183,7 +195,7 @@ async def pool_capabilities(host: RuntimeHost, live: LivePool) -> dict[str, Any]
 async def discover(host: RuntimeHost, live: LivePool) -> dict[str, Any]:
     return {
         "supportedVersions": list(protocol.MODERN_PROTOCOL_VERSIONS),
-        "capabilities": await pool_capabilities(host, live),
+        "capabilities": await pool_capabilities(host, live, FORWARDABLE_MODERN),
         "resultType": "complete",
         "ttlMs": 0,
         "cacheScope": "private",

@@ -11,18 +11,23 @@ handshake-era client each is a server→client request mid-call), mirrors a para
 header (`regional`: `x-mcp-header`), fails with MCP's own errors (`gone` and the `missing://`
 resource: -32002 with `data.uri`; `reject`: any code), gives caching hints (`prompts/list`
 public, `resources/list` private) and counts the requests it was sent (`counts`, by
-`Mcp-Method`), so a test can tell a cached answer from a forwarded one.
+`Mcp-Method`), so a test can tell a cached answer from a forwarded one. It announces changes
+(`touch`: a resource updated; `retool`: its tool list changed) to every `subscriptions/listen`
+stream and to every handshake-era session that `resources/subscribe`d, as a server whose state
+other clients change does.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 from collections import Counter
 from typing import Annotated, Any
 
 import anyio
 import mcp_types as types
 import uvicorn
+from mcp.server import ServerRequestContext
 from mcp.server.caching import CacheHint
 from mcp.server.mcpserver import (
     AcceptedElicitation,
@@ -186,6 +191,67 @@ async def hello() -> str:
 @mcp.prompt()
 async def greet(who: str) -> str:
     return f"Hello {who}"
+
+
+# Handshake-era sessions by the URIs they subscribed to, by session id (the 2026 wire has listen
+# streams instead).
+WATCHERS: dict[str, dict[str, Any]] = {}
+
+
+@mcp.tool()
+async def touch(uri: str, ctx: Context) -> str:
+    """Announce that `uri` changed: to listen streams that asked for it and to subscribed
+    handshake-era sessions."""
+    await ctx.notify_resource_updated(uri)
+    for session in list(WATCHERS.get(uri, {}).values()):
+        with contextlib.suppress(Exception):  # a session that went away
+            await session.send_resource_updated(uri)
+    return f"{NAME[0]}:touched {uri}"
+
+
+@mcp.tool()
+async def retool(ctx: Context) -> str:
+    """Announce that the tool list changed: to listen streams that asked and to every
+    handshake-era session that subscribed to anything."""
+    await ctx.notify_tools_changed()
+    for session in {id(s): s for by_id in WATCHERS.values() for s in by_id.values()}.values():
+        with contextlib.suppress(Exception):
+            await session.send_tool_list_changed()
+    return f"{NAME[0]}:retooled"
+
+
+async def _subscribe(
+    ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams
+) -> types.EmptyResult:
+    WATCHERS.setdefault(str(params.uri), {})[_session_id(ctx)] = ctx.session
+    return types.EmptyResult()
+
+
+async def _unsubscribe(
+    ctx: ServerRequestContext[Any, Any], params: types.UnsubscribeRequestParams
+) -> types.EmptyResult:
+    WATCHERS.get(str(params.uri), {}).pop(_session_id(ctx), None)
+    return types.EmptyResult()
+
+
+def _session_id(ctx: ServerRequestContext[Any, Any]) -> str:
+    request = ctx.request
+    headers = getattr(request, "headers", None) or {}
+    return str(headers.get("mcp-session-id", "stdio"))
+
+
+@mcp.tool()
+async def watchers() -> dict[str, int]:
+    """Handshake-era sessions subscribed, per URI (so a test sees unsubscribing)."""
+    return {uri: len(sessions) for uri, sessions in WATCHERS.items() if sessions}
+
+
+mcp._lowlevel_server.add_request_handler(
+    "resources/subscribe", types.SubscribeRequestParams, _subscribe
+)
+mcp._lowlevel_server.add_request_handler(
+    "resources/unsubscribe", types.UnsubscribeRequestParams, _unsubscribe
+)
 
 
 class CountRequests:

@@ -1,0 +1,268 @@
+"""`subscriptions/listen` through the gateway (2026-07-28): a client's stream of the pool's change
+notifications, from every server of the pool, whichever era each server speaks.
+
+Real clients and servers: the mcp SDK 2.3.0 `Client` (its `listen()` driver) against
+`tests.mcp.upstream` (an SDK server whose `touch` and `retool` tools announce changes to listen
+streams and to handshake-era sessions that subscribed), spoken to in the 2026 era and in the
+handshake era; raw POSTs for what the spec says a server must refuse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from functools import partial
+from typing import Any
+
+import httpx2
+import orjson
+import pytest
+from asgiref.sync import sync_to_async
+from mcp import Client
+from mcp.client.subscriptions import (
+    ResourceUpdated,
+    ServerEvent,
+    Subscription,
+    SubscriptionLost,
+    ToolsListChanged,
+)
+
+from servers import services
+from servers.models import ApiKey, Pool, Server
+from tests.api.gateway import Gateway, add_key, add_pool, serve_gateway
+from tests.mcp.conftest import fixture_command, modern_request, post_rpc, transport
+from tests.upstreams import procs
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.upstream]
+
+WATCHED = "static://hello"
+EVENT_WAIT = 20.0  # bounds a wait on an event that should come at once; never reached when it works
+
+
+def _setup(new: list[str], old: str) -> dict[str, str]:
+    add_pool("new", [("r1", new[0]), ("r2", new[1])])  # spoken to in the 2026 era
+    add_pool("old", [("h1", old)], era="handshake")
+    return {"app": add_key("app", ["new", "old"])}
+
+
+@pytest.fixture
+async def gw(
+    replicas: list[procs.UpstreamProcess], handshake_sse: procs.UpstreamProcess
+) -> AsyncIterator[Gateway]:
+    keys = await sync_to_async(_setup)([r.url for r in replicas[:2]], handshake_sse.url)
+    async with serve_gateway() as gateway:
+        gateway.keys.update(keys)
+        yield gateway
+
+
+async def _next(sub: Subscription) -> ServerEvent:
+    async with asyncio.timeout(EVENT_WAIT):
+        return await anext(sub)
+
+
+async def _call(client: Client, tool: str, **arguments: Any) -> str:
+    result = await client.call_tool(tool, arguments)
+    assert not result.is_error, result
+    text = result.content[0]
+    return str(getattr(text, "text", text))
+
+
+async def _feeds_closed(gw: Gateway) -> bool:
+    for _ in range(int(EVENT_WAIT / 0.05)):
+        if all(feed.closed for feed in gw.host.runtime.feeds.values()):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("pool", ["new", "old"])
+async def test_listen_gets_what_it_asked_for_from_every_server(gw: Gateway, pool: str) -> None:
+    # given a 2026 client listening on a pool for its tool list and one resource
+    async with (
+        Client(transport(gw, pool)) as client,
+        client.listen(tools_list_changed=True, resource_subscriptions=[WATCHED]) as sub,
+    ):
+        assert sub.honored.tools_list_changed is True
+        assert sub.honored.resource_subscriptions == [WATCHED]
+
+        # when another resource changes, then the watched one, on whichever server the calls land
+        await _call(client, "touch", uri="static://other")
+        answered = await _call(client, "touch", uri=WATCHED)
+
+        # then only the watched one is announced, with the listen request's id on the frame
+        assert await _next(sub) == ResourceUpdated(uri=WATCHED), answered
+
+        # and a server's tool list changing is announced too
+        await _call(client, "retool")
+        assert await _next(sub) == ToolsListChanged()
+
+    # and once nobody listens, the upstream subscriptions end with the feeds
+    assert await _feeds_closed(gw)
+
+
+async def test_every_server_of_the_pool_is_heard(gw: Gateway) -> None:
+    # given a listener on a pool of two replicas
+    async with (
+        Client(transport(gw, "new")) as client,
+        client.listen(resource_subscriptions=[WATCHED]) as sub,
+    ):
+        # when each replica announces a change (calls are balanced, so call until both did)
+        heard_from: set[str] = set()
+        for _ in range(40):
+            heard_from.add((await _call(client, "touch", uri=WATCHED)).split(":")[0])
+            assert await _next(sub) == ResourceUpdated(uri=WATCHED)
+            if heard_from == {"r1", "r2"}:
+                break
+        # then the listener heard every one of them
+        assert heard_from == {"r1", "r2"}
+
+
+@contextlib.asynccontextmanager
+async def _raw_listen(
+    gw: Gateway, pool: str, notifications: dict[str, Any], request_id: int
+) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+    """A listen stream read frame by frame, as the wire carries it."""
+    body, headers = modern_request("subscriptions/listen", {"notifications": notifications},
+                                   request_id=request_id)  # fmt: skip
+    async with (
+        httpx2.AsyncClient(timeout=EVENT_WAIT) as http,
+        http.stream(
+            "POST", f"{gw.url}/mcp/{pool}/", content=json.dumps(body).encode(),
+            headers={"Accept": "application/json, text/event-stream",
+                     "Content-Type": "application/json", **headers, **gw.auth("app")},
+        ) as response,
+    ):  # fmt: skip
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "text/event-stream"
+
+        async def frames() -> AsyncIterator[dict[str, Any]]:
+            async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    yield json.loads(line[len("data: ") :])  # json: ids beyond 64 bits
+
+        yield frames()
+
+
+@pytest.mark.parametrize("pool", ["new", "old"])
+async def test_frames_are_stamped_with_the_exact_id_and_only_what_was_asked(
+    gw: Gateway, pool: str
+) -> None:
+    big = 10**30  # echoed as the exact JSON text the client wrote
+    async with (
+        _raw_listen(gw, pool, {"resourceSubscriptions": [WATCHED]}, big) as frames,
+        Client(transport(gw, pool)) as client,
+        # another listener, on the same servers, wants the tool list and another resource
+        client.listen(tools_list_changed=True, resource_subscriptions=["static://other"]),
+    ):
+        ack = await _frame(frames)
+        assert ack["method"] == "notifications/subscriptions/acknowledged"
+        assert ack["params"]["notifications"] == {"resourceSubscriptions": [WATCHED]}
+        assert ack["params"]["_meta"] == {"io.modelcontextprotocol/subscriptionId": big}
+        # when the tool list and another resource change, then the watched one
+        await _call(client, "retool")
+        await _call(client, "touch", uri="static://other")
+        await _call(client, "touch", uri=WATCHED)
+        # then the next frame is the watched one's: nothing it did not ask for came first
+        event = await _frame(frames)
+        assert event["method"] == "notifications/resources/updated"
+        assert event["params"] == {
+            "uri": WATCHED, "_meta": {"io.modelcontextprotocol/subscriptionId": big},
+        }  # fmt: skip
+
+
+async def _frame(frames: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+    async with asyncio.timeout(EVENT_WAIT):
+        return await anext(frames)
+
+
+async def test_handshake_era_server_is_subscribed_for_listeners_and_unsubscribed_after(
+    gw: Gateway,
+) -> None:
+    async with Client(transport(gw, "old")) as client:
+        before = orjson.loads(await _call(client, "watchers")).get(WATCHED, 0)
+        # given a listener on a handshake-era server's resource
+        async with client.listen(resource_subscriptions=[WATCHED]) as sub:
+            await _call(client, "touch", uri=WATCHED)
+            assert await _next(sub) == ResourceUpdated(uri=WATCHED)
+            # then the server has one subscriber more: the gateway's, shared by its listeners
+            async with client.listen(resource_subscriptions=[WATCHED]) as second:
+                watching = orjson.loads(await _call(client, "watchers"))
+                assert watching.get(WATCHED) == before + 1
+                await _call(client, "touch", uri=WATCHED)
+                assert await _next(second) == ResourceUpdated(uri=WATCHED)
+                assert await _next(sub) == ResourceUpdated(uri=WATCHED)
+        # when the listeners leave, the subscription is given up upstream
+        assert await _feeds_closed(gw)
+        watching = orjson.loads(await _call(client, "watchers"))
+        assert watching.get(WATCHED, 0) == before
+
+
+async def test_a_server_leaving_the_pool_is_a_change_of_its_tools(gw: Gateway) -> None:
+    async with (
+        Client(transport(gw, "new")) as client,
+        client.listen(tools_list_changed=True) as sub,
+    ):
+        # when the operator disables one of the pool's servers
+        await sync_to_async(_disable)("new", "r2")
+        await gw.settle()
+        # then the listener hears that the pool's tools changed, and its stream goes on
+        assert await _next(sub) == ToolsListChanged()
+        await _call(client, "retool")
+        assert await _next(sub) == ToolsListChanged()
+
+
+def _disable(pool: str, name: str) -> None:
+    server = Server.objects.get(pool__slug=pool, name=name)
+    services.update_server(pool, name, {"state": "disabled"})
+    assert Server.objects.get(pk=server.pk).state == "disabled"
+
+
+async def test_a_server_that_goes_away_ends_the_stream_as_lost(gw: Gateway) -> None:
+    # given a listener on a pool whose one server is then killed
+    upstream = procs._start_http("doomed", partial(fixture_command, name="doomed"))
+    try:
+        await sync_to_async(add_pool)("doomed", [("d", upstream.url)])
+        await sync_to_async(_grant)("doomed")
+        await gw.settle()
+        async with (
+            Client(transport(gw, "doomed")) as client,
+            client.listen(tools_list_changed=True) as sub,
+        ):
+            upstream.stop()
+            # then the stream ends without the graceful result: the client listens again
+            with pytest.raises(SubscriptionLost):
+                await _next(sub)
+    finally:
+        upstream.stop()
+
+
+def _grant(pool: str) -> None:
+    ApiKey.objects.get(name="app").pools.add(Pool.objects.get(slug=pool))
+
+
+async def test_what_a_server_refuses_the_gateway_refuses(gw: Gateway) -> None:
+    auth = gw.auth("app")
+    body, headers = modern_request("subscriptions/listen", {"notifications": {}})
+    # a listen answer is a stream: a client that accepts only JSON is refused (406)
+    async with httpx2.AsyncClient(timeout=30.0) as http:
+        refused = await http.post(
+            f"{gw.url}/mcp/new/", content=orjson.dumps(body),
+            headers={"Accept": "application/json", "Content-Type": "application/json",
+                     **headers, **auth},
+        )  # fmt: skip
+    assert refused.status_code == 406
+    # a listen without a filter is invalid params
+    body, headers = modern_request("subscriptions/listen", {})
+    bad = await post_rpc(gw, "new", body, **headers, **auth)
+    assert bad.status_code == 400
+    assert bad.json()["error"]["code"] == -32602
+
+
+async def test_discover_offers_change_notifications_where_every_server_does(gw: Gateway) -> None:
+    body, headers = modern_request("server/discover")
+    answer = await post_rpc(gw, "new", body, **headers, **gw.auth("app"))
+    capabilities = answer.json()["result"]["capabilities"]
+    assert capabilities["tools"]["listChanged"] is True
+    assert capabilities["resources"]["subscribe"] is True
