@@ -51,11 +51,13 @@ def required(requirements: str) -> frozenset[str]:
 
 @dataclass(frozen=True)
 class Scenario:
-    """One scenario's verdict: the ids and messages of its failed checks (none = passed)."""
+    """One scenario's verdict: the ids and messages of its failed checks (none = passed), and
+    the ids of the checks it skipped (a feature the server did not offer)."""
 
     name: str
     checks: int
     failures: tuple[str, ...] = ()
+    skipped: frozenset[str] = frozenset()
 
     @property
     def passed(self) -> bool:
@@ -109,8 +111,9 @@ def read_results(directory: Path) -> dict[str, Scenario]:
             for check in checks
             if check.get("status") == "FAILURE"
         )
+        skipped = frozenset(str(c.get("id")) for c in checks if c.get("status") == "SKIPPED")
         name = match["scenario"]
-        scenarios[name] = Scenario(name, len(checks), failures)
+        scenarios[name] = Scenario(name, len(checks), failures, skipped)
     return scenarios
 
 

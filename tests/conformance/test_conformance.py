@@ -178,6 +178,11 @@ def _gateway_problems(direct: suite.Run, through: suite.Run, expected: dict[str,
         passes = name in through.passed()
         if not passes and name not in expected:
             problems.append(f"{where}: fails through the gateway: {through.why(name)}")
+        if passes and name not in expected:
+            # a check skipped only through the gateway is a feature it did not pass on
+            skipped = through.scenarios[name].skipped - direct.scenarios[name].skipped
+            if skipped:
+                problems.append(f"{where}: {name} skips through the gateway: {sorted(skipped)}")
         if passes and name in expected:
             problems.append(
                 f"{where}: {name} passes now: remove it from the list ({expected[name]})"

@@ -69,3 +69,22 @@ def test_a_listed_scenario_that_passes_or_does_not_pass_directly_is_a_stale_entr
     assert len(problems) == 2
     assert any("caching passes now: remove it" in problem for problem in problems)
     assert any("tasks-lifecycle is listed but does not pass directly" in p for p in problems)
+
+
+def test_a_check_skipped_only_through_the_gateway_is_a_feature_it_did_not_pass_on() -> None:
+    # the suite skips a check when the server does not offer what it checks (listen streams when
+    # server/discover offers no change notifications): passing, but not as the server does
+    direct = _run("direct", {"server-stateless"}, set())
+    through = _run("shared", set(), set())
+    through.scenarios["server-stateless"] = suite.Scenario(
+        "server-stateless", 3, skipped=frozenset({"sep-2575-server-sends-subscription-ack"})
+    )
+
+    problems = _gateway_problems(direct, through, {})
+
+    assert len(problems) == 1
+    assert "skips through the gateway" in problems[0]
+    assert "sep-2575-server-sends-subscription-ack" in problems[0]
+    # skipped directly too: nothing the gateway held back
+    direct.scenarios["server-stateless"] = through.scenarios["server-stateless"]
+    assert _gateway_problems(direct, through, {}) == []
