@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager
@@ -127,6 +129,41 @@ async def post_rpc(gw: Gateway, pool: str, body: Any, **headers: str) -> httpx2.
             headers={"Accept": "application/json, text/event-stream",
                      "Content-Type": "application/json", **headers},
         )  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def listen_frames(
+    url: str, auth: dict[str, str], notifications: dict[str, Any], request_id: int = 1
+) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+    """A `subscriptions/listen` stream at a pool's endpoint `url`, read frame by frame as the
+    wire carries it (parsed with `json`: ids beyond 64 bits stay exact)."""
+    body, headers = modern_request("subscriptions/listen", {"notifications": notifications},
+                                   request_id=request_id)  # fmt: skip
+    async with (
+        httpx2.AsyncClient(timeout=30.0) as http,
+        http.stream(
+            "POST", url, content=json.dumps(body).encode(),
+            headers={"Accept": "application/json, text/event-stream",
+                     "Content-Type": "application/json", **headers, **auth},
+        ) as response,
+    ):  # fmt: skip
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "text/event-stream"
+
+        async def frames() -> AsyncIterator[dict[str, Any]]:
+            async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    yield json.loads(line[len("data: ") :])
+
+        yield frames()
+
+
+async def next_frame(
+    frames: AsyncIterator[dict[str, Any]], seconds: float = 20.0
+) -> dict[str, Any]:
+    """The stream's next frame (`seconds` bounds a wait for one that should come at once)."""
+    async with asyncio.timeout(seconds):
+        return await anext(frames)
 
 
 async def sampled(context: Any, params: types.CreateMessageRequestParams) -> Any:

@@ -10,8 +10,6 @@ handshake era; raw POSTs for what the spec says a server must refuse.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
@@ -32,7 +30,14 @@ from mcp.client.subscriptions import (
 from servers import services
 from servers.models import ApiKey, Pool, Server
 from tests.api.gateway import Gateway, add_key, add_pool, serve_gateway
-from tests.mcp.conftest import fixture_command, modern_request, post_rpc, transport
+from tests.mcp.conftest import (
+    fixture_command,
+    listen_frames,
+    modern_request,
+    next_frame,
+    post_rpc,
+    transport,
+)
 from tests.upstreams import procs
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.upstream]
@@ -119,44 +124,20 @@ async def test_every_server_of_the_pool_is_heard(gw: Gateway) -> None:
         assert heard_from == {"r1", "r2"}
 
 
-@contextlib.asynccontextmanager
-async def _raw_listen(
-    gw: Gateway, pool: str, notifications: dict[str, Any], request_id: int
-) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
-    """A listen stream read frame by frame, as the wire carries it."""
-    body, headers = modern_request("subscriptions/listen", {"notifications": notifications},
-                                   request_id=request_id)  # fmt: skip
-    async with (
-        httpx2.AsyncClient(timeout=EVENT_WAIT) as http,
-        http.stream(
-            "POST", f"{gw.url}/mcp/{pool}/", content=json.dumps(body).encode(),
-            headers={"Accept": "application/json, text/event-stream",
-                     "Content-Type": "application/json", **headers, **gw.auth("app")},
-        ) as response,
-    ):  # fmt: skip
-        assert response.status_code == 200
-        assert response.headers["content-type"] == "text/event-stream"
-
-        async def frames() -> AsyncIterator[dict[str, Any]]:
-            async for line in response.aiter_lines():
-                if line.startswith("data: "):
-                    yield json.loads(line[len("data: ") :])  # json: ids beyond 64 bits
-
-        yield frames()
-
-
 @pytest.mark.parametrize("pool", ["new", "old"])
 async def test_frames_are_stamped_with_the_exact_id_and_only_what_was_asked(
     gw: Gateway, pool: str
 ) -> None:
     big = 10**30  # echoed as the exact JSON text the client wrote
     async with (
-        _raw_listen(gw, pool, {"resourceSubscriptions": [WATCHED]}, big) as frames,
+        listen_frames(
+            f"{gw.url}/mcp/{pool}/", gw.auth("app"), {"resourceSubscriptions": [WATCHED]}, big
+        ) as frames,  # fmt: skip
         Client(transport(gw, pool)) as client,
         # another listener, on the same servers, wants the tool list and another resource
         client.listen(tools_list_changed=True, resource_subscriptions=["static://other"]),
     ):
-        ack = await _frame(frames)
+        ack = await next_frame(frames)
         assert ack["method"] == "notifications/subscriptions/acknowledged"
         assert ack["params"]["notifications"] == {"resourceSubscriptions": [WATCHED]}
         assert ack["params"]["_meta"] == {"io.modelcontextprotocol/subscriptionId": big}
@@ -165,16 +146,11 @@ async def test_frames_are_stamped_with_the_exact_id_and_only_what_was_asked(
         await _call(client, "touch", uri="static://other")
         await _call(client, "touch", uri=WATCHED)
         # then the next frame is the watched one's: nothing it did not ask for came first
-        event = await _frame(frames)
+        event = await next_frame(frames)
         assert event["method"] == "notifications/resources/updated"
         assert event["params"] == {
             "uri": WATCHED, "_meta": {"io.modelcontextprotocol/subscriptionId": big},
         }  # fmt: skip
-
-
-async def _frame(frames: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
-    async with asyncio.timeout(EVENT_WAIT):
-        return await anext(frames)
 
 
 async def test_handshake_era_server_is_subscribed_for_listeners_and_unsubscribed_after(

@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,13 @@ from tests.api.gateway import add_key, add_pool, add_stdio_server
 from tests.conftest import missing_prerequisite
 from tests.helpers.wait import until
 from tests.mcp import test_everything as everything
-from tests.mcp.conftest import sampled
+from tests.mcp.conftest import (
+    fixture_command,
+    listen_frames,
+    modern_request,
+    next_frame,
+    sampled,
+)
 from tests.reliability.conftest import (  # noqa: F401
     Balanced,
     balanced,
@@ -492,3 +499,55 @@ async def test_redis_down_http_sessions_go_on_and_stdio_ones_stay_with_their_own
             return (await local.call(b, 30, "echo", text="back"))[0] == 200
 
         assert await until(forwarded, 30, every=0.5)
+
+
+WATCHED = "static://hello"
+
+
+@sync_to_async
+def _listened_pool(url: str) -> str:
+    add_pool("watched", [("w", url)])
+    return add_key("app", ["watched"])
+
+
+async def _touch(http: httpx2.AsyncClient, web: UpstreamProcess, auth: dict[str, str]) -> None:
+    """Change the watched resource through `web` (a 2026 tool call)."""
+    body, headers = modern_request("tools/call", {"name": "touch", "arguments": {"uri": WATCHED}})
+    answer = await http.post(
+        f"http://127.0.0.1:{web.port}/mcp/watched/", content=orjson.dumps(body),
+        headers={"Accept": "application/json, text/event-stream",
+                 "Content-Type": "application/json", **headers, **auth},
+    )  # fmt: skip
+    assert answer.status_code == 200, answer.text
+
+
+async def test_listen_on_any_process_hears_changes_made_through_the_others(
+    start_webs: Callable[[int], list[UpstreamProcess]],  # noqa: F811
+) -> None:
+    # given a pool on a 2026 server, and three web processes
+    upstream = procs._start_http("watched", partial(fixture_command, name="watched"))
+    try:
+        auth = {"Authorization": f"Bearer {await _listened_pool(upstream.url)}"}
+        a, b, c = start_webs(3)
+        url = "http://127.0.0.1:{}/mcp/watched/".format
+        wanted = {"resourceSubscriptions": [WATCHED]}
+        async with httpx2.AsyncClient(timeout=30) as http:
+            # when a client listens through a, and the resource changes through b, then c
+            async with listen_frames(url(a.port), auth, wanted) as frames:
+                ack = await next_frame(frames)
+                assert ack["method"] == "notifications/subscriptions/acknowledged"
+                for web in (b, c):
+                    await _touch(http, web, auth)
+                    # then each change reaches the stream on a
+                    assert (await next_frame(frames))["params"]["uri"] == WATCHED
+                # when a is killed outright, the stream ends without the graceful result
+                os.killpg(a.pid, signal.SIGKILL)
+                with pytest.raises((httpx2.TransportError, StopAsyncIteration)):
+                    await next_frame(frames)
+            # and the client, listening again through another process, hears the next change
+            async with listen_frames(url(b.port), auth, wanted) as frames:
+                assert (await next_frame(frames))["params"]["notifications"] == wanted
+                await _touch(http, c, auth)
+                assert (await next_frame(frames))["params"]["uri"] == WATCHED
+    finally:
+        upstream.stop()
