@@ -55,6 +55,7 @@ LIST_CHANGED: Final = {
 # Events waiting for a client that stopped reading: past this the stream ends (as the SDK's
 # server does), since an event that cannot be delivered is lost anyway.
 MAX_BACKLOG: Final = 1024
+METHOD_NOT_FOUND: Final = -32601
 # An upstream listen has no deadline of its own: it lasts while anyone listens.
 FOREVER: Final = 10 * 365 * 24 * 3600.0
 
@@ -64,6 +65,21 @@ Opener = Callable[[MessageHandler], Awaitable[UpstreamSession]]
 
 class FeedClosed(UpstreamError):
     """The feed ended while a listener was joining it."""
+
+
+class _Quiet(Exception):
+    """The server announces no changes (it offers no change notifications, or refuses to be
+    listened to): there is nothing to subscribe to."""
+
+
+def announces(capabilities: JsonObject) -> bool:
+    """Whether a server's capabilities offer a change notification of some kind: if not, a
+    listener hears nothing from it, and no upstream subscription is kept for it."""
+    for kind in ("tools", "prompts", "resources"):
+        offered = capabilities.get(kind)
+        if isinstance(offered, dict) and (offered.get("listChanged") or offered.get("subscribe")):
+            return True
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +135,7 @@ class Listener:
         self.pool = pool
         self.interest = interest
         self.feeds: dict[int, Feed] = {}  # server id → the feed it gets that server's events from
+        self.quiet: set[int] = set()  # servers that announce no changes: nothing to hear
         self.joining: set[int] = set()
         self.ended: Ending | None = None
         self._backlog = backlog
@@ -179,7 +196,8 @@ class Feed:
 
     async def add(self, listener: Listener) -> None:
         """Join `listener`: its events flow once this returns (the upstream subscription for its
-        URIs is in place). Raises `UpstreamError` when the server cannot be subscribed."""
+        URIs is in place). A server that announces no changes is noted in `listener.quiet` (and
+        the feed ends). Raises `UpstreamError` when the server cannot be subscribed."""
         async with self._lock:
             if self.closed:
                 raise FeedClosed("the feed ended", server=self.server.name)
@@ -189,7 +207,16 @@ class Feed:
                 self._uris[uri] += 1
             self._listeners.add(listener)
             try:
+                if not announces(self._session.server_capabilities):
+                    raise _Quiet
                 await self._cover()
+            except _Quiet:
+                self._drop(listener)
+                listener.quiet.add(self.server.id)
+                if not self._listeners:
+                    self.closed = True
+                    await self._stop()
+                return
             except BaseException:
                 self._drop(listener)
                 raise
@@ -260,7 +287,7 @@ class Feed:
             notifications["resourceSubscriptions"] = sorted(uris)
         acked = asyncio.get_running_loop().create_future()
         self._acked = acked
-        task = asyncio.ensure_future(self._listen(session, {"notifications": notifications}))
+        task = asyncio.ensure_future(self._listen(session, {"notifications": notifications}, acked))
         try:
             async with asyncio.timeout(self._timeout):
                 await asyncio.wait((acked, task), return_when=asyncio.FIRST_COMPLETED)
@@ -272,6 +299,8 @@ class Feed:
         if not acked.done():
             task.cancel()
             exc = task.exception() if task.done() and not task.cancelled() else None
+            if isinstance(exc, CallRejected) and exc.error.get("code") == METHOD_NOT_FOUND:
+                raise _Quiet  # it offers change notifications, but not through listen streams
             if isinstance(exc, UpstreamError):
                 raise exc
             raise UpstreamError(
@@ -281,8 +310,11 @@ class Feed:
         if old is not None:
             old.cancel()
 
-    async def _listen(self, session: UpstreamSession, params: JsonObject) -> None:
-        """One upstream listen stream; when it ends on its own, the feed's listeners are lost."""
+    async def _listen(
+        self, session: UpstreamSession, params: JsonObject, acked: asyncio.Future[None]
+    ) -> None:
+        """One upstream listen stream; when it ends on its own, the feed's listeners are lost.
+        Refused before its acknowledgement, it raises (for `_relisten` to say why)."""
         me = asyncio.current_task()
         how: Ending = "lost"
         try:
@@ -291,6 +323,8 @@ class Feed:
             )
             how = "graceful"
         except UpstreamError as exc:
+            if not acked.done():
+                raise
             logger.info("%s: the upstream listen stream ended: %s", self.server.name, exc)
         if self._stream is me and not self.closed:
             self._fail(how)

@@ -858,7 +858,7 @@ class Runtime:
         listener = Listener(slug, interest)
         live.listeners.add(listener)
         await self._join(live, listener, force=True)
-        if not listener.feeds:
+        if not listener.feeds and not listener.quiet:
             live.listeners.discard(listener)
             listener.end("lost")
             raise NoHealthyServer(f"no server of pool {slug!r} can be listened to")
@@ -878,6 +878,7 @@ class Runtime:
             for endpoint in live.endpoints.values()
             if endpoint.available(now)
             and endpoint.id not in listener.feeds
+            and endpoint.id not in listener.quiet
             and endpoint.id not in listener.joining
             and (force or self._join_again_at.get(endpoint.id, 0.0) <= now)
         ]

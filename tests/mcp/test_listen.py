@@ -10,8 +10,11 @@ handshake era; raw POSTs for what the spec says a server must refuse.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from collections.abc import AsyncIterator
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -29,7 +32,9 @@ from mcp.client.subscriptions import (
 
 from servers import services
 from servers.models import ApiKey, Pool, Server
-from tests.api.gateway import Gateway, add_key, add_pool, serve_gateway
+from tests.api.gateway import Gateway, add_key, add_pool, add_stdio_server, serve_gateway
+from tests.conftest import missing_prerequisite
+from tests.helpers.wait import until
 from tests.mcp.conftest import (
     fixture_command,
     listen_frames,
@@ -49,7 +54,12 @@ EVENT_WAIT = 20.0  # bounds a wait on an event that should come at once; never r
 def _setup(new: list[str], old: str) -> dict[str, str]:
     add_pool("new", [("r1", new[0]), ("r2", new[1])])  # spoken to in the 2026 era
     add_pool("old", [("h1", old)], era="handshake")
-    return {"app": add_key("app", ["new", "old"])}
+    add_stdio_server(add_pool("clock", []), "time", procs.time_stdio_config())
+    pools = ["new", "old", "clock"]
+    if procs.EVERYTHING_JS.exists():
+        add_stdio_server(add_pool("ev-stdio", []), "ev", procs.everything_stdio_config())
+        pools.append("ev-stdio")
+    return {"app": add_key("app", pools)}
 
 
 @pytest.fixture
@@ -74,12 +84,8 @@ async def _call(client: Client, tool: str, **arguments: Any) -> str:
     return str(getattr(text, "text", text))
 
 
-async def _feeds_closed(gw: Gateway) -> bool:
-    for _ in range(int(EVENT_WAIT / 0.05)):
-        if all(feed.closed for feed in gw.host.runtime.feeds.values()):
-            return True
-        await asyncio.sleep(0.05)
-    return False
+def _feeds_closed(gw: Gateway) -> bool:
+    return all(feed.closed for feed in gw.host.runtime.feeds.values())
 
 
 @pytest.mark.parametrize("pool", ["new", "old"])
@@ -104,7 +110,7 @@ async def test_listen_gets_what_it_asked_for_from_every_server(gw: Gateway, pool
         assert await _next(sub) == ToolsListChanged()
 
     # and once nobody listens, the upstream subscriptions end with the feeds
-    assert await _feeds_closed(gw)
+    assert await until(lambda: _feeds_closed(gw), EVENT_WAIT)
 
 
 async def test_every_server_of_the_pool_is_heard(gw: Gateway) -> None:
@@ -170,9 +176,62 @@ async def test_handshake_era_server_is_subscribed_for_listeners_and_unsubscribed
                 assert await _next(second) == ResourceUpdated(uri=WATCHED)
                 assert await _next(sub) == ResourceUpdated(uri=WATCHED)
         # when the listeners leave, the subscription is given up upstream
-        assert await _feeds_closed(gw)
+        assert await until(lambda: _feeds_closed(gw), EVENT_WAIT)
         watching = orjson.loads(await _call(client, "watchers"))
         assert watching.get(WATCHED, 0) == before
+
+
+def _children_running(marker: bytes) -> set[int]:
+    """This process's children whose command line holds `marker`."""
+    me = str(os.getpid())
+    found = set()
+    for status in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            parent = status.read_text().rsplit(")", 1)[1].split()[1]
+            if parent == me and marker in (status.parent / "cmdline").read_bytes():
+                found.add(int(status.parent.name))
+    return found
+
+
+async def test_a_stdio_servers_feed_is_a_child_that_ends_with_the_last_listener(
+    gw: Gateway,
+) -> None:
+    if not procs.EVERYTHING_JS.exists():
+        missing_prerequisite("server-everything is not installed (make node)")
+    # given a stdio server that announces changes (npm server-everything: list changes and
+    # resource subscriptions), whose pooled children are running
+    await gw.host.runtime.list_tools("ev-stdio")
+    marker = str(procs.EVERYTHING_JS).encode()
+    assert await until(lambda: len(_children_running(marker)) >= 1, EVENT_WAIT)
+    pooled = _children_running(marker)
+    async with (
+        Client(transport(gw, "ev-stdio")) as client,
+        client.listen(tools_list_changed=True, resource_subscriptions=["demo://resource/1"]),
+    ):
+        # then a listener's feed runs a child of its own
+        feed_children = _children_running(marker) - pooled
+        assert len(feed_children) == 1
+    # when the last listener leaves, that child ends with the feed
+    assert await until(lambda: not (_children_running(marker) & feed_children), EVENT_WAIT)
+
+
+async def test_a_server_that_announces_nothing_is_listened_to_without_a_subscription(
+    gw: Gateway,
+) -> None:
+    # given a stdio server that offers no change notifications (mcp-server-time)
+    await gw.host.runtime.list_tools("clock")
+    marker = b"mcp_server_time"
+    assert await until(lambda: len(_children_running(marker)) >= 1, EVENT_WAIT)
+    pooled = _children_running(marker)
+    async with (
+        Client(transport(gw, "clock")) as client,
+        client.listen(tools_list_changed=True) as sub,
+    ):
+        # then the listen is acknowledged (it will hear nothing), and no child of its own runs
+        # for it, nor does an upstream subscription stay open
+        assert sub.honored.tools_list_changed is True
+        assert await until(lambda: _feeds_closed(gw), EVENT_WAIT)
+        assert _children_running(marker) <= pooled
 
 
 async def test_a_server_leaving_the_pool_is_a_change_of_its_tools(gw: Gateway) -> None:
