@@ -11,6 +11,7 @@ import base64
 import contextlib
 import os
 import secrets
+import socket
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -74,7 +75,23 @@ def _secrets_keys() -> list[str]:
 
 
 MCPPOOL_SECRETS_KEYS = _secrets_keys()
+
+
+def own_addresses(hostname: str) -> list[str]:
+    """The addresses `hostname` resolves to, as `Host` values (IPv6 bracketed): with them in
+    ALLOWED_HOSTS a container accepts requests to its own IP — what Prometheus sends when it
+    finds each web container by DNS service discovery (`deploy/prometheus.yml`)."""
+    try:
+        infos = socket.getaddrinfo(hostname, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return []
+    found = {str(info[4][0]) for info in infos}
+    return sorted(f"[{a}]" if ":" in a else a for a in found)
+
+
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+if env_bool("MCPPOOL_ALLOW_OWN_ADDRESSES"):
+    ALLOWED_HOSTS += own_addresses(socket.gethostname())
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 
 INSTALLED_APPS = [

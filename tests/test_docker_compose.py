@@ -175,24 +175,29 @@ def test_compose_mounted_repo_files_exist(compose: dict[str, Any]) -> None:
                 assert source in named_volumes, (name, source)
 
 
-def test_prometheus_scrapes_web_and_worker(services: dict[str, Any]) -> None:
+def test_prometheus_scrapes_every_web_process_and_the_worker(services: dict[str, Any]) -> None:
     config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
-    targets = {
-        target
-        for job in config["scrape_configs"]
-        for static in job["static_configs"]
-        for target in static["targets"]
-    }
-    scraped = dict(target.split(":") for target in targets)
-    assert set(scraped) == {"web", "worker"}
-    # each target is a port its service offers: uvicorn's, and the worker's metrics port
-    assert scraped["web"] == _option(_argv(services["web"]["command"]), "--port")
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    # every container of `web` (DNS service discovery), not the one `web` resolves to this time
+    (discovery,) = jobs["mcppool-web"]["dns_sd_configs"]
+    assert discovery["names"] == ["web"]
+    assert discovery["type"] == "A"
+    assert str(discovery["port"]) == _option(_argv(services["web"]["command"]), "--port")
+    assert str(discovery["port"]) in _container_ports(services["web"])
+    (worker,) = jobs["mcppool-worker"]["static_configs"][0]["targets"]
+    host, port = worker.split(":")
     worker_env = services["worker"]["environment"]
-    assert scraped["worker"] == str(worker_env["MCPPOOL_WORKER_METRICS_PORT"])
-    for host, port in scraped.items():
-        assert port in _container_ports(services[host]), (host, port)
-    # Prometheus sends Host: web:<port>, which Django must accept.
-    assert "web" in _default(services["web"]["environment"]["ALLOWED_HOSTS"]).split(",")
+    assert (host, port) == ("worker", str(worker_env["MCPPOOL_WORKER_METRICS_PORT"]))
+    assert port in _container_ports(services["worker"])
+    # Prometheus sends a container's IP as the Host header, which its web process must accept
+    assert services["web"]["environment"]["MCPPOOL_ALLOW_OWN_ADDRESSES"] == "true"
+
+
+def test_own_addresses_are_what_the_hostname_resolves_to() -> None:
+    from mcppool.settings import own_addresses
+
+    assert "127.0.0.1" in own_addresses("localhost")
+    assert own_addresses("name.that-does-not-resolve.invalid") == []
 
 
 def test_grafana_provisioning_points_at_mounted_folders(services: dict[str, Any]) -> None:

@@ -872,8 +872,14 @@ class Runtime:
         listener.end("lost")
 
     async def _join(self, live: LivePool, listener: Listener, *, force: bool = False) -> None:
+        targets = self._joinable(live, listener, force=force)
+        if targets:
+            await asyncio.gather(*(self._join_one(live, listener, s) for s in targets))
+
+    def _joinable(self, live: LivePool, listener: Listener, *, force: bool) -> list[ServerConfig]:
+        """The available servers whose feed `listener` is not on (nor waiting to try again)."""
         now = self.clock()
-        targets = [
+        return [
             endpoint.config
             for endpoint in live.endpoints.values()
             if endpoint.available(now)
@@ -882,8 +888,6 @@ class Runtime:
             and endpoint.id not in listener.joining
             and (force or self._join_again_at.get(endpoint.id, 0.0) <= now)
         ]
-        if targets:
-            await asyncio.gather(*(self._join_one(live, listener, s) for s in targets))
 
     async def _join_one(self, live: LivePool, listener: Listener, server: ServerConfig) -> None:
         listener.joining.add(server.id)
@@ -941,6 +945,8 @@ class Runtime:
         for listener in list(live.listeners):
             if listener.ended is not None:
                 live.listeners.discard(listener)
+                continue
+            if not self._joinable(live, listener, force=False):
                 continue
             task = asyncio.ensure_future(self._join(live, listener))
             self._closing.add(task)
