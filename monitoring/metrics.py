@@ -106,6 +106,12 @@ class _Families:
             "pool_panic", "1 while the pool is below its panic threshold.", ["pool"]
         )
         self.rate_limited = _counter("rate_limited", "Requests refused by a rate limit.", ["pool"])
+        self.listen_streams = _gauge(
+            "listen_streams", "Open subscriptions/listen streams of clients.", ["pool"]
+        )
+        self.feeds = _gauge(
+            "listen_feeds", "Upstream subscriptions kept for listen streams (0 or 1).", ps
+        )
         self.version = _gauge("config_version", "Config version the runtime runs.", [])
 
     def all(self) -> list[Metric]:
@@ -170,6 +176,7 @@ def _fill(runtime: Runtime, f: _Families) -> None:
     for slug, live in _items(runtime.pools):
         panic = live.balancer.panic_state(list(live.endpoints.values()), now)
         f.pool_panic.add_metric([slug], 1 if panic.panic else 0)
+        f.listen_streams.add_metric([slug], len(live.listeners))
         strategy = live.config.strategy.value
         for server_id, endpoint in _items(live.endpoints):
             config, stats = endpoint.config, endpoint.stats
@@ -181,6 +188,8 @@ def _fill(runtime: Runtime, f: _Families) -> None:
             for state in HEALTH_STATES:
                 f.health.add_metric([*labels, state], 1 if state == current else 0)
             f.weight.add_metric(labels, config.weight)
+            feed = runtime.feeds.get(server_id)
+            f.feeds.add_metric(labels, 1 if feed is not None and not feed.closed else 0)
             f.latency.add_metric(labels, stats.latency(now) if stats.sampled else math.nan)
             f.error_ratio.add_metric(labels, stats.error_rate(now))
             sessions = live.sessions.get(server_id)

@@ -43,6 +43,7 @@ from tests.mcp.conftest import (
     post_rpc,
     transport,
 )
+from tests.monitoring.test_metrics import scrape, value
 from tests.upstreams import procs
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.upstream]
@@ -108,9 +109,18 @@ async def test_listen_gets_what_it_asked_for_from_every_server(gw: Gateway, pool
         # and a server's tool list changing is announced too
         await _call(client, "retool")
         assert await _next(sub) == ToolsListChanged()
+        # and the metrics show the stream and one upstream subscription per server
+        samples = scrape(gw.host.runtime)
+        assert value(samples, "mcppool_listen_streams", pool=pool) == 1
+        servers = [s.name for s in gw.host.runtime.pools[pool].config.servers]
+        for server in servers:
+            assert value(samples, "mcppool_listen_feeds", pool=pool, server=server) == 1
 
     # and once nobody listens, the upstream subscriptions end with the feeds
     assert await until(lambda: _feeds_closed(gw), EVENT_WAIT)
+    samples = scrape(gw.host.runtime)
+    assert value(samples, "mcppool_listen_streams", pool=pool) == 0
+    assert all(value(samples, "mcppool_listen_feeds", pool=pool, server=s) == 0 for s in servers)
 
 
 async def test_every_server_of_the_pool_is_heard(gw: Gateway) -> None:
