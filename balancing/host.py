@@ -47,6 +47,10 @@ CHANNEL_PREFIX = "mcppool-runtime."  # each web process's own channel on the lay
 SESSION_ANSWER = "session.answer"
 SESSION_STREAM = "session.stream"
 SESSION_EVENTS = "session.events"
+SESSION_LEVEL = "session.level"  # a shared pool's client set its log level (told to all)
+# Log levels of shared-pool sessions heard from other processes, kept for sessions this process
+# continues later (the most recent this many; a level is a few bytes).
+SESSION_LEVELS_KEPT = 10_000
 EXCHANGE = "session.exchange"  # a request for a session served by the process it is sent to
 EXCHANGE_REPLY = "session.exchange.reply"  # its answer (ASGI messages), a heartbeat, or "gone"
 # What serves an EXCHANGE (`mcpserver.remote` sets it; the host does not import the endpoint).
@@ -71,6 +75,7 @@ class RuntimeHost:
         # process as the owner of the sessions it creates.
         self.session_sealer = SessionSealer(secrets_keys)
         self.process_id = uuid.uuid4().hex
+        self.session_levels: dict[str, str] = {}  # `_on_session_level`
         self._tasks: list[asyncio.Task[None]] = []
         self._reload_lock = asyncio.Lock()
         self._started = False
@@ -342,6 +347,8 @@ class RuntimeHost:
             self._on_session_stream(message)
         elif kind == SESSION_EVENTS:
             self._on_session_events(message)
+        elif kind == SESSION_LEVEL:
+            self._on_session_level(message)
         elif kind == EXCHANGE_REPLY:
             deliver = self.exchanges.get(str(message.get("id")))
             if deliver is not None:
@@ -402,6 +409,21 @@ class RuntimeHost:
             waiting.append(session.events.get_nowait())
         if waiting:
             self.pass_events(session.id, channel, waiting)
+
+    def _on_session_level(self, message: dict[str, Any]) -> None:
+        """A shared pool's client set its log level through some process: every copy of its
+        session sends it with the calls from now on, and a copy made later starts with it."""
+        session_id, level = str(message.get("session")), message.get("level")
+        if not isinstance(level, str):
+            return
+        levels = self.session_levels
+        levels.pop(session_id, None)
+        levels[session_id] = level
+        while len(levels) > SESSION_LEVELS_KEPT:
+            del levels[next(iter(levels))]
+        session = self.client_sessions.peek(session_id)
+        if session is not None:
+            session.log_level = level
 
     def pass_events(self, session_id: str, channel: str, messages: list[dict[str, Any]]) -> None:
         """Send messages for a client's GET stream to the process serving it (background)."""

@@ -109,6 +109,7 @@ async def _rebuild(host: RuntimeHost, session_id: str, token: SessionToken) -> C
         client_info=token.client_info,
         owned=False,
     )
+    session.log_level = host.session_levels.get(session_id, "")  # set through another process
     if not token.server_id:
         return session  # a shared pool's session: bookkeeping only
     live = host.runtime.pools.get(token.pool)

@@ -8,6 +8,10 @@ two kinds of message must still reach one particular process, and travel over th
   waits for the client's answer in the process that relayed it; its gateway id names that
   process's channel (`mcppool-<n>@<channel>`), so the process the answer is POSTed to passes it
   on (one Redis message).
+* **A shared pool's client's log level** (`logging/setLevel`, handshake era), which the gateway
+  sends along with each of that client's calls: told to every process (one group message), so
+  each copy of the session sends it, and a process that continues the session later starts with
+  it.
 * **Where the client's GET stream is.** An HTTP server allows one GET stream per session, and
   its messages must reach the process serving the client's GET stream. The process the client's
   GET lands on tells the others (one group message per stream opened); whichever process holds
@@ -25,7 +29,13 @@ from __future__ import annotations
 from typing import Any
 
 from balancing.engine.sticky import ClientSession
-from balancing.host import CHANNEL_PREFIX, SESSION_ANSWER, SESSION_STREAM, get_host
+from balancing.host import (
+    CHANNEL_PREFIX,
+    SESSION_ANSWER,
+    SESSION_LEVEL,
+    SESSION_STREAM,
+    get_host,
+)
 
 
 def relay_id(session: ClientSession) -> str:
@@ -44,6 +54,12 @@ async def pass_answer(session: ClientSession, message: dict[str, Any]) -> bool:
         return False
     payload = {"type": SESSION_ANSWER, "session": session.id, "relay": relay, "message": message}
     return await host.send_to(channel, payload)
+
+
+async def share_level(session: ClientSession) -> None:
+    """The client set its log level here: every process's copy of the session takes it."""
+    message = {"type": SESSION_LEVEL, "session": session.id, "level": session.log_level}
+    await get_host().tell_all(message)
 
 
 async def claim_stream(session: ClientSession) -> None:

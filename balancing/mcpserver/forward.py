@@ -37,7 +37,7 @@ from balancing.engine.sticky import ClientSession
 from balancing.errors_http import INVALID_PARAMS, METHOD_NOT_FOUND, ApiError, from_upstream
 from balancing.host import RuntimeHost
 from balancing.keys import KeyRecord
-from balancing.mcpserver import bridge, clients
+from balancing.mcpserver import bridge, clients, crossing
 from balancing.mcpserver.era import FORWARDED, discover
 from balancing.mcpserver.relays import call_key
 from balancing.mcpserver.replies import Reply
@@ -162,6 +162,7 @@ async def _dispatch(request: Request) -> dict[str, Any]:
             raise ApiError("invalid_arguments", "level must be a string", rpc=INVALID_PARAMS)
         if request.session is not None:
             request.session.log_level = level  # sent along with this session's calls
+            await crossing.share_level(request.session)  # by every web process
         return {}
     if method not in FORWARDED and not (sticky and (method in _STICKY_ONLY or "/" in method)):
         raise ApiError("not_found", f"Method not found: {method}", rpc=METHOD_NOT_FOUND)

@@ -551,3 +551,38 @@ async def test_listen_on_any_process_hears_changes_made_through_the_others(
                 assert (await next_frame(frames))["params"]["uri"] == WATCHED
     finally:
         upstream.stop()
+
+
+async def test_shared_pool_log_level_holds_on_every_process(
+    start_webs: Callable[[int], list[UpstreamProcess]],  # noqa: F811
+) -> None:
+    # given a handshake-era client of a shared pool, three web processes, and a server that
+    # shows what reached it
+    upstream = procs._start_http("levels", partial(fixture_command, name="levels"))
+    try:
+        secret = await _listened_pool(upstream.url)
+        a, b, c = start_webs(3)
+        async with httpx2.AsyncClient(timeout=30) as http:
+            client = Raw(http, secret, "watched")
+            await client.initialize(a)
+            # when it sets its log level through b
+            body = {"jsonrpc": "2.0", "id": 1, "method": "logging/setLevel",
+                    "params": {"level": "debug"}}  # fmt: skip
+            status, _ = await client.post(b, body)
+            assert status == 200
+
+            # then its calls carry that level whichever process they reach: a, which made the
+            # session, b, and c, which continues it only now
+            async def level_seen(web: UpstreamProcess, request_id: int) -> Any:
+                _, answer = await client.call(web, request_id, "whoami")
+                shown = orjson.loads(answer["result"]["content"][0]["text"])
+                return shown["meta"].get("io.modelcontextprotocol/logLevel")
+
+            for request_id, web in enumerate((a, b, c), start=2):
+                assert await until(lambda w=web, i=request_id: _is_debug(level_seen(w, i)), 10)
+    finally:
+        upstream.stop()
+
+
+async def _is_debug(level: Awaitable[Any]) -> bool:
+    return await level == "debug"
