@@ -4,6 +4,7 @@ permission, and rate limits, for REST and MCP."""
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
@@ -73,6 +74,22 @@ def pool_for(host: RuntimeHost, key: KeyRecord, slug: str) -> LivePool:
     if live is None:
         raise ApiError("unknown_pool", f"no pool {slug!r}")
     return live
+
+
+def still_allowed(host: RuntimeHost, key: KeyRecord, slug: str) -> bool:
+    """Whether the caller of a long-lived stream may still use pool `slug`: an API key that was
+    revoked, expired, removed or taken off the pool since (the config follows every change within
+    a second), or an access token past its expiry, may not."""
+    if isinstance(key, TokenSubject):
+        current: KeyRecord | None = key
+    else:
+        current = host.keys.get(key.prefix)
+    return (
+        current is not None
+        and not current.revoked
+        and (current.expires_at is None or current.expires_at > time.time())
+        and current.may_use(slug)
+    )
 
 
 @contextlib.asynccontextmanager

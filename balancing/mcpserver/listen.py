@@ -14,6 +14,8 @@ of its lists, told to the listeners that asked. The stream ends:
 
 A comment line every `KEEPALIVE_SECONDS` keeps idle proxies (HAProxy's `timeout server`) from
 cutting a quiet stream. Streams are bounded per API key and per process, like sticky sessions.
+Every `CHECK_SECONDS` the stream checks that its caller may still use the pool: a stream of a key
+revoked, expired or taken off the pool since it opened ends (as lost: listening again is 401/403).
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, Final
 
 import orjson
 
-from balancing.api.access import charge
+from balancing.api.access import charge, still_allowed
 from balancing.api.http import Receive, Scope, Send, disconnected, header
 from balancing.engine.errors import UpstreamError
 from balancing.engine.feeds import ACKNOWLEDGED, SUBSCRIPTION_ID_META_KEY, Interest, Listener
@@ -38,6 +41,7 @@ from balancing.mcpserver.replies import frame, modern_result
 
 METHOD: Final = "subscriptions/listen"
 KEEPALIVE_SECONDS: Final = 15.0
+CHECK_SECONDS: Final = 1.0
 MAX_PER_KEY: Final = 64
 MAX_PER_PROCESS: Final = 1024
 
@@ -66,14 +70,15 @@ async def serve(
     if _open[key.id] >= MAX_PER_KEY or _open.total() >= MAX_PER_PROCESS:
         raise ApiError("session_limit", "Subscription limit reached", rpc=INTERNAL_ERROR)
     interest = Interest.of(notifications)
+    slug = live.config.slug
     _open[key.id] += 1
     try:
         try:
-            listener = await host.runtime.listen(live.config.slug, interest)
+            listener = await host.runtime.listen(slug, interest)
         except UpstreamError as exc:
             raise from_upstream(exc) from None
         try:
-            await _stream(receive, send, listener, id_json)
+            await _stream(receive, send, listener, id_json, lambda: still_allowed(host, key, slug))
         finally:
             host.runtime.unlisten(listener)
     finally:
@@ -82,31 +87,44 @@ async def serve(
             del _open[key.id]
 
 
-async def _stream(receive: Receive, send: Send, listener: Listener, id_json: bytes) -> None:
+async def _stream(
+    receive: Receive,
+    send: Send,
+    listener: Listener,
+    id_json: bytes,
+    allowed: Callable[[], bool],
+) -> None:
     meta = b'{"' + SUBSCRIPTION_ID_META_KEY.encode() + b'":' + id_json + b"}"
     await send({"type": "http.response.start", "status": 200, "headers": sse_headers(None)})
     ack = {"method": ACKNOWLEDGED, "params": {"notifications": listener.interest.honored()}}
     await _event(send, _stamped(ack, meta))
     gone = asyncio.ensure_future(disconnected(receive))
+    getter = asyncio.ensure_future(listener.next())
+    quiet = 0.0  # seconds since the last frame
     try:
         while True:
-            getter = asyncio.ensure_future(listener.next())
             done, _ = await asyncio.wait(
-                (getter, gone), timeout=KEEPALIVE_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                (getter, gone), timeout=CHECK_SECONDS, return_when=asyncio.FIRST_COMPLETED
             )
             if gone in done:
-                getter.cancel()
                 return
             if getter not in done:
-                getter.cancel()
-                await send({"type": "http.response.body", "body": b": \n\n", "more_body": True})
+                if not allowed():
+                    listener.end("lost")  # its caller may no longer listen: 401/403 next time
+                quiet += CHECK_SECONDS
+                if quiet >= KEEPALIVE_SECONDS:
+                    quiet = 0.0
+                    await send({"type": "http.response.body", "body": b": \n\n", "more_body": True})
                 continue
             event = getter.result()
             if event is None:
                 await _end(send, listener, id_json, meta)
                 return
+            quiet = 0.0
             await _event(send, _stamped(event, meta))
+            getter = asyncio.ensure_future(listener.next())
     finally:
+        getter.cancel()
         gone.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await gone

@@ -284,7 +284,8 @@ async def test_a_server_that_goes_away_ends_the_stream_as_lost(gw: Gateway) -> N
 
 
 def _grant(pool: str) -> None:
-    ApiKey.objects.get(name="app").pools.add(Pool.objects.get(slug=pool))
+    key = ApiKey.objects.get(name="app")
+    services.set_api_key_pools(key, [*key.pools.all(), Pool.objects.get(slug=pool)])
 
 
 async def test_what_a_server_refuses_the_gateway_refuses(gw: Gateway) -> None:
@@ -311,3 +312,25 @@ async def test_discover_offers_change_notifications_where_every_server_does(gw: 
     capabilities = answer.json()["result"]["capabilities"]
     assert capabilities["tools"]["listChanged"] is True
     assert capabilities["resources"]["subscribe"] is True
+
+
+async def test_a_revoked_keys_stream_ends(gw: Gateway) -> None:
+    # given a listen stream of a key
+    secret = await sync_to_async(add_key)("brief", ["new"])
+    auth = {"Authorization": f"Bearer {secret}"}
+    async with listen_frames(f"{gw.url}/mcp/new/", auth, {"toolsListChanged": True}) as frames:
+        assert (await next_frame(frames))["method"] == "notifications/subscriptions/acknowledged"
+        # when the key is revoked
+        await sync_to_async(_revoke)("brief")
+        await gw.settle()
+        # then the stream ends, without the graceful result (the client would listen again,
+        # and be refused)
+        with pytest.raises(StopAsyncIteration):
+            await next_frame(frames)
+    body, headers = modern_request("subscriptions/listen", {"notifications": {}})
+    again = await post_rpc(gw, "new", body, **headers, **auth)
+    assert again.status_code == 401
+
+
+def _revoke(name: str) -> None:
+    services.revoke_api_key(ApiKey.objects.get(name=name))
