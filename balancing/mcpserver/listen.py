@@ -12,16 +12,15 @@ of its lists, told to the listeners that asked. The stream ends:
 * abruptly (no result: the spec's "lost", the client listens again and refetches) when a server's
   upstream stream or session ends, or the client stops reading (past the backlog bound).
 
-A comment line every `KEEPALIVE_SECONDS` keeps idle proxies (HAProxy's `timeout server`) from
-cutting a quiet stream. Streams are bounded per API key and per process, like sticky sessions.
-Every `CHECK_SECONDS` the stream checks that its caller may still use the pool: a stream of a key
-revoked, expired or taken off the pool since it opened ends (as lost: listening again is 401/403).
+A comment line after 15 s of quiet keeps idle proxies (HAProxy's `timeout server`) from cutting
+the stream, and every second it checks that its caller may still use the pool: the stream of a
+key revoked, expired or taken off the pool since it opened ends (as lost: listening again is
+401/403) — both as on a sticky session's GET stream (`relays.pump`). Streams are bounded per API
+key and per process, like sticky sessions.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, Final
@@ -29,19 +28,17 @@ from typing import Any, Final
 import orjson
 
 from balancing.api.access import charge, still_allowed
-from balancing.api.http import Receive, Scope, Send, disconnected, header
+from balancing.api.http import Receive, Scope, Send, header
 from balancing.engine.errors import UpstreamError
 from balancing.engine.feeds import ACKNOWLEDGED, SUBSCRIPTION_ID_META_KEY, Interest, Listener
 from balancing.engine.runtime import LivePool
 from balancing.errors_http import INTERNAL_ERROR, INVALID_PARAMS, ApiError, from_upstream
 from balancing.host import RuntimeHost
 from balancing.keys import KeyRecord
-from balancing.mcpserver.relays import sse_headers
+from balancing.mcpserver.relays import pump, sse_headers
 from balancing.mcpserver.replies import frame, modern_result
 
 METHOD: Final = "subscriptions/listen"
-KEEPALIVE_SECONDS: Final = 15.0
-CHECK_SECONDS: Final = 1.0
 MAX_PER_KEY: Final = 64
 MAX_PER_PROCESS: Final = 1024
 
@@ -98,36 +95,15 @@ async def _stream(
     await send({"type": "http.response.start", "status": 200, "headers": sse_headers(None)})
     ack = {"method": ACKNOWLEDGED, "params": {"notifications": listener.interest.honored()}}
     await _event(send, _stamped(ack, meta))
-    gone = asyncio.ensure_future(disconnected(receive))
-    getter = asyncio.ensure_future(listener.next())
-    quiet = 0.0  # seconds since the last frame
-    try:
-        while True:
-            done, _ = await asyncio.wait(
-                (getter, gone), timeout=CHECK_SECONDS, return_when=asyncio.FIRST_COMPLETED
-            )
-            if gone in done:
-                return
-            if getter not in done:
-                if not allowed():
-                    listener.end("lost")  # its caller may no longer listen: 401/403 next time
-                quiet += CHECK_SECONDS
-                if quiet >= KEEPALIVE_SECONDS:
-                    quiet = 0.0
-                    await send({"type": "http.response.body", "body": b": \n\n", "more_body": True})
-                continue
-            event = getter.result()
-            if event is None:
-                await _end(send, listener, id_json, meta)
-                return
-            quiet = 0.0
-            await _event(send, _stamped(event, meta))
-            getter = asyncio.ensure_future(listener.next())
-    finally:
-        getter.cancel()
-        gone.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await gone
+
+    async def write(event: dict[str, Any]) -> None:
+        await _event(send, _stamped(event, meta))
+
+    how = await pump(receive, send, listener.next, write, allowed)
+    if how == "refused":
+        listener.end("lost")  # its caller may no longer listen: 401/403 next time
+    if how != "gone":
+        await _end(send, listener, id_json, meta)
 
 
 def _stamped(event: dict[str, Any], meta: bytes) -> bytes:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, Final
 
 import orjson
 
 from balancing import observe
+from balancing.api.access import still_allowed
 from balancing.api.http import Receive, Scope, Send, disconnected, header, send_bytes
 from balancing.engine.errors import UpstreamError
 from balancing.engine.sticky import ClientSession
@@ -27,6 +29,8 @@ from balancing.keys import KeyRecord
 from balancing.mcpserver import clients, crossing
 
 EVENTS_QUEUE: Final = 1000
+KEEPALIVE_SECONDS: Final = 15.0
+CHECK_SECONDS: Final = 1.0
 
 Emit = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
 SendOut = Callable[[dict[str, Any]], Awaitable[None]]
@@ -137,18 +141,55 @@ async def stream(
         raise ApiError("method_not_allowed", "a shared pool has no session stream")
     await crossing.claim_stream(session)  # the session-level messages come here now
     await send({"type": "http.response.start", "status": 200, "headers": sse_headers(session)})
-    watcher = asyncio.ensure_future(disconnected(receive))
+    await pump(receive, send, events.get, lambda m: _write(send, sse(m)), partial(
+        still_allowed, host, key, slug))  # fmt: skip
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+Source = Callable[[], Awaitable[dict[str, Any] | None]]
+Write = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+async def pump(
+    receive: Receive, send: Send, source: Source, write: Write, allowed: Callable[[], bool]
+) -> str:
+    """Write what `source` gives to an open SSE response until it gives None (`"ended"`), the
+    client goes away (`"gone"`), or its caller may no longer use the pool (`"refused"`: key
+    revoked, expired or taken off the pool since; checked every `CHECK_SECONDS`). A comment line
+    every `KEEPALIVE_SECONDS` of quiet keeps proxies from cutting the stream."""
+    gone = asyncio.ensure_future(disconnected(receive))
+    getter = asyncio.ensure_future(source())
+    quiet = 0.0  # seconds since the last write
     try:
         while True:
-            getter = asyncio.ensure_future(events.get())
-            await asyncio.wait((getter, watcher), return_when=asyncio.FIRST_COMPLETED)
-            if not getter.done():
-                getter.cancel()
-                return
-            data = sse(getter.result())
-            await send({"type": "http.response.body", "body": data, "more_body": True})
+            done, _ = await asyncio.wait(
+                (getter, gone), timeout=CHECK_SECONDS, return_when=asyncio.FIRST_COMPLETED
+            )
+            if gone in done:
+                return "gone"
+            if getter not in done:
+                if not allowed():
+                    return "refused"
+                quiet += CHECK_SECONDS
+                if quiet >= KEEPALIVE_SECONDS:
+                    quiet = 0.0
+                    await _write(send, b": \n\n")
+                continue
+            message = getter.result()
+            if message is None:
+                return "ended"
+            quiet = 0.0
+            await write(message)
+            getter = asyncio.ensure_future(source())
     finally:
-        watcher.cancel()
+        getter.cancel()
+        gone.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await gone
+
+
+async def _write(send: Send, body: bytes) -> None:
+    await send({"type": "http.response.body", "body": body, "more_body": True})
 
 
 def sse_headers(session: ClientSession | None) -> list[tuple[bytes, bytes]]:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx2
 import mcp_types as types
 import pytest
+from asgiref.sync import sync_to_async
 from mcp import Client, ClientSession
 from mcp.shared.exceptions import MCPError
 
 from balancing.errors_http import GATEWAY_TIMEOUT
-from tests.api.gateway import Gateway
+from servers import services
+from servers.models import ApiKey
+from tests.api.gateway import Gateway, add_key
 from tests.mcp.conftest import INIT, post_rpc, sampled, transport
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.upstream]
@@ -260,3 +264,30 @@ async def test_endpoint_header_body_mismatch_is_refused(gateway: Gateway) -> Non
     answer = await post_rpc(gateway, "echo", body, **gateway.auth(), **headers)
     assert answer.status_code == 400
     assert answer.json()["error"]["code"] == -32020
+
+
+async def test_session_stream_of_a_revoked_key_ends(gateway: Gateway) -> None:
+    # given a sticky session of a key, with its GET stream open
+    secret = await sync_to_async(add_key)("brief", ["sticky"])
+    auth = {"Authorization": f"Bearer {secret}"}
+    sid = (await post_rpc(gateway, "sticky", INIT, **auth)).headers["mcp-session-id"]
+    headers = {**auth, "Mcp-Session-Id": sid, "Accept": "text/event-stream"}
+    async with (
+        httpx2.AsyncClient(timeout=30) as http,
+        http.stream("GET", f"{gateway.url}/mcp/sticky/", headers=headers) as stream,
+    ):
+        assert stream.status_code == 200
+        # when the key is revoked
+        await sync_to_async(_revoke)("brief")
+        await gateway.settle()
+        # then the stream ends (within seconds: the bound is for a loaded machine)
+        async with asyncio.timeout(20):
+            async for _ in stream.aiter_bytes():
+                pass
+    ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+    again = await post_rpc(gateway, "sticky", ping, **auth, **{"Mcp-Session-Id": sid})
+    assert again.status_code == 401
+
+
+def _revoke(name: str) -> None:
+    services.revoke_api_key(ApiKey.objects.get(name=name))
