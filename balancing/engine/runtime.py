@@ -910,6 +910,9 @@ class Runtime:
         except UpstreamError as exc:
             log.info("listen on %s: %s is not joined now: %s", live.config.slug, server.name, exc)
             self._join_again_at[server.id] = self.clock() + FEED_RETRY_SECONDS
+        except Exception:  # a bug here must not fail the listen on the pool's other servers
+            log.exception("listen on %s: joining %s failed", live.config.slug, server.name)
+            self._join_again_at[server.id] = self.clock() + FEED_RETRY_SECONDS
         finally:
             listener.joining.discard(server.id)
 

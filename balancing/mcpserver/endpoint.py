@@ -153,11 +153,11 @@ async def _route(
     if method == "initialize":
         raise ApiError("invalid_request", "this session is already initialized")
     params = validate.check_params(method, message.get("params"))
-    if modern and method == listen.METHOD:
-        await listen.serve(scope, receive, send, host, key, live, params, id_json)
-        return
     reply = Reply(scope, send, session, id_json, modern)
     request = forward.Request(host, key, live, session, message, params, reply)
+    if modern and method == listen.METHOD:
+        await listen.serve(request, receive, send)
+        return
     await forward.answer(request, receive)
 
 

@@ -28,13 +28,11 @@ from typing import Any, Final
 import orjson
 
 from balancing.api.access import charge, still_allowed
-from balancing.api.http import Receive, Scope, Send, header
+from balancing.api.http import Receive, Send, header
 from balancing.engine.errors import UpstreamError
 from balancing.engine.feeds import ACKNOWLEDGED, SUBSCRIPTION_ID_META_KEY, Interest, Listener
-from balancing.engine.runtime import LivePool
 from balancing.errors_http import INTERNAL_ERROR, INVALID_PARAMS, ApiError, from_upstream
-from balancing.host import RuntimeHost
-from balancing.keys import KeyRecord
+from balancing.mcpserver.forward import Request
 from balancing.mcpserver.relays import pump, sse_headers
 from balancing.mcpserver.replies import frame, modern_result
 
@@ -45,17 +43,10 @@ MAX_PER_PROCESS: Final = 1024
 _open: Counter[int] = Counter()  # listen streams open in this process, per API key id
 
 
-async def serve(
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    host: RuntimeHost,
-    key: KeyRecord,
-    live: LivePool,
-    params: dict[str, Any] | None,
-    id_json: bytes,
-) -> None:
-    if b"text/event-stream" not in (header(scope, b"accept") or b""):
+async def serve(request: Request, receive: Receive, send: Send) -> None:
+    host, key, live, id_json = request.host, request.key, request.live, request.reply.id_json
+    params = request.params
+    if b"text/event-stream" not in (header(request.reply.scope, b"accept") or b""):
         raise ApiError("not_acceptable", "a subscriptions/listen answer is an event stream")
     notifications = (params or {}).get("notifications")
     if not isinstance(notifications, dict):
