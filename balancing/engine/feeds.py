@@ -184,6 +184,7 @@ class Feed:
         self._session: UpstreamSession | None = None
         self._lock = asyncio.Lock()
         self._tidy: asyncio.Task[None] | None = None
+        self._shrinking = False
         self.closed = False
 
     @property
@@ -218,10 +219,10 @@ class Feed:
                     await self._stop()
                 return
             except BaseException:
-                self._drop(listener)
+                self.remove(listener)  # (the feed closes if nobody else listens)
                 raise
             if listener.ended is not None:  # it ended while joining
-                self._drop(listener)
+                self.remove(listener)
                 return
             listener.feeds[self.server.id] = self
 
@@ -230,6 +231,7 @@ class Feed:
         if listener not in self._listeners:
             return
         self._drop(listener)
+        self._shrinking = True
         if self._tidy is None or self._tidy.done():
             self._tidy = asyncio.ensure_future(self._shrink())
 
@@ -330,6 +332,11 @@ class Feed:
             self._fail(how)
 
     async def _shrink(self) -> None:
+        while self._shrinking:  # a listener that left while the last round ran: once more
+            self._shrinking = False
+            await self._shrink_once()
+
+    async def _shrink_once(self) -> None:
         async with self._lock:
             if self.closed:
                 return
@@ -337,10 +344,12 @@ class Feed:
             if not self._modern and session is not None:
                 # given up before the session ends too: a server may keep subscriptions of a
                 # session it was not told has ended (a stdio one never is)
-                for uri in [u for u in self._subscribed if u not in self._uris]:
-                    self._subscribed.discard(uri)
-                    with contextlib.suppress(UpstreamError):
-                        await self._subscribe(session, "resources/unsubscribe", uri)
+                # (listeners may leave meanwhile: until none is left to give up)
+                while stale := [u for u in self._subscribed if u not in self._uris]:
+                    for uri in stale:
+                        self._subscribed.discard(uri)
+                        with contextlib.suppress(UpstreamError):
+                            await self._subscribe(session, "resources/unsubscribe", uri)
             if not self._listeners:
                 self.closed = True  # the runtime opens a new feed for the next listener
                 await self._stop()
