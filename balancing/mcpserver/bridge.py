@@ -44,8 +44,9 @@ from balancing.engine.runtime import TOOLS_REFRESH_SECONDS, HeadersFor, LivePool
 from balancing.engine.sticky import ClientSession
 from balancing.engine.upstream import ClientRefused, UpstreamSession
 from balancing.errors_http import INVALID_PARAMS, ApiError, from_upstream, session_limit
-from balancing.host import RuntimeHost
+from balancing.host import RuntimeHost, get_host
 from balancing.keys import KeyRecord
+from balancing.mcpserver import remote
 from balancing.mcpserver.replies import Reply
 
 # As the SDK's own driver (`mcp.client._input_required`): rounds before giving up, and the backoff
@@ -176,7 +177,10 @@ class HeldCall:
 
     @property
     def ref(self) -> str:
-        return f"{PROCESS}.{self.id}"
+        """What the sealed state names: this process, the call, and (with a channel layer) the
+        channel a retry landing on another process is sent to."""
+        channel = get_host().channel
+        return f"{PROCESS}.{self.id}@{channel}" if channel else f"{PROCESS}.{self.id}"
 
     async def on_upstream(self, message: dict[str, Any]) -> dict[str, Any] | None:
         """Everything the server sends besides the call's answer, in the call or outside it
@@ -434,7 +438,11 @@ async def run_for_new_client(
 
 
 def _find(ref: str, key: KeyRecord, slug: str) -> HeldCall:
-    process, _, held_id = ref.partition(".")
+    named, _, channel = ref.partition("@")
+    process, _, held_id = named.partition(".")
+    if process != PROCESS and remote.reachable(channel):
+        # held by another web process: the retry is served there, as if it had landed there
+        raise remote.OwnedElsewhere(channel, gone=_ended())
     if process != PROCESS:
         raise _gone(
             f"{STATE_MESSAGE}: the call it names is held by another web process ({process}); "
@@ -443,12 +451,16 @@ def _find(ref: str, key: KeyRecord, slug: str) -> HeldCall:
         )
     held = _held.get(held_id)
     if held is None or held.key_id != key.id or held.pool != slug:
-        raise _gone(
-            f"{STATE_MESSAGE}: the call it names has ended (answered, cancelled, or abandoned "
-            "past the pool's call timeout)",
-            "held_call_ended",
-        )
+        raise _ended()
     return held
+
+
+def _ended() -> ApiError:
+    return _gone(
+        f"{STATE_MESSAGE}: the call it names has ended (answered, cancelled, or abandoned past "
+        "the pool's call timeout, or the web process holding it is gone)",
+        "held_call_ended",
+    )
 
 
 def _gone(message: str, reason: str) -> ApiError:

@@ -60,13 +60,19 @@ async def handle(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 async def _forward(
-    owner: remote.OwnedElsewhere, scope: Scope, body: bytes, receive: Receive, send: Send
+    owner: remote.OwnedElsewhere,
+    scope: Scope,
+    body: bytes,
+    receive: Receive,
+    send: Send,
+    id_json: bytes = b"null",
 ) -> None:
-    """The session's stdio server runs in another web process: that process serves it."""
+    """Another web process serves the request (its session's stdio server runs there, or the
+    call it continues is held there)."""
     try:
-        await remote.forward(owner.channel, scope, body, receive, send)
+        await remote.forward(owner.channel, scope, body, receive, send, owner.gone)
     except ApiError as error:
-        await refuse(send, error)
+        await refuse(send, error, id_json)
 
 
 # ---- DNS rebinding protection -----------------------------------------------------------
@@ -107,7 +113,7 @@ async def _post(
     try:
         await _route(scope, receive, send, host, key, live, message, id_json)
     except remote.OwnedElsewhere as owner:
-        await _forward(owner, scope, body, receive, send)
+        await _forward(owner, scope, body, receive, send, id_json)
     except ApiError as error:
         await refuse(send, error, id_json)
 

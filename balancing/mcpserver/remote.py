@@ -36,11 +36,14 @@ _SCOPE_KEYS: Final = ("type", "http_version", "method", "scheme", "path", "raw_p
 
 
 class OwnedElsewhere(Exception):
-    """The session is served by the web process on `channel` (its stdio server runs there)."""
+    """The request is served by the web process on `channel` (the session's stdio server runs
+    there, or the era bridge holds the call it continues); `gone`: the answer when that process
+    cannot be reached (default: the session is gone)."""
 
-    def __init__(self, channel: str) -> None:
+    def __init__(self, channel: str, gone: ApiError | None = None) -> None:
         super().__init__(channel)
         self.channel = channel
+        self.gone = gone
 
 
 def reachable(owner: str) -> bool:
@@ -48,8 +51,16 @@ def reachable(owner: str) -> bool:
     return owner.startswith(CHANNEL_PREFIX) and bool(get_host().channel)
 
 
-async def forward(channel: str, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
-    """Have the owner on `channel` serve this request; write its answer to the client."""
+async def forward(
+    channel: str,
+    scope: Scope,
+    body: bytes,
+    receive: Receive,
+    send: Send,
+    gone: ApiError | None = None,
+) -> None:
+    """Have the owner on `channel` serve this request; write its answer to the client. Raises
+    `gone` (default: the session is gone) when the owner does not answer."""
     host = get_host()
     exchange = uuid.uuid4().hex
     replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -61,7 +72,7 @@ async def forward(channel: str, scope: Scope, body: bytes, receive: Receive, sen
     started = False
     try:
         if not await host.send_to(channel, request):
-            raise _gone()
+            raise gone or _gone()
         while True:
             getter = asyncio.ensure_future(replies.get())
             done, _ = await asyncio.wait({getter, watcher}, timeout=SILENCE,
@@ -72,7 +83,7 @@ async def forward(channel: str, scope: Scope, body: bytes, receive: Receive, sen
                     await host.send_to(channel, {"type": EXCHANGE_REPLY, "id": exchange})
                     return
                 if not started:
-                    raise _gone()
+                    raise gone or _gone()
                 # The owner went away mid-answer: end it here (the call fails; nothing hangs).
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return

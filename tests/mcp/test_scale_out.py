@@ -586,3 +586,75 @@ async def test_shared_pool_log_level_holds_on_every_process(
 
 async def _is_debug(level: Awaitable[Any]) -> bool:
     return await level == "debug"
+
+
+CAPS = {"io.modelcontextprotocol/clientCapabilities": {"sampling": {}}}
+
+
+@sync_to_async
+def _bridged_pool(url: str) -> str:
+    add_pool("old", [("h", url)], session_mode="sticky", era="handshake")
+    return add_key("app", ["old"])
+
+
+async def _held_round(
+    http: httpx2.AsyncClient, web: UpstreamProcess, auth: dict[str, str], request_id: int,
+    **extra: Any,
+) -> tuple[int, list[Any]]:  # fmt: skip
+    """One round of a 2026 client's `chatty` call, which the server answers by asking."""
+    params = {"name": "chatty", "arguments": {"prompt": "hi"}, **extra, "_meta": CAPS}
+    body, headers = modern_request("tools/call", params, request_id)
+    async with http.stream(
+        "POST", f"http://127.0.0.1:{web.port}/mcp/old/", content=orjson.dumps(body),
+        headers={"Accept": "application/json, text/event-stream",
+                 "Content-Type": "application/json", **headers, **auth},
+    ) as answer:  # fmt: skip
+        if answer.headers.get("content-type", "").startswith("application/json"):
+            return answer.status_code, [orjson.loads(await answer.aread())]
+        return answer.status_code, [m async for m in sse_messages(answer)]
+
+
+def _asked(messages: list[Any]) -> tuple[str, str]:
+    result = messages[-1]["result"]
+    assert result["resultType"] == "input_required", result
+    (key,) = result["inputRequests"]
+    return key, result["requestState"]
+
+
+def _answer(key: str, text: str) -> dict[str, Any]:
+    content = {"type": "text", "text": text}
+    return {key: {"role": "assistant", "content": content, "model": "m"}}
+
+
+async def test_held_call_continues_from_any_process_and_ends_with_its_holder(
+    start_webs: Callable[[int], list[UpstreamProcess]],  # noqa: F811
+) -> None:
+    # given a 2026 client on a sticky pool of a handshake-era server that asks mid-call (the era
+    # bridge holds the call in the web process that started it), and three web processes
+    upstream = procs._start_http("asks", partial(fixture_command, name="asks", sse=True))
+    try:
+        auth = {"Authorization": f"Bearer {await _bridged_pool(upstream.url)}"}
+        a, b, c = start_webs(3)
+        async with httpx2.AsyncClient(timeout=30) as http:
+            # when the call starts on a and the client's answer lands on b
+            _, first = await _held_round(http, a, auth, 1)
+            key, state = _asked(first)
+            status, last = await _held_round(
+                http, b, auth, 2, inputResponses=_answer(key, "fine"), requestState=state
+            )
+            # then a, which holds the call, finishes it: its result reaches the client through b
+            assert status == 200, last
+            assert last[-1]["result"]["content"][0]["text"] == "asks:fine"
+
+            # when a call held on c loses c before the client answers
+            _, first = await _held_round(http, c, auth, 3)
+            key, state = _asked(first)
+            os.killpg(c.pid, signal.SIGKILL)
+            status, (refused,) = await _held_round(
+                http, b, auth, 4, inputResponses=_answer(key, "late"), requestState=state
+            )
+            # then the retry is told the call ended (the spec's -32602), nothing hangs
+            assert (status, refused["error"]["code"]) == (400, -32602)
+            assert refused["error"]["data"]["reason"] == "held_call_ended"
+    finally:
+        upstream.stop()

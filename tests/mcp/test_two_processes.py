@@ -82,12 +82,14 @@ def test_input_required_retry_through_another_web_process_reaches_its_replica(
     assert len(answered_by) > 1
 
 
-def test_retry_of_a_held_call_at_another_web_process_names_the_cause(
+def test_retry_of_a_held_call_at_another_web_process_without_redis_names_the_cause(
     handshake_sse: UpstreamProcess,
     webs: list[UpstreamProcess],  # noqa: F811
     var_dir: Path,  # noqa: F811
 ) -> None:
-    # given a sticky pool of a handshake-era server, and two web processes
+    # given a sticky pool of a handshake-era server, and two web processes without a channel
+    # layer between them (with Redis the retry is served by the holder:
+    # test_scale_out.py::test_held_call_continues_from_any_process_and_ends_with_its_holder)
     add_pool("held", [("h1", handshake_sse.url)], session_mode="sticky", era="handshake")
     secret = add_key("two", ["held"])
     webs.append(start_web(web_env(var_dir), "web-a"))
