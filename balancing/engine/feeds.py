@@ -129,7 +129,12 @@ def event_of(message: JsonObject) -> JsonObject | None:
 
 
 class Listener:
-    """One client's listen stream: what it wants and the events waiting for it."""
+    """One client's listen stream: what it wants and the events waiting for it.
+
+    Events are level triggers ("this changed, fetch it again"), so one still waiting makes the
+    same event again redundant: several servers announcing the same change at once (a new
+    release rolled out to every replica) reach the client once, as the SDK's client would keep
+    it anyway. An event the client has already been given is given again."""
 
     def __init__(self, pool: str, interest: Interest, backlog: int = MAX_BACKLOG) -> None:
         self.pool = pool
@@ -140,14 +145,19 @@ class Listener:
         self.ended: Ending | None = None
         self._backlog = backlog
         self._queue: asyncio.Queue[JsonObject | None] = asyncio.Queue()
+        self._waiting: set[str] = set()  # the events queued, by their key
 
     def offer(self, event: JsonObject) -> None:
         if self.ended is not None or not self.interest.wants(event):
+            return
+        key = _key(event)
+        if key in self._waiting:
             return
         if self._queue.qsize() >= self._backlog:
             logger.warning("a listen stream on %s stopped reading; ending it", self.pool)
             self.end("lost")
             return
+        self._waiting.add(key)
         self._queue.put_nowait(event)
 
     def end(self, how: Ending) -> None:
@@ -165,7 +175,16 @@ class Listener:
 
     async def next(self) -> JsonObject | None:
         """The next event; None once the stream ended (`ended` says how)."""
-        return await self._queue.get()
+        event = await self._queue.get()
+        if event is not None:
+            self._waiting.discard(_key(event))
+        return event
+
+
+def _key(event: JsonObject) -> str:
+    params = event.get("params")
+    uri = params.get("uri") if isinstance(params, dict) else None
+    return f"{event.get('method')} {uri}" if uri is not None else str(event.get("method"))
 
 
 class Feed:

@@ -142,3 +142,18 @@ async def test_a_dead_session_ends_its_listeners_as_lost() -> None:
     feed.check()
     assert listener.ended == "lost"
     assert await listener.next() is None
+
+
+async def test_the_same_change_from_several_servers_waits_once() -> None:
+    # given a listener of two servers' tool lists, which has not read yet
+    listener = _listener("file:///a", tools=True)
+    tools = {"method": "notifications/tools/list_changed"}
+    updated = {"method": "notifications/resources/updated", "params": {"uri": "file:///a"}}
+    # when both servers announce the same changes before it reads
+    for event in (tools, updated, tools, updated):
+        listener.offer(event)
+    # then each change waits once; once read, the next announcement is a change again
+    assert await listener.next() == tools
+    listener.offer(tools)
+    listener.end("graceful")
+    assert [await listener.next() for _ in range(3)] == [updated, tools, None]
