@@ -32,4 +32,4 @@ RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin mcppo
 
 USER mcppool
 EXPOSE 8000 9808
-CMD ["uvicorn", "mcppool.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--lifespan", "on"]
+CMD ["uvicorn", "mcppool.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--lifespan", "on", "--timeout-graceful-shutdown", "10"]

@@ -106,7 +106,8 @@ def command(server: str, port: int) -> list[str]:
         return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
                 "mcppool.asgi:application"]  # fmt: skip
     return [sys.executable, "-m", "uvicorn", "mcppool.asgi:application", "--host", "127.0.0.1",
-            "--port", str(port), "--lifespan", "on", "--no-access-log"]  # fmt: skip
+            "--port", str(port), "--lifespan", "on", "--no-access-log",
+            "--timeout-graceful-shutdown", "10"]  # fmt: skip
 
 
 def start(

@@ -19,6 +19,9 @@ from pathlib import Path
 
 HOST = os.environ.get("MCPPOOL_HOST", "127.0.0.1")
 PORT = os.environ.get("MCPPOOL_PORT", "8000")
+# Stopping, the web process gives answers in progress this long (as the runtime gives its calls),
+# then cuts the streams still open and stops.
+STOP_GRACE = os.environ.get("MCPPOOL_SHUTDOWN_GRACE_SECONDS", "10")
 # The worker's own /metrics (health checks run there: monitoring/worker_metrics.py); 0 = none.
 WORKER_METRICS_PORT = os.environ.get("MCPPOOL_WORKER_METRICS_PORT", "9808")
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pools.yaml"
@@ -88,6 +91,8 @@ def children() -> list[list[str]]:
     web = [
         python, "-m", "uvicorn", "mcppool.asgi:application",
         "--host", HOST, "--port", PORT, "--lifespan", "on", "--no-access-log",
+        # answers in progress get this long on stop; then open streams are cut
+        "--timeout-graceful-shutdown", STOP_GRACE,
     ]  # fmt: skip
     worker = [
         python, "-m", "celery", "-A", "mcppool", "worker", "--beat",

@@ -122,6 +122,8 @@ def test_compose_web_serves_the_asgi_app_with_lifespan_on_its_published_port(
     assert argv[0] == "uvicorn"
     assert _import_target(argv[1]) is application  # the app with the runtime's lifespan
     assert _option(argv, "--lifespan") == "on"  # without it the runtime starts on first use
+    # without it a process stopping waits for every open stream's client to leave
+    assert _option(argv, "--timeout-graceful-shutdown") == "10"
     port = _option(argv, "--port")
     assert port in _container_ports(services["web"])
     # and its health check asks the port it listens on

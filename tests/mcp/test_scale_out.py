@@ -658,3 +658,27 @@ async def test_held_call_continues_from_any_process_and_ends_with_its_holder(
             assert refused["error"]["data"]["reason"] == "held_call_ended"
     finally:
         upstream.stop()
+
+
+async def test_a_web_process_told_to_stop_cuts_its_open_streams_and_stops(
+    start_webs: Callable[[int], list[UpstreamProcess]],  # noqa: F811
+) -> None:
+    # given a web process serving a listen stream, which lasts while its client stays
+    upstream = procs._start_http("stopping", partial(fixture_command, name="stopping"))
+    try:
+        auth = {"Authorization": f"Bearer {await _listened_pool(upstream.url)}"}
+        (web,) = start_webs(1)
+        url = f"http://127.0.0.1:{web.port}/mcp/watched/"
+        async with listen_frames(url, auth, {"toolsListChanged": True}) as frames:
+            assert (await next_frame(frames))[
+                "method"
+            ] == "notifications/subscriptions/acknowledged"
+            # when the process is told to stop (SIGTERM, as docker stop and systemd do)
+            os.killpg(web.pid, signal.SIGTERM)
+            # then the stream ends (the client listens again elsewhere) and the process stops,
+            # instead of waiting for the client to leave
+            with pytest.raises((httpx2.TransportError, StopAsyncIteration)):
+                await next_frame(frames, seconds=60)
+        assert await until(lambda: web.process.poll() is not None, 60)
+    finally:
+        upstream.stop()
