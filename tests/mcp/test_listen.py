@@ -333,3 +333,25 @@ async def test_a_revoked_keys_stream_ends(gw: Gateway) -> None:
 
 def _revoke(name: str) -> None:
     services.revoke_api_key(ApiKey.objects.get(name=name))
+
+
+async def test_listen_streams_of_one_key_are_capped(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from balancing.mcpserver import listen
+
+    monkeypatch.setattr(listen, "MAX_PER_KEY", 1)
+    url = f"{gw.url}/mcp/new/"
+    # given one open stream of a key allowed one
+    async with listen_frames(url, gw.auth("app"), {"toolsListChanged": True}) as frames:
+        assert (await next_frame(frames))["method"] == "notifications/subscriptions/acknowledged"
+        # then a second is refused (429, the SDK server's -32603), and changes nothing
+        body, headers = modern_request("subscriptions/listen", {"notifications": {}})
+        refused = await post_rpc(gw, "new", body, **headers, **gw.auth("app"))
+        assert refused.status_code == 429
+        assert refused.json()["error"]["message"] == "Subscription limit reached"
+        assert len(gw.host.runtime.pools["new"].listeners) == 1
+    # and once it closes (and the gateway saw it go), a stream may open again
+    assert await until(lambda: not gw.host.runtime.pools["new"].listeners, EVENT_WAIT)
+    async with listen_frames(url, gw.auth("app"), {"toolsListChanged": True}) as frames:
+        assert (await next_frame(frames))["method"] == "notifications/subscriptions/acknowledged"
