@@ -573,22 +573,21 @@ async def test_shared_pool_log_level_holds_on_every_process(
 
             # then its calls carry that level whichever process they reach: a, which made the
             # session, b, and c, which continues it only now
-            async def level_seen(web: UpstreamProcess, request_id: int) -> Any:
-                _, answer = await client.call(web, request_id, "whoami")
-                shown = orjson.loads(answer["result"]["content"][0]["text"])
-                return shown["meta"].get("io.modelcontextprotocol/logLevel")
+            def debug_at(web: UpstreamProcess, request_id: int) -> Callable[[], Awaitable[bool]]:
+                async def seen() -> bool:
+                    _, answer = await client.call(web, request_id, "whoami")
+                    shown = orjson.loads(answer["result"]["content"][0]["text"])
+                    return bool(shown["meta"].get("io.modelcontextprotocol/logLevel") == "debug")
+
+                return seen
 
             for request_id, web in enumerate((a, b, c), start=2):
-                assert await until(lambda w=web, i=request_id: _is_debug(level_seen(w, i)), 10)
+                assert await until(debug_at(web, request_id), 10)
     finally:
         upstream.stop()
 
 
-async def _is_debug(level: Awaitable[Any]) -> bool:
-    return await level == "debug"
-
-
-CAPS = {"io.modelcontextprotocol/clientCapabilities": {"sampling": {}}}
+CAPS: dict[str, Any] = {"io.modelcontextprotocol/clientCapabilities": {"sampling": {}}}
 
 
 @sync_to_async
