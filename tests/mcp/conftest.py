@@ -75,6 +75,15 @@ def replicas() -> Iterator[list[procs.UpstreamProcess]]:
             upstream.stop()
 
 
+@pytest.fixture
+def own_upstream() -> Iterator[procs.UpstreamProcess]:
+    """A `tests.mcp.upstream` of the test's own, named `own` (answering on SSE streams, so it can
+    ask mid-call), for a test that stops it or whose processes share it; stopped after it."""
+    upstream = procs._start_http("own", partial(fixture_command, name="own", sse=True))
+    yield upstream
+    upstream.stop()
+
+
 @pytest.fixture(scope="module")
 def handshake_sse() -> Iterator[procs.UpstreamProcess]:
     """`tests.mcp.upstream` answering on SSE streams, so the handshake era can ask mid-call."""

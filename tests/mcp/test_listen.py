@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,6 @@ from tests.api.gateway import Gateway, add_key, add_pool, add_stdio_server, serv
 from tests.conftest import missing_prerequisite
 from tests.helpers.wait import until
 from tests.mcp.conftest import (
-    fixture_command,
     listen_frames,
     modern_request,
     next_frame,
@@ -263,23 +261,21 @@ def _disable(pool: str, name: str) -> None:
     assert Server.objects.get(pk=server.pk).state == "disabled"
 
 
-async def test_a_server_that_goes_away_ends_the_stream_as_lost(gw: Gateway) -> None:
-    # given a listener on a pool whose one server is then killed
-    upstream = procs._start_http("doomed", partial(fixture_command, name="doomed"))
-    try:
-        await sync_to_async(add_pool)("doomed", [("d", upstream.url)])
-        await sync_to_async(_grant)("doomed")
-        await gw.settle()
-        async with (
-            Client(transport(gw, "doomed")) as client,
-            client.listen(tools_list_changed=True) as sub,
-        ):
-            upstream.stop()
-            # then the stream ends without the graceful result: the client listens again
-            with pytest.raises(SubscriptionLost):
-                await _next(sub)
-    finally:
-        upstream.stop()
+async def test_a_server_that_goes_away_ends_the_stream_as_lost(
+    gw: Gateway, own_upstream: procs.UpstreamProcess
+) -> None:
+    # given a listener on a pool whose one server is then stopped
+    await sync_to_async(add_pool)("doomed", [("d", own_upstream.url)])
+    await sync_to_async(_grant)("doomed")
+    await gw.settle()
+    async with (
+        Client(transport(gw, "doomed")) as client,
+        client.listen(tools_list_changed=True) as sub,
+    ):
+        own_upstream.stop()
+        # then the stream ends without the graceful result: the client listens again
+        with pytest.raises(SubscriptionLost):
+            await _next(sub)
 
 
 def _grant(pool: str) -> None:

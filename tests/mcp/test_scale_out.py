@@ -12,7 +12,6 @@ import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,6 @@ from tests.conftest import missing_prerequisite
 from tests.helpers.wait import until
 from tests.mcp import test_everything as everything
 from tests.mcp.conftest import (
-    fixture_command,
     listen_frames,
     modern_request,
     next_frame,
@@ -523,68 +521,62 @@ async def _touch(http: httpx2.AsyncClient, web: UpstreamProcess, auth: dict[str,
 
 async def test_listen_on_any_process_hears_changes_made_through_the_others(
     start_webs: Callable[[int], list[UpstreamProcess]],  # noqa: F811
+    own_upstream: UpstreamProcess,
 ) -> None:
     # given a pool on a 2026 server, and three web processes
-    upstream = procs._start_http("watched", partial(fixture_command, name="watched"))
-    try:
-        auth = {"Authorization": f"Bearer {await _listened_pool(upstream.url)}"}
-        a, b, c = start_webs(3)
-        url = "http://127.0.0.1:{}/mcp/watched/".format
-        wanted = {"resourceSubscriptions": [WATCHED]}
-        async with httpx2.AsyncClient(timeout=30) as http:
-            # when a client listens through a, and the resource changes through b, then c
-            async with listen_frames(url(a.port), auth, wanted) as frames:
-                ack = await next_frame(frames)
-                assert ack["method"] == "notifications/subscriptions/acknowledged"
-                for web in (b, c):
-                    await _touch(http, web, auth)
-                    # then each change reaches the stream on a
-                    assert (await next_frame(frames))["params"]["uri"] == WATCHED
-                # when a is killed outright, the stream ends without the graceful result
-                os.killpg(a.pid, signal.SIGKILL)
-                with pytest.raises((httpx2.TransportError, StopAsyncIteration)):
-                    await next_frame(frames)
-            # and the client, listening again through another process, hears the next change
-            async with listen_frames(url(b.port), auth, wanted) as frames:
-                assert (await next_frame(frames))["params"]["notifications"] == wanted
-                await _touch(http, c, auth)
+    auth = {"Authorization": f"Bearer {await _listened_pool(own_upstream.url)}"}
+    a, b, c = start_webs(3)
+    url = "http://127.0.0.1:{}/mcp/watched/".format
+    wanted = {"resourceSubscriptions": [WATCHED]}
+    async with httpx2.AsyncClient(timeout=30) as http:
+        # when a client listens through a, and the resource changes through b, then c
+        async with listen_frames(url(a.port), auth, wanted) as frames:
+            ack = await next_frame(frames)
+            assert ack["method"] == "notifications/subscriptions/acknowledged"
+            for web in (b, c):
+                await _touch(http, web, auth)
+                # then each change reaches the stream on a
                 assert (await next_frame(frames))["params"]["uri"] == WATCHED
-    finally:
-        upstream.stop()
+            # when a is killed outright, the stream ends without the graceful result
+            os.killpg(a.pid, signal.SIGKILL)
+            with pytest.raises((httpx2.TransportError, StopAsyncIteration)):
+                await next_frame(frames)
+        # and the client, listening again through another process, hears the next change
+        async with listen_frames(url(b.port), auth, wanted) as frames:
+            assert (await next_frame(frames))["params"]["notifications"] == wanted
+            await _touch(http, c, auth)
+            assert (await next_frame(frames))["params"]["uri"] == WATCHED
 
 
 async def test_shared_pool_log_level_holds_on_every_process(
     start_webs: Callable[[int], list[UpstreamProcess]],  # noqa: F811
+    own_upstream: UpstreamProcess,
 ) -> None:
     # given a handshake-era client of a shared pool, three web processes, and a server that
     # shows what reached it
-    upstream = procs._start_http("levels", partial(fixture_command, name="levels"))
-    try:
-        secret = await _listened_pool(upstream.url)
-        a, b, c = start_webs(3)
-        async with httpx2.AsyncClient(timeout=30) as http:
-            client = Raw(http, secret, "watched")
-            await client.initialize(a)
-            # when it sets its log level through b
-            body = {"jsonrpc": "2.0", "id": 1, "method": "logging/setLevel",
-                    "params": {"level": "debug"}}  # fmt: skip
-            status, _ = await client.post(b, body)
-            assert status == 200
+    secret = await _listened_pool(own_upstream.url)
+    a, b, c = start_webs(3)
+    async with httpx2.AsyncClient(timeout=30) as http:
+        client = Raw(http, secret, "watched")
+        await client.initialize(a)
+        # when it sets its log level through b
+        body = {"jsonrpc": "2.0", "id": 1, "method": "logging/setLevel",
+                "params": {"level": "debug"}}  # fmt: skip
+        status, _ = await client.post(b, body)
+        assert status == 200
 
-            # then its calls carry that level whichever process they reach: a, which made the
-            # session, b, and c, which continues it only now
-            def debug_at(web: UpstreamProcess, request_id: int) -> Callable[[], Awaitable[bool]]:
-                async def seen() -> bool:
-                    _, answer = await client.call(web, request_id, "whoami")
-                    shown = orjson.loads(answer["result"]["content"][0]["text"])
-                    return bool(shown["meta"].get("io.modelcontextprotocol/logLevel") == "debug")
+        # then its calls carry that level whichever process they reach: a, which made the
+        # session, b, and c, which continues it only now
+        def debug_at(web: UpstreamProcess, request_id: int) -> Callable[[], Awaitable[bool]]:
+            async def seen() -> bool:
+                _, answer = await client.call(web, request_id, "whoami")
+                shown = orjson.loads(answer["result"]["content"][0]["text"])
+                return bool(shown["meta"].get("io.modelcontextprotocol/logLevel") == "debug")
 
-                return seen
+            return seen
 
-            for request_id, web in enumerate((a, b, c), start=2):
-                assert await until(debug_at(web, request_id), 10)
-    finally:
-        upstream.stop()
+        for request_id, web in enumerate((a, b, c), start=2):
+            assert await until(debug_at(web, request_id), 10)
 
 
 CAPS: dict[str, Any] = {"io.modelcontextprotocol/clientCapabilities": {"sampling": {}}}
@@ -627,57 +619,49 @@ def _answer(key: str, text: str) -> dict[str, Any]:
 
 async def test_held_call_continues_from_any_process_and_ends_with_its_holder(
     start_webs: Callable[[int], list[UpstreamProcess]],  # noqa: F811
+    own_upstream: UpstreamProcess,
 ) -> None:
     # given a 2026 client on a sticky pool of a handshake-era server that asks mid-call (the era
     # bridge holds the call in the web process that started it), and three web processes
-    upstream = procs._start_http("asks", partial(fixture_command, name="asks", sse=True))
-    try:
-        auth = {"Authorization": f"Bearer {await _bridged_pool(upstream.url)}"}
-        a, b, c = start_webs(3)
-        async with httpx2.AsyncClient(timeout=30) as http:
-            # when the call starts on a and the client's answer lands on b
-            _, first = await _held_round(http, a, auth, 1)
-            key, state = _asked(first)
-            status, last = await _held_round(
-                http, b, auth, 2, inputResponses=_answer(key, "fine"), requestState=state
-            )
-            # then a, which holds the call, finishes it: its result reaches the client through b
-            assert status == 200, last
-            assert last[-1]["result"]["content"][0]["text"] == "asks:fine"
+    auth = {"Authorization": f"Bearer {await _bridged_pool(own_upstream.url)}"}
+    a, b, c = start_webs(3)
+    async with httpx2.AsyncClient(timeout=30) as http:
+        # when the call starts on a and the client's answer lands on b
+        _, first = await _held_round(http, a, auth, 1)
+        key, state = _asked(first)
+        status, last = await _held_round(
+            http, b, auth, 2, inputResponses=_answer(key, "fine"), requestState=state
+        )
+        # then a, which holds the call, finishes it: its result reaches the client through b
+        assert status == 200, last
+        assert last[-1]["result"]["content"][0]["text"] == "own:fine"
 
-            # when a call held on c loses c before the client answers
-            _, first = await _held_round(http, c, auth, 3)
-            key, state = _asked(first)
-            os.killpg(c.pid, signal.SIGKILL)
-            status, (refused,) = await _held_round(
-                http, b, auth, 4, inputResponses=_answer(key, "late"), requestState=state
-            )
-            # then the retry is told the call ended (the spec's -32602), nothing hangs
-            assert (status, refused["error"]["code"]) == (400, -32602)
-            assert refused["error"]["data"]["reason"] == "held_call_ended"
-    finally:
-        upstream.stop()
+        # when a call held on c loses c before the client answers
+        _, first = await _held_round(http, c, auth, 3)
+        key, state = _asked(first)
+        os.killpg(c.pid, signal.SIGKILL)
+        status, (refused,) = await _held_round(
+            http, b, auth, 4, inputResponses=_answer(key, "late"), requestState=state
+        )
+        # then the retry is told the call ended (the spec's -32602), nothing hangs
+        assert (status, refused["error"]["code"]) == (400, -32602)
+        assert refused["error"]["data"]["reason"] == "held_call_ended"
 
 
 async def test_a_web_process_told_to_stop_cuts_its_open_streams_and_stops(
     start_webs: Callable[[int], list[UpstreamProcess]],  # noqa: F811
+    own_upstream: UpstreamProcess,
 ) -> None:
     # given a web process serving a listen stream, which lasts while its client stays
-    upstream = procs._start_http("stopping", partial(fixture_command, name="stopping"))
-    try:
-        auth = {"Authorization": f"Bearer {await _listened_pool(upstream.url)}"}
-        (web,) = start_webs(1)
-        url = f"http://127.0.0.1:{web.port}/mcp/watched/"
-        async with listen_frames(url, auth, {"toolsListChanged": True}) as frames:
-            assert (await next_frame(frames))[
-                "method"
-            ] == "notifications/subscriptions/acknowledged"
-            # when the process is told to stop (SIGTERM, as docker stop and systemd do)
-            os.killpg(web.pid, signal.SIGTERM)
-            # then the stream ends (the client listens again elsewhere) and the process stops,
-            # instead of waiting for the client to leave
-            with pytest.raises((httpx2.TransportError, StopAsyncIteration)):
-                await next_frame(frames, seconds=60)
-        assert await until(lambda: web.process.poll() is not None, 60)
-    finally:
-        upstream.stop()
+    auth = {"Authorization": f"Bearer {await _listened_pool(own_upstream.url)}"}
+    (web,) = start_webs(1)
+    url = f"http://127.0.0.1:{web.port}/mcp/watched/"
+    async with listen_frames(url, auth, {"toolsListChanged": True}) as frames:
+        assert (await next_frame(frames))["method"] == "notifications/subscriptions/acknowledged"
+        # when the process is told to stop (SIGTERM, as docker stop and systemd do)
+        os.killpg(web.pid, signal.SIGTERM)
+        # then the stream ends (the client listens again elsewhere) and the process stops,
+        # instead of waiting for the client to leave
+        with pytest.raises((httpx2.TransportError, StopAsyncIteration)):
+            await next_frame(frames, seconds=60)
+    assert await until(lambda: web.process.poll() is not None, 60)
