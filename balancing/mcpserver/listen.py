@@ -8,9 +8,10 @@ runtime's per-server feeds (`engine/feeds.py`); a change in the pool's servers i
 of its lists, told to the listeners that asked. The stream ends:
 
 * when the client goes away — its share of the feeds is let go;
-* gracefully (the final result frame) when the pool is removed or the web process stops;
+* gracefully (the final result frame) when the pool is removed (or the runtime closes first);
 * abruptly (no result: the spec's "lost", the client listens again and refetches) when a server's
-  upstream stream or session ends, or the client stops reading (past the backlog bound).
+  upstream stream or session ends, the client stops reading (past the backlog bound), or the web
+  process is stopped (uvicorn cuts open streams after its graceful-shutdown timeout).
 
 A comment line after 15 s of quiet keeps idle proxies (HAProxy's `timeout server`) from cutting
 the stream, and every second it checks that its caller may still use the pool: the stream of a
