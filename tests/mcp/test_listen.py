@@ -246,6 +246,8 @@ async def test_a_server_leaving_the_pool_is_a_change_of_its_tools(gw: Gateway) -
         Client(transport(gw, "new")) as client,
         client.listen(tools_list_changed=True) as sub,
     ):
+        r2 = next(s.id for s in gw.host.runtime.pools["new"].config.servers if s.name == "r2")
+        assert not gw.host.runtime.feeds[r2].closed
         # when the operator disables one of the pool's servers
         await sync_to_async(_disable)("new", "r2")
         await gw.settle()
@@ -253,6 +255,8 @@ async def test_a_server_leaving_the_pool_is_a_change_of_its_tools(gw: Gateway) -
         assert await _next(sub) == ToolsListChanged()
         await _call(client, "retool")
         assert await _next(sub) == ToolsListChanged()
+        # and the subscription to the disabled server ended with it
+        assert r2 not in gw.host.runtime.feeds
 
 
 def _disable(pool: str, name: str) -> None:
@@ -351,3 +355,24 @@ async def test_listen_streams_of_one_key_are_capped(
     assert await until(lambda: not gw.host.runtime.pools["new"].listeners, EVENT_WAIT)
     async with listen_frames(url, gw.auth("app"), {"toolsListChanged": True}) as frames:
         assert (await next_frame(frames))["method"] == "notifications/subscriptions/acknowledged"
+
+
+async def test_a_removed_pool_ends_its_streams_gracefully(
+    gw: Gateway, replicas: list[procs.UpstreamProcess]
+) -> None:
+    # given a listener on a pool
+    await sync_to_async(add_pool)("brief", [("b", replicas[0].url)])
+    await sync_to_async(_grant)("brief")
+    await gw.settle()
+    async with (
+        Client(transport(gw, "brief")) as client,
+        client.listen(tools_list_changed=True) as sub,
+    ):
+        # when the operator removes the pool
+        await sync_to_async(services.delete_pool)("brief")
+        await gw.settle()
+        # then the stream ends with the server's graceful close (the SDK's loop just ends)
+        with pytest.raises(StopAsyncIteration):
+            await _next(sub)
+    # and nothing of it is kept
+    assert await until(lambda: _feeds_closed(gw), EVENT_WAIT)
