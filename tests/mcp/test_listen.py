@@ -200,6 +200,14 @@ def _children_running(marker: bytes) -> set[int]:
     return found
 
 
+async def _pooled_children(gw: Gateway, pool: str, marker: bytes) -> set[int]:
+    """The pool's own children of its one stdio server, once all of them run."""
+    await gw.host.runtime.list_tools(pool)
+    wanted = gw.host.runtime.pools[pool].config.sessions_per_server
+    assert await until(lambda: len(_children_running(marker)) >= wanted, EVENT_WAIT)
+    return _children_running(marker)
+
+
 async def test_a_stdio_servers_feed_is_a_child_that_ends_with_the_last_listener(
     gw: Gateway,
 ) -> None:
@@ -207,10 +215,8 @@ async def test_a_stdio_servers_feed_is_a_child_that_ends_with_the_last_listener(
         missing_prerequisite("server-everything is not installed (make node)")
     # given a stdio server that announces changes (npm server-everything: list changes and
     # resource subscriptions), whose pooled children are running
-    await gw.host.runtime.list_tools("ev-stdio")
     marker = str(procs.EVERYTHING_JS).encode()
-    assert await until(lambda: len(_children_running(marker)) >= 1, EVENT_WAIT)
-    pooled = _children_running(marker)
+    pooled = await _pooled_children(gw, "ev-stdio", marker)
     async with (
         Client(transport(gw, "ev-stdio")) as client,
         client.listen(tools_list_changed=True, resource_subscriptions=["demo://resource/1"]),
@@ -226,10 +232,8 @@ async def test_a_server_that_announces_nothing_is_listened_to_without_a_subscrip
     gw: Gateway,
 ) -> None:
     # given a stdio server that offers no change notifications (mcp-server-time)
-    await gw.host.runtime.list_tools("clock")
     marker = b"mcp_server_time"
-    assert await until(lambda: len(_children_running(marker)) >= 1, EVENT_WAIT)
-    pooled = _children_running(marker)
+    pooled = await _pooled_children(gw, "clock", marker)
     async with (
         Client(transport(gw, "clock")) as client,
         client.listen(tools_list_changed=True) as sub,
@@ -238,7 +242,7 @@ async def test_a_server_that_announces_nothing_is_listened_to_without_a_subscrip
         # for it, nor does an upstream subscription stay open
         assert sub.honored.tools_list_changed is True
         assert await until(lambda: _feeds_closed(gw), EVENT_WAIT)
-        assert _children_running(marker) <= pooled
+        assert await until(lambda: _children_running(marker) <= pooled, EVENT_WAIT)
 
 
 async def test_a_server_leaving_the_pool_is_a_change_of_its_tools(gw: Gateway) -> None:
