@@ -874,7 +874,10 @@ class Runtime:
     async def _join(self, live: LivePool, listener: Listener, *, force: bool = False) -> None:
         targets = self._joinable(live, listener, force=force)
         if targets:
-            await asyncio.gather(*(self._join_one(live, listener, s) for s in targets))
+            # Joined later than the stream opened (a server back, or new): the pool's lists may
+            # have changed with it, and the listener hears so.
+            late = not force
+            await asyncio.gather(*(self._join_one(live, listener, s, late) for s in targets))
 
     def _joinable(self, live: LivePool, listener: Listener, *, force: bool) -> list[ServerConfig]:
         """The available servers whose feed `listener` is not on (nor waiting to try again)."""
@@ -889,7 +892,9 @@ class Runtime:
             and (force or self._join_again_at.get(endpoint.id, 0.0) <= now)
         ]
 
-    async def _join_one(self, live: LivePool, listener: Listener, server: ServerConfig) -> None:
+    async def _join_one(
+        self, live: LivePool, listener: Listener, server: ServerConfig, late: bool
+    ) -> None:
         listener.joining.add(server.id)
         try:
             for attempt in (1, 2):  # a feed that closed as this one came: the next one
@@ -907,6 +912,9 @@ class Runtime:
                     if attempt == 2:
                         raise
             self._join_again_at.pop(server.id, None)
+            if late and server.id in listener.feeds:
+                for method in LIST_CHANGED:
+                    listener.offer({"method": method})
         except UpstreamError as exc:
             log.info("listen on %s: %s is not joined now: %s", live.config.slug, server.name, exc)
             self._join_again_at[server.id] = self.clock() + FEED_RETRY_SECONDS

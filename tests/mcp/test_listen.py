@@ -380,3 +380,30 @@ async def test_a_removed_pool_ends_its_streams_gracefully(
             await _next(sub)
     # and nothing of it is kept
     assert await until(lambda: _feeds_closed(gw), EVENT_WAIT)
+
+
+async def test_a_server_back_up_joins_open_streams_and_says_the_lists_changed(
+    gw: Gateway, replicas: list[procs.UpstreamProcess]
+) -> None:
+    # given a pool whose r2 is down when a client starts listening
+    r2 = next(s.id for s in gw.host.runtime.pools["new"].config.servers if s.name == "r2")
+    await sync_to_async(_flip)(r2, "down")
+    await gw.host.poll_health()
+    async with (
+        Client(transport(gw, "new")) as client,
+        client.listen(tools_list_changed=True, resource_subscriptions=[WATCHED]) as sub,
+    ):
+        assert r2 not in gw.host.runtime.feeds
+        # when r2 is back up
+        await sync_to_async(_flip)(r2, "up")
+        await gw.host.poll_health()
+        # then the listener hears that the pool's lists may have changed, and r2's changes
+        assert await _next(sub) == ToolsListChanged()
+        async with Client(replicas[1].url) as direct:
+            await _call(direct, "touch", uri=WATCHED)
+        assert await _next(sub) == ResourceUpdated(uri=WATCHED)
+
+
+def _flip(server_id: int, health: str) -> None:
+    states = ["unknown", "up", "down", "ejected", "recovering"]
+    services.flip_health(server_id, expected=states, new=health, reason="test", source="test")
