@@ -253,9 +253,13 @@ async def test_relayed_sampling_request_is_a_span_of_the_call(
     async with client as c:
         result = await c.call_tool("sample", {"prompt": "hi"})
     assert not result.is_error
-    # then: the relayed request is a span inside the call's server span
+    # then: the relayed request is a span inside the call's server span (each is exported when
+    # it ends, the call's after the relayed request's, perhaps in a later batch: wait for both)
     spans = await receiver.wait_for(
-        lambda got: any(s.name == "sampling/createMessage" for s in got)
+        lambda got: (
+            any(s.name == "sampling/createMessage" for s in got)
+            and any(s.name == "tools/call sample" and s.kind == "SERVER" for s in got)
+        )
     )
     (relay,) = [s for s in spans if s.name == "sampling/createMessage"]
     (server,) = [s for s in spans if s.name == "tools/call sample" and s.kind == "SERVER"]
