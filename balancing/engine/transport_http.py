@@ -59,6 +59,12 @@ LISTEN_BACKOFF_FIRST: Final = 0.25
 LISTEN_BACKOFF_MAX: Final = 8.0
 LISTEN_TAKEN_MAX: Final = 1.0
 LAST_EVENT_ID_HEADER: Final = "last-event-id"
+# How long an idle upstream connection may be reused: under the 5 s after which uvicorn, Node's
+# http server and hypercorn (what MCP servers mostly run on) close an idle connection. Longer, a
+# call may go out on a connection the server is closing at that moment and fail as
+# "Server disconnected" — delivered as far as anyone can tell, so not retried for a tool that
+# is not idempotent. Reconnecting after a quiet spell costs one TCP handshake.
+IDLE_CONNECTION_SECONDS: Final = 4.0
 
 _JSON: Final = "application/json"
 _SSE: Final = "text/event-stream"
@@ -73,7 +79,7 @@ def client_session(outbound: OutboundPolicy | None = None) -> aiohttp.ClientSess
     """
     connector = aiohttp.TCPConnector(
         limit=0,
-        keepalive_timeout=60,
+        keepalive_timeout=IDLE_CONNECTION_SECONDS,
         socket_factory=outbound.socket_factory if outbound is not None else None,
     )
     return aiohttp.ClientSession(
@@ -280,7 +286,7 @@ class HttpTransport:
             raw = b""
         message = jsonrpc.decode(raw) if raw else None
         error = message.get("error") if message is not None else None
-        if self._session_id is not None and not self._modern and _session_gone(status, error):
+        if _carried_session(response) and _session_gone(status, error):
             self._gone = True
             raise SessionGone(f"HTTP {status}: the server forgot our session", server=self._name)
         if message is not None and isinstance(error, dict) and message.get("id") == call.id:
@@ -320,7 +326,7 @@ class HttpTransport:
                 if response.status in (400, 404):
                     message = jsonrpc.decode(await self._read_body(response, MAX_ERROR_BODY_BYTES))
                     error = message.get("error") if message is not None else None
-                if self._session_id is not None and _session_gone(response.status, error):
+                if _carried_session(response) and _session_gone(response.status, error):
                     self._gone = True
                     raise SessionGone(
                         f"HTTP {response.status} for {method or 'a response'}", server=self._name
@@ -426,6 +432,13 @@ class HttpTransport:
                     logger.debug("%s: DELETE session answered %d", self._name, r.status)
         except (aiohttp.ClientError, TimeoutError) as exc:
             logger.debug("%s: DELETE session failed: %r", self._name, exc)
+
+
+def _carried_session(response: aiohttp.ClientResponse) -> bool:
+    """Whether the request named a handshake-era session: only then can a 404 mean the server
+    forgot it. Judged by what was sent, not by the transport now: the GET stream may have met the
+    same 404 and closed the session while this request was on its way."""
+    return protocol.SESSION_ID_HEADER in response.request_info.headers
 
 
 def _session_gone(status: int, error: object) -> bool:

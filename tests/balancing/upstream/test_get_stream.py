@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from balancing.engine.config import Era, ServerConfig, Transport
+from balancing.engine.errors import SessionGone
 from balancing.engine.upstream import MessageHandler, UpstreamSession
 from tests.balancing.upstream.conftest import open_session
 from tests.helpers.wait import wait_until
@@ -120,6 +121,9 @@ class Scripted:
         self.posted: list[dict[str, Any]] = []
         self.stream_closed = asyncio.Event()
         self.url = ""
+        self.hold_calls = False  # tools/call waits for `forget`, then answers 404
+        self.call_arrived = asyncio.Event()
+        self.forget = asyncio.Event()
 
     async def post(self, request: web.Request) -> web.StreamResponse:
         message = orjson.loads(await request.read())
@@ -129,6 +133,10 @@ class Scripted:
                       "serverInfo": {"name": "scripted", "version": "0"}}  # fmt: skip
             body = {"jsonrpc": "2.0", "id": message["id"], "result": result}
             return web.json_response(body, headers={"mcp-session-id": "s-1"})
+        if self.hold_calls and message.get("method") == "tools/call":
+            self.call_arrived.set()
+            await self.forget.wait()
+            return await self.session_gone(request)
         if "id" in message and "method" in message:
             return web.json_response({"jsonrpc": "2.0", "id": message["id"], "result": {}})
         return web.Response(status=202)
@@ -235,6 +243,31 @@ async def test_get_stream_answered_404_marks_session_gone(
     async with opened(http, scripted_config(server), Inbox()) as session:
         # then the session is known dead, so its owner starts over instead of calling into it
         await wait_until(lambda: not session.alive)
+
+
+async def test_session_closed_while_a_call_waits_reports_its_404_as_session_gone(
+    http: aiohttp.ClientSession, scripted: Callable[[list[GetScript]], Awaitable[Scripted]]
+) -> None:
+    # given a call in flight on a session the server is about to forget
+    server = await scripted([Scripted.refuse_405])
+    server.hold_calls = True
+    async with opened(http, scripted_config(server), Inbox()) as session:
+        call = asyncio.create_task(
+            session.request("tools/call", {"name": "echo", "arguments": {}}, timeout=10)
+        )
+        async with asyncio.timeout(10):
+            await server.call_arrived.wait()
+
+        # when the session is closed meanwhile (its GET stream met the 404 first), then the
+        # call's own 404 arrives
+        await session.close()
+        server.forget.set()
+
+        # then the call still reads as "session gone, never run", so its owner sends it again on
+        # a fresh session instead of failing it as refused
+        with pytest.raises(SessionGone) as caught:
+            await call
+        assert not caught.value.delivered
 
 
 async def test_get_stream_broken_reconnects_with_last_event_id(

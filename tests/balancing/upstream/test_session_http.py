@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
 
+from balancing.engine import transport_http
 from balancing.engine.config import Era, ServerConfig, Transport
 from balancing.engine.errors import CallRejected, ConnectFailed, SessionGone, UpstreamTimeout
 from balancing.engine.upstream import UpstreamSession
-from tests.balancing.upstream.conftest import Connect
+from tests.balancing.upstream.conftest import Connect, open_session
 from tests.helpers import assert_measures_a_round_trip, timed
 from tests.helpers.wait import wait_until
 from tests.upstreams import procs
@@ -219,6 +221,26 @@ async def test_http_session_forgotten_by_server_raises_session_gone_undelivered(
     assert not session.alive
     fresh = await connect(faulty_private.config(era=Era.HANDSHAKE))
     assert text_of(await fresh.request("tools/call", tool("echo", text="y"), timeout=10)) == "y"
+
+
+async def test_http_session_call_after_the_servers_keep_alive_ran_out_succeeds(
+    faulty_json: procs.UpstreamProcess,
+) -> None:
+    # given a session over the runtime's own connection pool to a uvicorn server (which closes a
+    # connection idle for 5 s), and a call that left its connection idle in the pool
+    async with transport_http.client_session() as http:
+        session = await open_session(http, faulty_json.config(era=Era.AUTO), listen=False)
+        try:
+            await session.request("tools/call", tool("echo", text="a"), timeout=10)
+            # when this process is busy past the moment the server closes that connection, so it
+            # has not yet seen the close when the next call goes out
+            time.sleep(5.5)  # noqa: ASYNC251 - blocks the loop on purpose (the server times out)
+            result = await session.request("tools/call", tool("echo", text="b"), timeout=10)
+        finally:
+            await session.close()
+
+    # then the call went out on a fresh connection, not on the one being closed
+    assert text_of(result) == "b"
 
 
 async def test_http_session_connection_refused_raises_connect_failed_undelivered(
