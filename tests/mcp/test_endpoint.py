@@ -16,6 +16,7 @@ from balancing.errors_http import GATEWAY_TIMEOUT
 from servers import services
 from servers.models import ApiKey
 from tests.api.gateway import Gateway, add_key
+from tests.helpers.wait import wait_until
 from tests.mcp.conftest import INIT, post_rpc, sampled, transport
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.upstream]
@@ -231,6 +232,22 @@ async def test_endpoint_upstream_timeout_carries_the_rest_code(gateway: Gateway)
     error = answer.json()["error"]
     assert (error["code"], error["data"]["code"]) == (GATEWAY_TIMEOUT, "upstream_timeout")
     assert await gateway.sessions_idle()
+
+
+async def test_endpoint_client_that_leaves_cancels_its_call_upstream(gateway: Gateway) -> None:
+    # given a 2026 client's tool call that runs long upstream
+    body, headers = _modern_call("slow", {"seconds": 20})
+    call = asyncio.ensure_future(post_rpc(gateway, "echo", body, **gateway.auth(), **headers))
+    await wait_until(lambda: not gateway._idle())
+
+    # when the client goes away (the 2026 era's way to cancel)
+    call.cancel()
+
+    # then the gateway abandons the call upstream at once: nothing stays in flight, and the call
+    # is counted as cancelled, not as an error of the server
+    await wait_until(lambda: gateway._idle())
+    calls = gateway.host.runtime.metrics.calls
+    assert sum(n for (pool, _, label), n in calls.items() if label == "cancelled") == 1
 
 
 async def test_endpoint_unknown_tool_is_invalid_params(gateway: Gateway) -> None:
