@@ -59,7 +59,7 @@ async def read_body(
     the connection for as long as it likes."""
     seconds = settings.MCPPOOL_BODY_TIMEOUT_SECONDS if timeout is None else timeout
     try:
-        async with deadline(seconds):
+        with deadline(seconds):
             return await _read_body(scope, receive, limit)
     except TimeoutError:
         raise ApiError(

@@ -7,8 +7,8 @@ block is cancelled when the time passes and `TimeoutError` raised in its place, 
 elsewhere stays a cancel — but a watched task costs a dict entry: one timer per event loop stands
 at the earliest deadline and sweeps every task whose deadline has passed.
 
-    async with deadline(seconds):
-        ...
+    with deadline(seconds):
+        await ...
 """
 
 from __future__ import annotations
@@ -22,28 +22,25 @@ class _Sweeper:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._deadlines: dict[asyncio.Task[object], float] = {}
+        self.deadlines: dict[asyncio.Task[object], float] = {}
         self.expired: set[asyncio.Task[object]] = set()
         self._timer: asyncio.TimerHandle | None = None
 
     def watch(self, task: asyncio.Task[object], seconds: float) -> None:
         when = self._loop.time() + seconds
-        self._deadlines[task] = when
+        self.deadlines[task] = when
         timer = self._timer
         if timer is None or when < timer.when():
             if timer is not None:
                 timer.cancel()
             self._timer = self._loop.call_at(when, self._sweep)
 
-    def unwatch(self, task: asyncio.Task[object]) -> None:
-        self._deadlines.pop(task, None)
-
     def _sweep(self) -> None:
         now = self._loop.time()
         earliest = None
-        for task, when in list(self._deadlines.items()):
+        for task, when in list(self.deadlines.items()):
             if when <= now:
-                del self._deadlines[task]
+                del self.deadlines[task]
                 self.expired.add(task)
                 task.cancel()
             elif earliest is None or when < earliest:
@@ -71,29 +68,35 @@ def _sweeper(loop: asyncio.AbstractEventLoop) -> _Sweeper:
 
 class deadline:
     """Cancel the block when `seconds` pass, raising `TimeoutError` in its place. A class with
-    slots, not a generator: it runs on every call."""
+    slots, not a generator, and a plain `with` (nothing in it awaits): it runs twice per call.
+
+        with deadline(seconds):
+            await ...
+    """
 
     __slots__ = ("_cancelling", "_seconds", "_sweeper", "_task")
 
     def __init__(self, seconds: float) -> None:
         self._seconds = seconds
 
-    async def __aenter__(self) -> None:
-        task = asyncio.current_task()
+    def __enter__(self) -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
         if task is None:
             raise RuntimeError("deadline() is used inside a task")
         self._task = task
         self._cancelling = task.cancelling()
-        self._sweeper = _sweeper(task.get_loop())
-        self._sweeper.watch(task, self._seconds)
+        self._sweeper = sweeper = _sweeper(loop)
+        sweeper.watch(task, self._seconds)
 
-    async def __aexit__(
+    def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, tb: object
     ) -> None:
         sweeper, task = self._sweeper, self._task
-        sweeper.unwatch(task)
-        if task not in sweeper.expired:
+        sweeper.deadlines.pop(task, None)
+        expired = sweeper.expired
+        if not expired or task not in expired:
             return
-        sweeper.expired.discard(task)
+        expired.discard(task)
         if task.uncancel() <= self._cancelling and kind is asyncio.CancelledError:
             raise TimeoutError from error

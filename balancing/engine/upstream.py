@@ -431,7 +431,7 @@ class UpstreamSession:
         body = jsonrpc.encode_request(request_id, method, wire_params)
         self._in_flight += 1
         try:
-            async with deadline(timeout):
+            with deadline(timeout):
                 response = await self._transport.roundtrip(call, body, method, wire_params)
         except TimeoutError:
             self._abandon(call, "timeout")

@@ -12,14 +12,13 @@ from balancing.engine.deadlines import deadline
 async def test_a_block_past_its_deadline_raises_timeout_error() -> None:
     loop = asyncio.get_running_loop()
     started = loop.time()
-    with pytest.raises(TimeoutError):
-        async with deadline(0.05):
-            await asyncio.sleep(30)
+    with pytest.raises(TimeoutError), deadline(0.05):
+        await asyncio.sleep(30)
     assert loop.time() - started < 30  # cut short, not slept out
 
 
 async def test_a_block_that_finishes_in_time_is_left_alone() -> None:
-    async with deadline(30):
+    with deadline(30):
         await asyncio.sleep(0)
     await asyncio.sleep(0)  # no cancel left pending on the task
     assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
@@ -31,7 +30,7 @@ async def test_each_of_many_deadlines_fires_and_only_its_own() -> None:
 
     async def wait(name: str, seconds: float, sleep: float) -> None:
         try:
-            async with deadline(seconds):
+            with deadline(seconds):
                 await asyncio.sleep(sleep)
             finished.append(f"{name} done")
         except TimeoutError:
@@ -49,7 +48,7 @@ async def test_a_cancel_from_elsewhere_stays_a_cancel() -> None:
     entered = asyncio.Event()
 
     async def guarded() -> None:
-        async with deadline(30):
+        with deadline(30):
             entered.set()
             await asyncio.sleep(30)
 
