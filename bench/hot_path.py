@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import uvloop
 
 from bench import gateway as gw
 from tests.upstreams import procs
@@ -116,7 +117,7 @@ def measure(calls: int, repeat: int) -> dict[str, float]:
         from balancing.engine.transport_http import HttpTransport
         from mcppool.asgi import application
 
-        loop = asyncio.new_event_loop()
+        loop = uvloop.new_event_loop()  # what uvicorn runs the gateway on
         driver = Driver(application)
         loop.run_until_complete(driver.start())
         auth = (b"authorization", f"Bearer {token}".encode())

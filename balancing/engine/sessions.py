@@ -21,7 +21,7 @@ import random
 import sys
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from types import TracebackType
+from types import CodeType, TracebackType
 from typing import Any, Protocol
 
 from balancing.engine.backoff import Backoff
@@ -100,14 +100,19 @@ class Slot:
 class Borrow:
     """`async with pool.borrow() as session:` — one call slot, always given back."""
 
-    __slots__ = ("_pool", "_timeout", "since", "slot", "where")
+    __slots__ = ("_code", "_line", "_pool", "_timeout", "since", "slot")
 
-    def __init__(self, pool: SessionPool, timeout: float | None, where: str) -> None:
+    def __init__(self, pool: SessionPool, timeout: float | None, code: CodeType, line: int) -> None:
         self._pool = pool
         self._timeout = timeout
         self.slot: Slot | None = None
         self.since = 0.0
-        self.where = where
+        self._code = code  # where it was taken, made text only when a leak is reported
+        self._line = line
+
+    @property
+    def where(self) -> str:
+        return f"{self._code.co_filename}:{self._line}"
 
     async def __aenter__(self) -> Session:
         self.slot = await self._pool._acquire(self._timeout)
@@ -182,7 +187,7 @@ class SessionPool:
     # ---- borrowing ----------------------------------------------------------------------
     def borrow(self, timeout: float | None = None) -> Borrow:
         frame = sys._getframe(1)
-        return Borrow(self, timeout, f"{frame.f_code.co_filename}:{frame.f_lineno}")
+        return Borrow(self, timeout, frame.f_code, frame.f_lineno)
 
     @property
     def capacity(self) -> int:
@@ -253,6 +258,8 @@ class SessionPool:
             slot = self._free_slot()
             if slot is not None:
                 self._take(slot)
+                if not self._stale(slot):
+                    return slot
                 return await self._validated(slot, self.pool.acquire_timeout)
         deadline = self.clock() + (self.pool.acquire_timeout if timeout is None else timeout)
         served = False  # woken from the queue (or opened a session): our turn, skip the queue
@@ -313,10 +320,13 @@ class SessionPool:
                 waiter.set_result(None)
                 count -= 1
 
+    def _stale(self, slot: Slot) -> bool:
+        """Idle too long to hand out unchecked (and nobody else is using it right now)."""
+        return slot.borrowed <= 1 and self.clock() - slot.last_used >= self.pool.validate_idle_after
+
     async def _validated(self, slot: Slot, remaining: float) -> Slot:
         """Ping a session that sat idle too long before handing it out (HikariCP-style)."""
-        now = self.clock()
-        if slot.borrowed > 1 or now - slot.last_used < self.pool.validate_idle_after:
+        if not self._stale(slot):
             return slot
         try:
             await slot.session.ping(min(self.pool.check_timeout, max(remaining, 0.1)))
