@@ -13,6 +13,11 @@ waits, so the event loop never turns: the time per request is the Python that mc
 call. Reported: µs per request (the best of `--repeat` rounds of `--calls`) for a `tools/call` on
 a kept handshake-era MCP session and for a REST tool call. The upstream process exists only to let
 the runtime open its sessions at start.
+
+With `--parts`, each part of the path is then replaced in turn by a stand-in that does next to
+nothing (the key record found the first time, the same pick every time, the body taken as it
+comes, no accounting, ...) and the time per call measured again: the difference is what that part
+costs. Stand-ins reach into the code by name, so a renamed function fails the run loudly.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +111,147 @@ def _timed(loop: asyncio.AbstractEventLoop, one: Any, calls: int, repeat: int) -
     return min(loop.run_until_complete(many()) for _ in range(repeat)) / calls * 1e6
 
 
-def measure(calls: int, repeat: int) -> dict[str, float]:
+Undo = Callable[[], None]
+
+
+def _patch(owner: Any, name: str, value: Any) -> Undo:
+    original = getattr(owner, name)
+    setattr(owner, name, value)
+    return lambda: setattr(owner, name, original)
+
+
+def _undo_all(undos: list[Undo]) -> Undo:
+    def undo() -> None:
+        for one in undos:
+            one()
+
+    return undo
+
+
+def _authentication() -> Undo:
+    from balancing.api import call
+    from balancing.mcpserver import endpoint
+
+    real, known = endpoint.authenticate, dict[Any, Any]()  # type: ignore[attr-defined]
+
+    async def remembered(host: Any, authorization: Any, **kwargs: Any) -> Any:
+        record = known.get(authorization)
+        if record is None:
+            record = known[authorization] = await real(host, authorization, **kwargs)
+        return record
+
+    undo = [_patch(endpoint, "authenticate", remembered), _patch(call, "authenticate", remembered)]
+    return _undo_all(undo)
+
+
+def _origin_check() -> Undo:
+    from balancing.mcpserver import endpoint
+
+    return _patch(endpoint, "check_origin", lambda scope: None)
+
+
+def _pick() -> Undo:
+    from balancing.engine.balancer import Balancer
+
+    real, picks = Balancer.pick, dict[int, Any]()
+
+    def same_pick(self: Any, endpoints: Any, now: float, **kwargs: Any) -> Any:
+        pick = picks.get(id(self))
+        if pick is None:
+            pick = picks[id(self)] = real(self, endpoints, now, **kwargs)
+        return pick
+
+    return _patch(Balancer, "pick", same_pick)
+
+
+def _body_read() -> Undo:
+    from balancing.api import call
+    from balancing.mcpserver import endpoint
+
+    async def as_it_comes(scope: Any, receive: Any, limit: int, timeout: Any = None) -> bytes:
+        body: bytes = (await receive())["body"]
+        return body
+
+    undo = [_patch(endpoint, "read_body", as_it_comes), _patch(call, "read_body", as_it_comes)]
+    return _undo_all(undo)
+
+
+def _accounting() -> Undo:
+    from balancing.engine.runtime import Runtime
+
+    async def unaccounted(
+        self: Any, live: Any, endpoint: Any, trial: Any, method: Any, params: Any, send: Any
+    ) -> Any:
+        return await send(params, None)
+
+    return _patch(Runtime, "_accounted", unaccounted)
+
+
+def _session_hand_out() -> Undo:
+    from balancing.engine.sessions import SessionPool
+
+    class Lent:
+        def __init__(self, session: Any) -> None:
+            self.session = session
+
+        async def __aenter__(self) -> Any:
+            return self.session
+
+        async def __aexit__(self, *exc: object) -> None:
+            return None
+
+    lent: dict[int, Lent] = {}
+
+    def borrow(self: Any, timeout: Any = None) -> Lent:
+        if id(self) not in lent:
+            lent[id(self)] = Lent(next(iter(self._slots)).session)
+        return lent[id(self)]
+
+    return _patch(SessionPool, "borrow", borrow)
+
+
+def _disconnect_watch() -> Undo:
+    from balancing.mcpserver import forward
+
+    async def unwatched(request: Any, receive: Any) -> Any:
+        return await forward.dispatch(request)
+
+    return _patch(forward, "_watching_disconnect", unwatched)
+
+
+def _upstream_request() -> Undo:
+    from balancing.engine.upstream import UpstreamSession
+
+    async def answered(self: Any, method: str, params: Any, **kwargs: Any) -> Any:
+        return RESULT
+
+    return _patch(UpstreamSession, "request", answered)
+
+
+def _reply() -> Undo:
+    from balancing.mcpserver.replies import Reply
+
+    async def fixed(self: Any, result: Any, method: str) -> None:
+        await self._send({"type": "http.response.start", "status": 200, "headers": []})
+        await self._send({"type": "http.response.body", "body": b'"hello"'})
+
+    return _patch(Reply, "result", fixed)
+
+
+PARTS: dict[str, Callable[[], Undo]] = {
+    "API key check (hash, record, expiry)": _authentication,
+    "Host/Origin check": _origin_check,
+    "request body read (size cap, deadline)": _body_read,
+    "balancer pick": _pick,
+    "session hand-out (borrow, give back)": _session_hand_out,
+    "call accounting (stats, outlier, metrics)": _accounting,
+    "upstream request (id, envelope, encoding, deadline)": _upstream_request,
+    "disconnect watch (MCP)": _disconnect_watch,
+    "JSON-RPC reply (MCP)": _reply,
+}
+
+
+def measure(calls: int, repeat: int, parts: bool = False) -> dict[str, Any]:
     upstream = procs.start_faulty_http(name="hot-path", json_response=True)
     try:
         server = {"name": "json-1", "transport": "streamable_http", "url": upstream.url}
@@ -154,13 +300,26 @@ def measure(calls: int, repeat: int) -> dict[str, float]:
             if status != 200 or b"hello" not in body:
                 raise RuntimeError(f"REST call answered {status}: {body!r}")
 
-        warm = max(calls // 10, 100)
-        _timed(loop, mcp_call, warm, 1)
-        _timed(loop, rest_call, warm, 1)
-        result = {
-            "mcp_us_per_call": _timed(loop, mcp_call, calls, repeat),
-            "rest_us_per_call": _timed(loop, rest_call, calls, repeat),
-        }
+        def both() -> tuple[float, float]:
+            warm = max(calls // 10, 100)
+            _timed(loop, mcp_call, warm, 1)
+            _timed(loop, rest_call, warm, 1)
+            return _timed(loop, mcp_call, calls, repeat), _timed(loop, rest_call, calls, repeat)
+
+        mcp, rest_us = both()
+        result: dict[str, Any] = {"mcp_us_per_call": mcp, "rest_us_per_call": rest_us}
+        if parts:
+            result["parts"] = {}
+            for name, stand_in in PARTS.items():
+                undo = stand_in()
+                try:
+                    without = both()
+                finally:
+                    undo()
+                result["parts"][name] = {
+                    "mcp_us": mcp - without[0],
+                    "rest_us": rest_us - without[1],
+                }
         loop.close()
         return result
     finally:
@@ -172,10 +331,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=20000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--parts", action="store_true", help="also what each part costs")
     args = parser.parse_args(argv)
-    result = measure(args.calls, args.repeat)
+    result = measure(args.calls, args.repeat, args.parts)
     print(f"MCP tools/call (handshake session): {result['mcp_us_per_call']:.1f} µs per call")
     print(f"REST tool call:                     {result['rest_us_per_call']:.1f} µs per call")
+    if args.parts:
+        print("\n| part | MCP µs | REST µs |\n|---|---:|---:|")
+        for name, part in result["parts"].items():
+            print(f"| {name} | {part['mcp_us']:.1f} | {part['rest_us']:.1f} |")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     return 0
