@@ -64,6 +64,8 @@ EXTRA_SCRIPTS: tuple[tuple[str, list[str], float, bool], ...] = (
     ("auth_cost", ["--json", "{json}"], 120, True),
     # mcppool and the floor profiled under the lean and the SDK client (py-spy)
     ("profile_clients", ["--seconds", "4", "--json", "{json}", "--no-docs"], 240, True),
+    # mcppool's own Python per call, and per part of the call path, without the network
+    ("hot_path", ["--parts", "--json", "{json}"], 300, True),
     # the gateway's instructions per call against main before issues 12 and 20 (valgrind)
     ("instructions", ["--json", "{json}", "--no-docs"], 1500, True),
     # a stdio session's call forwarded to its owner process over Redis (needs REDIS_URL)
